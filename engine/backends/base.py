@@ -1,0 +1,24 @@
+"""The backend contract."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from ...kernels import QuantParams, WeightFormat
+
+
+class Backend(ABC):
+    name: str
+    emulated: bool = False  # numerics are right, but this is not the kernel production would run
+
+    @abstractmethod
+    def supports(self, fmt: WeightFormat, p: QuantParams, in_features: int, out_features: int,
+                 device: torch.device) -> bool: ...
+
+    def prepare(self, module) -> None:
+        """Called once the module's packed buffers hold real weights on their device."""
+
+    @abstractmethod
+    def linear(self, module, x: torch.Tensor) -> torch.Tensor: ...

@@ -1,0 +1,37 @@
+"""Plain torch: dequantize-then-matmul for weight-only formats, torch._int_mm for W8A8 on CPU.
+
+Dequantization happens per call into a temporary, so the module keeps only packed bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...kernels.act_quant import INT8_MAX, activation_scale, quantize_int8
+from .base import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def supports(self, fmt, p, in_features, out_features, device):
+        if fmt.activation_dtype == "float":
+            return True
+        # int8 x int8 -> int32 runs natively on CPU; CUDA's _int_mm has shape limits the
+        # Triton backend handles instead.
+        return fmt.activation_dtype == "int8" and device.type == "cpu"
+
+    def linear(self, module, x):
+        fmt, p = module.format, module.params
+        if fmt.activation_dtype == "float":
+            w = fmt.dequantize(module.packed(), p, x.dtype)
+            return F.linear(x, w, module.bias)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        s_x = activation_scale(x2, INT8_MAX, getattr(module, "input_scale", None))
+        acc = torch._int_mm(quantize_int8(x2, s_x), module.qweight.T)
+        y = acc.to(torch.float32) * s_x * module.weight_scale.reshape(1, -1)
+        if module.bias is not None:
+            y = y + module.bias.to(torch.float32)
+        return y.to(x.dtype).reshape(*shape[:-1], -1)

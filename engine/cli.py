@@ -1,0 +1,129 @@
+"""The `qrecipe` command line.
+
+    qrecipe plan [--json] [--expand] OVERRIDES...      resolve the recipe, print the plan (no weights load)
+    qrecipe run  [--json] [-m] [--cfg job] OVERRIDES... quantize, evaluate, write a variant folder
+
+OVERRIDES are Hydra overrides (recipe=mixed, model=tinystories-656k, +recipe.rules.x.match=...,
+~recipe.rules.x, data@eval.data=text eval.data.path=F). `-m` expands Hydra sweep syntax
+(recipe=w8a16,w4a16) into one run per point. Errors print one line; --traceback shows more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import QRecipeError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("qrecipe").setLevel(logging.INFO)
+
+
+def cmd_plan(args) -> int:
+    from .config import compose, load_settings
+    from .plan.render import render_plan
+    from .planning import build_plan
+
+    cfg = compose(args.overrides)
+    if args.cfg:
+        print(_cfg_yaml(cfg, args.cfg))
+        return 0
+    plan, _ = build_plan(load_settings(cfg))
+    print(plan.to_json() if args.json else render_plan(plan, expand=args.expand))
+    return 0
+
+
+def _cfg_yaml(cfg, which: str) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg.recipe if which == "recipe" else cfg, resolve=False)
+
+
+def cmd_run(args) -> int:
+    from .config import compose, expand_sweep
+    from .run import run
+
+    points = expand_sweep(args.overrides) if args.multirun else [list(args.overrides)]
+    if args.cfg:
+        for point in points:
+            print(_cfg_yaml(compose(point), args.cfg))
+        return 0
+    if args.multirun:
+        configs = [compose(point) for point in points]  # a bad point fails the sweep before any work
+        print(f"sweep: {len(points)} runs", file=sys.stderr)
+    else:
+        configs = [compose(points[0])]
+    failures = 0
+    for i, (point, cfg) in enumerate(zip(points, configs)):
+        if args.multirun:
+            print(f"[{i + 1}/{len(points)}] {' '.join(point)}", file=sys.stderr)
+        try:
+            result = run(cfg, progress=not args.no_progress)
+        except QRecipeError as e:
+            if not args.multirun:
+                raise
+            failures += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(json.dumps(result.summary(), default=str) if args.json else result.human(), flush=True)
+    if failures:
+        print(f"error: {failures} of {len(points)} sweep runs failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qrecipe", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+        p.add_argument("--cfg", choices=["job", "recipe"], help="print the composed config (or recipe) and exit")
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. recipe=mixed model=tinystories-656k")
+
+    p = sub.add_parser("plan", help="resolve the recipe into a per-layer plan (no weights load)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--expand", action="store_true", help="one row per layer instead of folding repeated blocks")
+    common(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="quantize, evaluate and write a variant")
+    p.add_argument("--json", action="store_true", help="end stdout with one JSON object (one per sweep point)")
+    p.add_argument("-m", "--multirun", action="store_true", help="expand sweep overrides (a=1,2) into runs")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common(p)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except QRecipeError as e:
+        if args.traceback:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that turns crashes into one line
+        if args.traceback:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --traceback for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

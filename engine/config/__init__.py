@@ -1,0 +1,7 @@
+"""Composition of the Hydra config (with recipes registered as the group `recipe`) and its
+validation into frozen settings."""
+
+from .compose import available_recipes, compose, expand_sweep, normalize_overrides
+from .settings import Settings, load_settings
+
+__all__ = ["Settings", "available_recipes", "compose", "expand_sweep", "load_settings", "normalize_overrides"]

@@ -1,0 +1,96 @@
+"""The plan as a table a person reads: layers that differ only in their block index are
+folded into one row (`model.layers.{0-29}.mlp.up_proj x30`) unless `expand` is set."""
+
+from __future__ import annotations
+
+import re
+
+from .types import Plan
+
+_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _ranges(indices: list[int]) -> str:
+    out, start, prev = [], indices[0], indices[0]
+    for i in indices[1:] + [None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(out)
+
+
+def _rows(plan: Plan, expand: bool) -> list[list[str]]:
+    groups: dict[tuple, list] = {}
+    for lp in plan.layers:
+        m = _INDEX.search(lp.name)
+        key_name = lp.name if expand or not m else _INDEX.sub(".*.", lp.name, count=1)
+        group = "channel" if lp.group_size is None else f"g{lp.group_size}"
+        scheme = f"{lp.scheme}" + (f" {group}" if lp.is_quantized and lp.scheme in ("W4A16", "W8A16") else "") + \
+            ("" if lp.symmetric in (None, True) else " asym") + \
+            (f" {lp.activation}" if lp.activation not in (None, "none") else "")
+        key = (key_name, lp.out_features, lp.in_features, scheme, lp.algorithm or "-",
+               "emulated" if lp.emulated else lp.backend, lp.status, lp.reason)
+        groups.setdefault(key, []).append((int(m.group(1)) if m else None, lp))
+    rows = []
+    for key, members in groups.items():
+        name = key[0]
+        idx = sorted(i for i, _ in members if i is not None)
+        if len(members) > 1 and idx:
+            name = name.replace(".*.", f".{{{_ranges(idx)}}}.", 1) + f" x{len(members)}"
+        before = sum(lp.bytes_before for _, lp in members)
+        after = sum(lp.bytes_after for _, lp in members)
+        rows.append([name, f"{key[1]}x{key[2]}", key[3], key[4], key[5], key[6], key[7],
+                     human_bytes(before), human_bytes(after)])
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def render_plan(plan: Plan, expand: bool = False) -> str:
+    header = ["module", "shape (out x in)", "scheme", "algorithm", "backend", "status", "reason", "before", "after"]
+    t = plan.totals()
+    c = plan.capacity
+    ratio = f"{t['ratio']:.2f}x" if t["ratio"] else "-"
+    lines = [
+        f"plan {plan.plan_hash}  model={plan.model_id}  recipe={plan.recipe}  target={plan.target}  "
+        f"runs on={plan.device}",
+        "",
+        _table(header, _rows(plan, expand)),
+        "",
+        f"weights: {human_bytes(t['weight_bytes_before'])} -> {human_bytes(t['weight_bytes_after'])} ({ratio} smaller; "
+        f"embeddings and norms {human_bytes(plan.other_bytes)} stay in {plan.dtype})",
+        "layers: " + ", ".join(f"{v} {k}" for k, v in sorted(t["by_status"].items())) +
+        (f"  schemes: {plan.scheme_mix()}" if t["by_scheme"] else ""),
+    ]
+    if c:
+        def fit(tp, tokens):
+            if tp is None:
+                return f"does not fit on {c['max_devices']} x {c['memory_gib_per_device']} GiB"
+            where = "one device" if tp == 1 else f"tensor parallel {tp}"
+            return f"fits {where}, KV cache ~{tokens:,} tokens"
+        lines.append(f"on {plan.target} ({c['device']}, {c['memory_gib_per_device']} GiB x{c['max_devices']}, "
+                     f"{int(c['memory_utilization'] * 100)}% usable):")
+        lines.append(f"  before: {fit(c['min_tp_before'], c['kv_cache_tokens_before'])}")
+        lines.append(f"  after:  {fit(c['min_tp_after'], c['kv_cache_tokens_after'])}")
+        if "kv_cache_tokens_after_at_tp_before" in c:
+            lines.append(f"  after, on the baseline's {c['min_tp_before']} devices: KV cache "
+                         f"~{c['kv_cache_tokens_after_at_tp_before']:,} tokens")
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)

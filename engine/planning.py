@@ -1,0 +1,34 @@
+"""Settings -> ModelInfo -> Plan, without loading weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config.settings import Settings
+from .models.describe import ModelInfo, describe
+from .models.loading import build_skeleton, load_config
+from .plan import Plan, resolve_plan
+
+
+def local_device(settings: Settings) -> torch.device:
+    if settings.run.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.run.device.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError("run.device: cuda requested but this machine has no CUDA device; set run.device=cpu")
+    return torch.device(settings.run.device)
+
+
+def model_info(settings: Settings) -> ModelInfo:
+    config = load_config(settings.model, Path(settings.paths.cache))
+    skeleton = build_skeleton(config, settings.model.trust_remote_code)
+    return describe(skeleton, config, settings.model.name)
+
+
+def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[Plan, ModelInfo]:
+    info = model_info(settings)
+    device = device or local_device(settings)
+    return resolve_plan(settings.recipe, info, settings.target, device), info

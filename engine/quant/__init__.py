@@ -1,0 +1,1 @@
+"""Quantization math as short pure functions (scales, codes, round-to-nearest)."""

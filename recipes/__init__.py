@@ -1,0 +1,1 @@
+"""Named recipes: the Hydra config group `recipe` (registered by qrecipe.engine.config)."""

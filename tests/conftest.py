@@ -1,0 +1,72 @@
+"""Shared fixtures: the shared data folder, tiny real models, isolated run folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from qrecipe.engine.config.resolvers import shared_dir  # noqa: E402
+
+SHARED = Path(shared_dir())
+TINY = SHARED / "models" / "TinyStories-656K"
+STORIES = SHARED / "data" / "tinystories" / "tinystories_val.txt"
+
+# Overrides that make a run small and in-domain for the tiny model.
+TINY_RUN = ["model=tinystories-656k", "data@eval.data=tinystories", "eval.windows=8", "eval.seq_len=256",
+            "target=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Every test writes runs (and stores) under its own temporary folder."""
+    monkeypatch.setenv("QRECIPE_HOME", str(tmp_path / "qrecipe_home"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder {SHARED} not found (set QRECIPE_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(shared) -> Path:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    """(model, tokenizer) of TinyStories-656K in float32 on CPU; tests must not modify it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def fresh_tiny_model(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def compose_cfg(*overrides: str):
+    from qrecipe.engine.config import compose
+
+    return compose(list(overrides))
+
+
+def settings_for(*overrides: str):
+    from qrecipe.engine.config import load_settings
+
+    return load_settings(compose_cfg(*overrides))
