@@ -60,6 +60,18 @@ def fresh_tiny_model(tiny_model_dir):
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.fixture
+def compose():
+    """compose(*overrides) -> DictConfig."""
+    return compose_cfg
+
+
+@pytest.fixture
+def settings():
+    """settings(*overrides) -> validated Settings."""
+    return settings_for
+
+
 def compose_cfg(*overrides: str):
     from qrecipe.engine.config import compose
 

@@ -85,11 +85,13 @@ def parse_overrides(overrides: list[str]):
                           f"'recipe.rules.attn.match=\"re:.*self_attn\\..*\"'") from None
 
 
-_RULE_FIELD = re.compile(r"^recipe\.(base|rules\.[^.]+)\.((" + "|".join(POLICY_FIELDS_FOR_OVERRIDE) + r")|args\.[^.]+)$")
+_RULE_FIELD = re.compile(r"^recipe\.(base|rules\.[^.]+)\.((" + "|".join(POLICY_FIELDS_FOR_OVERRIDE) + r")|args\.[^.]+)$"
+                         r"|^recipe\.(overlap|tied_embeddings|ignore|description)$")
 
 
 def normalize_overrides(overrides: list[str]) -> list[str]:
-    """`recipe.rules.R.F=V` / `recipe.base.F=V` -> `++...` for rule fields (add or override)."""
+    """`recipe.rules.R.F=V`, `recipe.base.F=V` and recipe-level fields a recipe may leave
+    out (`recipe.overlap=...`) -> `++...`: add or override."""
     out = []
     for ov, text in zip(parse_overrides(overrides), overrides):
         if ov.type == OverrideType.CHANGE and ov.package is None and _RULE_FIELD.match(ov.key_or_group):

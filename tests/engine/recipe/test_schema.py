@@ -1,0 +1,78 @@
+"""Recipe validation without a model: one sentence per problem, naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from qrecipe.engine.errors import RecipeError
+from qrecipe.engine.recipe import Matcher, parse_recipe
+
+ALGOS = ("rtn", "gptq")
+
+
+def recipe(**node):
+    node.setdefault("base", {"scheme": "W8A16", "algorithm": "rtn"})
+    return parse_recipe(node, ALGOS)
+
+
+def test_rule_inherits_base_then_scheme_defaults():
+    r = recipe(base={"scheme": "W4A16", "algorithm": "gptq", "symmetric": False},
+               rules={"a": {"match": "x"}, "b": {"match": "y", "scheme": "W8A16"}})
+    a, b = r.rules
+    assert (a.policy.scheme, a.policy.algorithm, a.policy.group_size, a.policy.symmetric) == ("W4A16", "gptq", 128, False)
+    assert (b.policy.scheme, b.policy.group_size) == ("W8A16", None)  # W8A16 defaults to per-channel
+
+
+@pytest.mark.parametrize("text, kind, pattern", [
+    ("lm_head", "exact", "lm_head"), ("re:.*mlp.*", "regex", ".*mlp.*"), ("class:Linear", "class", "Linear")])
+def test_match_forms(text, kind, pattern):
+    m = Matcher.parse(text, "f")
+    assert (m.kind, m.pattern) == (kind, pattern)
+
+
+def test_regex_is_full_match():
+    m = Matcher.parse("re:mlp", "f")
+    assert not m.matches("model.layers.0.mlp", ("Linear",))
+    assert Matcher.parse("re:.*mlp", "f").matches("model.layers.0.mlp", ("Linear",))
+
+
+def test_class_matches_own_or_ancestor_class():
+    m = Matcher.parse("class:LlamaAttention", "f")
+    assert m.matches("x.q_proj", ("Linear", "LlamaAttention", "LlamaDecoderLayer"))
+    assert not m.matches("x.up_proj", ("Linear", "LlamaMLP"))
+
+
+@pytest.mark.parametrize("node, field", [
+    ({"rules": {"a": {"match": "x", "sheme": "W8A16"}}}, "recipe.rules.a.sheme: unknown key"),
+    ({"rules": {"a": {"match": "x", "scheme": "W3A16"}}}, "recipe.rules.a.scheme: unknown scheme 'W3A16'"),
+    ({"rules": {"a": {"match": "x", "algorithm": "magic"}}}, "recipe.rules.a.algorithm: unknown algorithm 'magic'"),
+    ({"rules": {"a": {"match": "x", "scheme": "W4A16", "group_size": 100}}}, "recipe.rules.a.group_size=100"),
+    ({"rules": {"a": {"match": "x", "scheme": "W4A16", "group_size": "big"}}}, "recipe.rules.a.group_size"),
+    ({"rules": {"a": {"scheme": "W8A16"}}}, "recipe.rules.a.match: missing"),
+    ({"rules": {"a": {"match": "re:(x"}}}, "recipe.rules.a.match: invalid regex"),
+    ({"rules": {"a": {"match": "x", "scheme": "W8A8", "symmetric": False}}}, "recipe.rules.a.symmetric=false"),
+    ({"rules": {"a": {"match": "x", "scheme": "W8A8", "activation": "sometimes"}}}, "recipe.rules.a.activation"),
+    ({"rules": {"a": {"match": "x", "requires": "tensor-magic"}}}, "recipe.rules.a.requires: unknown capability"),
+    ({"rules": {"a": {"match": "x", "fallback": "W8A16"}}}, "recipe.rules.a.fallback: falls back to its own"),
+    ({"rules": {"a": "W8A16"}}, "recipe.rules.a: expected a mapping"),
+    ({"rules": {}, "overlap": "sometimes"}, "recipe.overlap"),
+    ({"rules": {}, "ignore": "lm_head"}, "recipe.ignore: expected a list"),
+    ({"rules": {}, "colour": "red"}, "recipe.colour: unknown key"),
+    ({"rules": {}, "base": {"match": "x", "scheme": "W8A16"}}, "recipe.base.match"),
+])
+def test_validation_errors_name_the_field(node, field):
+    with pytest.raises(RecipeError) as e:
+        recipe(**node)
+    assert field in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_scheme_everywhere():
+    with pytest.raises(RecipeError, match=r"recipe.rules.a.scheme: not set here nor in recipe.base"):
+        parse_recipe({"base": {}, "rules": {"a": {"match": "x"}}}, ALGOS)
+
+
+def test_group_size_channel_forms():
+    r = recipe(rules={"a": {"match": "x", "scheme": "W4A16", "group_size": "channel"},
+                      "b": {"match": "y", "scheme": "W4A16", "group_size": -1}})
+    assert [x.policy.group_size for x in r.rules] == [None, None]
