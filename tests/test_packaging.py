@@ -23,11 +23,14 @@ def test_every_package_folder_is_declared():
         for init in (ROOT / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / folder)
             found.add(".".join([package, *rel.parts]) if rel.parts else package)
+    for group in (ROOT / "conf").iterdir():  # config groups: data-only packages
+        if group.is_dir() and list(group.glob("*.yaml")):
+            found.add(f"qrecipe.conf.{group.name}")
     assert found == _declared()
 
 
 def test_declared_packages_import_under_qrecipe():
-    for name in sorted(_declared()):
+    for name in sorted(n for n in _declared() if not n.startswith("qrecipe.conf.")):
         assert importlib.import_module(name).__name__ == name
 
 
@@ -42,5 +45,5 @@ def test_no_generic_top_level_kernels_package():
 
 def test_config_and_recipes_ship_as_package_data():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "*.yaml" in data["qrecipe.recipes"] and "**/*.yaml" in data["qrecipe.conf"]
+    assert data["*"] == ["*.yaml"]
     assert list((ROOT / "recipes").glob("*.yaml")) and list((ROOT / "conf").rglob("*.yaml"))
