@@ -8,6 +8,9 @@ layout, at the price of a second copy of the int4 codes (0.5 byte per weight) on
 
 torch's constraints (2.13): out_features a multiple of 16, groups of 32/64/128/256 columns;
 per-channel layers qualify when in_features itself is such a size.
+
+Used for bfloat16/float16 activations; float32 activations are dequantized and multiplied as in
+the torch backend (see linear()).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .base import Backend
+from .torch_backend import TorchBackend
 
 GROUP_SIZES = (32, 64, 128, 256)
 _TORCH_ZERO = 8
@@ -38,6 +42,10 @@ class CpuInt4PackBackend(Backend):
         module.set_runtime_buffer("int4pack_scales_zeros", scales_zeros)
 
     def linear(self, module, x):
+        if x.dtype == torch.float32:
+            # torch's packed kernel is fast for 16-bit activations only; for fp32 it was 10-50x
+            # slower than dequantize + matmul (bench/RESULTS.md), so fp32 takes that path
+            return TorchBackend().linear(module, x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, module.int4pack_weight,

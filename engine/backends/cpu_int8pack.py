@@ -3,6 +3,9 @@
 It takes symmetric per-channel weights as signed int8 [N, K], exactly the checkpoint layout
 (kernels/w8a16/pack.py stores q - 128), and one scale per channel in the activation dtype, so
 nothing is re-laid out and the module keeps one copy of its weights.
+
+Used for bfloat16/float16 activations; float32 activations are dequantized and multiplied as in
+the torch backend (see linear()).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .base import Backend
+from .torch_backend import TorchBackend
 
 
 class CpuInt8PackBackend(Backend):
@@ -20,6 +24,10 @@ class CpuInt8PackBackend(Backend):
                 and hasattr(torch, "_weight_int8pack_mm"))
 
     def linear(self, module, x):
+        if x.dtype == torch.float32:
+            # torch's packed kernel is fast for 16-bit activations only; for fp32 it was 10-50x
+            # slower than dequantize + matmul (bench/RESULTS.md), so fp32 takes that path
+            return TorchBackend().linear(module, x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         y = torch._weight_int8pack_mm(x2, module.qweight, module.scales.reshape(-1).to(x.dtype))
