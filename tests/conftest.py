@@ -11,6 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
+
+# Without a GPU the Triton kernels run in Triton's interpreter (tests/kernels/). Triton reads
+# this when a kernel is defined, so it is set here, before any test imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from qrecipe.engine.config.resolvers import shared_dir  # noqa: E402
 
 SHARED = Path(shared_dir())

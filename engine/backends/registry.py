@@ -6,10 +6,16 @@ import torch
 
 from ...kernels import QuantParams, WeightFormat
 from .base import Backend
+from .cpu_int4pack import CpuInt4PackBackend
+from .cpu_int8pack import CpuInt8PackBackend
 from .emulated import EmulatedBackend
 from .torch_backend import TorchBackend
+from .triton_backend import TritonBackend
 
-BACKENDS: list[Backend] = [TorchBackend(), EmulatedBackend()]
+# Production kernels first (Triton on CUDA, torch's packed CPU kernels), then plain torch
+# (dequantize + matmul, or _int_mm for W8A8 on the CPU), then emulation, which takes anything.
+BACKENDS: list[Backend] = [TritonBackend(), CpuInt4PackBackend(), CpuInt8PackBackend(), TorchBackend(),
+                           EmulatedBackend()]
 
 
 def select_backend(fmt: WeightFormat, p: QuantParams, in_features: int, out_features: int,

@@ -28,6 +28,7 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
         self.backend: Backend | None = None
+        self._runtime_buffers: list[str] = []
 
     @classmethod
     def from_quantized(cls, linear: nn.Linear, scheme: str, params: QuantParams, qw: QuantizedWeight) -> "QuantLinear":
@@ -46,12 +47,28 @@ class QuantLinear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.format.dequantize(self.packed(), self.params, dtype)
 
+    def set_runtime_buffer(self, name: str, t: torch.Tensor) -> None:
+        """A backend's own layout of the weights: moves with the module, stays out of state_dict
+        (which keeps the checkpoint layout), and is dropped when another backend is chosen."""
+        self.register_buffer(name, t, persistent=False)
+        if name not in self._runtime_buffers:
+            self._runtime_buffers.append(name)
+
     def prepare(self) -> Backend:
         """Pick the backend for this module's device and let it re-lay out weights if it wants."""
+        for name in self._runtime_buffers:
+            delattr(self, name)
+        self._runtime_buffers = []
         device = next(iter(self.packed().values())).device
         self.backend = select_backend(self.format, self.params, self.in_features, self.out_features, device)
         self.backend.prepare(self)
         return self.backend
+
+    def _apply(self, fn, recurse=True):
+        # Moving or casting the buffers (model.to("cuda")) invalidates the backend chosen for
+        # the old device: forget it, so the next forward (or prepare) chooses again.
+        self.backend = None
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend is None:
