@@ -80,7 +80,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         set_module(model, name, QuantLinear(layer["in_features"], layer["out_features"], bias=layer["bias"],
                                             scheme=layer["scheme"], params=params,
                                             dtype=getattr(torch, meta["dtype"]), device="meta"))
-    state = load_file(str(path / "model.safetensors"))
+    # Copied out of the file's memory map: those tensors are only 8-byte aligned, and torch's
+    # packed CPU kernels (cpu-int8pack) crash on them.
+    state = {k: v.clone() for k, v in load_file(str(path / "model.safetensors")).items()}
     for alias, source in meta.get("aliases", {}).items():
         state[alias] = state[source]
     model.load_state_dict(state, strict=True, assign=True)

@@ -8,7 +8,7 @@ import torch
 
 from .config.settings import Settings
 from .models.describe import ModelInfo, describe
-from .models.loading import build_skeleton, load_config
+from .models.loading import build_skeleton, load_config, resolve_dtype
 from .plan import Plan, resolve_plan
 
 
@@ -31,4 +31,5 @@ def model_info(settings: Settings) -> ModelInfo:
 def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[Plan, ModelInfo]:
     info = model_info(settings)
     device = device or local_device(settings)
-    return resolve_plan(settings.recipe, info, settings.target, device), info
+    dtype = resolve_dtype(settings.model.dtype, device)
+    return resolve_plan(settings.recipe, info, settings.target, device, dtype), info

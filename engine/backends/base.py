@@ -15,7 +15,8 @@ class Backend(ABC):
 
     @abstractmethod
     def supports(self, fmt: WeightFormat, p: QuantParams, in_features: int, out_features: int,
-                 device: torch.device) -> bool: ...
+                 device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether this backend runs the layer well on `device` with `dtype` activations."""
 
     def prepare(self, module) -> None:
         """Called once the module's packed buffers hold real weights on their device."""

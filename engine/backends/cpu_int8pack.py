@@ -19,8 +19,10 @@ from .torch_backend import TorchBackend
 class CpuInt8PackBackend(Backend):
     name = "cpu-int8pack"
 
-    def supports(self, fmt, p, in_features, out_features, device):
-        return (device.type == "cpu" and fmt.name == "w8a16" and p.symmetric and p.group_size is None
+    def supports(self, fmt, p, in_features, out_features, device, dtype):
+        # fp32 activations: torch's packed kernels were 10-50x slower than dequantize + matmul
+        # (bench/RESULTS.md), so the plain torch backend takes those layers.
+        return (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and fmt.name == "w8a16" and p.symmetric and p.group_size is None
                 and hasattr(torch, "_weight_int8pack_mm"))
 
     def linear(self, module, x):

@@ -10,7 +10,7 @@ class EmulatedBackend(Backend):
     name = "emulated"
     emulated = True
 
-    def supports(self, fmt, p, in_features, out_features, device):
+    def supports(self, fmt, p, in_features, out_features, device, dtype):
         return True
 
     def linear(self, module, x):

@@ -19,9 +19,10 @@ BACKENDS: list[Backend] = [TritonBackend(), CpuInt4PackBackend(), CpuInt8PackBac
 
 
 def select_backend(fmt: WeightFormat, p: QuantParams, in_features: int, out_features: int,
-                   device: torch.device | str) -> Backend:
+                   device: torch.device | str, dtype: torch.dtype = torch.float32) -> Backend:
+    """The first backend that runs this layer on `device` with `dtype` activations."""
     device = torch.device(device)
     for backend in BACKENDS:
-        if backend.supports(fmt, p, in_features, out_features, device):
+        if backend.supports(fmt, p, in_features, out_features, device, dtype):
             return backend
     raise RuntimeError(f"no backend supports {fmt.name} on {device}")  # unreachable: emulation supports all

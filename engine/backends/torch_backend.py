@@ -15,7 +15,7 @@ from .base import Backend
 class TorchBackend(Backend):
     name = "torch"
 
-    def supports(self, fmt, p, in_features, out_features, device):
+    def supports(self, fmt, p, in_features, out_features, device, dtype):
         if fmt.activation_dtype == "float":
             return True
         # int8 x int8 -> int32 runs natively on CPU; CUDA's _int_mm has shape limits the

@@ -21,7 +21,7 @@ MIN_CAPABILITY = {"float": (8, 0), "int8": (8, 0), "fp8": (8, 9)}
 class TritonBackend(Backend):
     name = "triton"
 
-    def supports(self, fmt, p, in_features, out_features, device):
+    def supports(self, fmt, p, in_features, out_features, device, dtype):
         if device.type != "cuda" or not triton_installed() or not torch.cuda.is_available():
             return False
         needed = MIN_CAPABILITY.get(fmt.activation_dtype)

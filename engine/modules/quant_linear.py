@@ -27,6 +27,7 @@ class QuantLinear(nn.Module):
             self.register_buffer(name, t)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
+        self.compute_dtype = dtype  # the activation dtype the backend is chosen for
         self.backend: Backend | None = None
         self._runtime_buffers: list[str] = []
 
@@ -60,7 +61,8 @@ class QuantLinear(nn.Module):
             delattr(self, name)
         self._runtime_buffers = []
         device = next(iter(self.packed().values())).device
-        self.backend = select_backend(self.format, self.params, self.in_features, self.out_features, device)
+        self.backend = select_backend(self.format, self.params, self.in_features, self.out_features, device,
+                                      self.compute_dtype)
         self.backend.prepare(self)
         return self.backend
 
@@ -68,6 +70,9 @@ class QuantLinear(nn.Module):
         # Moving or casting the buffers (model.to("cuda")) invalidates the backend chosen for
         # the old device: forget it, so the next forward (or prepare) chooses again.
         self.backend = None
+        # A cast (.half(), .to(torch.bfloat16)) changes the activation dtype the backend is
+        # chosen for; a move keeps it.
+        self.compute_dtype = fn(torch.empty(0, dtype=self.compute_dtype)).dtype
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

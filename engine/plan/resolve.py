@@ -145,7 +145,10 @@ def _check_fused(info: ModelInfo, by_name: dict[str, LayerPlan]) -> None:
                           f"give them one scheme (one rule matching all of them, or the same fields)")
 
 
-def resolve_plan(recipe: Recipe, info: ModelInfo, target: Target, device: torch.device | str = "cpu") -> Plan:
+def resolve_plan(recipe: Recipe, info: ModelInfo, target: Target, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> Plan:
+    """`device` and `dtype` are where and in what this machine will run the model: they choose
+    each layer's backend, not the variant (the plan hash ignores them)."""
     device = torch.device(device)
     elem = dtype_bytes(target.dtype)
     _check_unmatched(recipe, info)
@@ -176,7 +179,7 @@ def resolve_plan(recipe: Recipe, info: ModelInfo, target: Target, device: torch.
                 if params is not None:
                     fmt = get_format(SCHEMES[scheme_name].format)
                     ok = fmt.check(li.out_features, li.in_features, params) is None
-                    backend = select_backend(fmt, params, li.in_features, li.out_features, device)
+                    backend = select_backend(fmt, params, li.in_features, li.out_features, device, dtype)
                     lp = replace(lp, scheme=scheme_name, algorithm=rule.policy.algorithm,
                                  group_size=params.group_size, symmetric=params.symmetric,
                                  activation=params.activation, args=rule.policy.args_dict(),

@@ -21,10 +21,10 @@ CASES = [("W4A16", QuantParams(32)), ("W4A16", QuantParams(128, symmetric=False)
 IDS = [f"{s}-{p.group_size}-{'sym' if p.symmetric else 'asym'}" for s, p in CASES]
 
 
-def make(scheme: str, p: QuantParams, in_features=256, out_features=96, seed=0) -> QuantLinear:
+def make(scheme: str, p: QuantParams, in_features=256, out_features=96, seed=0, dtype=torch.float32) -> QuantLinear:
     torch.manual_seed(seed)
-    lin = nn.Linear(in_features, out_features)
-    return QuantLinear.from_quantized(lin, scheme, p, rtn_quantize(lin.weight.data, SCHEMES[scheme], p))
+    lin = nn.Linear(in_features, out_features).to(dtype)
+    return QuantLinear.from_quantized(lin, scheme, p, rtn_quantize(lin.weight.data.float(), SCHEMES[scheme], p))
 
 
 @pytest.mark.parametrize("scheme, p, in_f, out_f, expected", [
@@ -38,14 +38,20 @@ def make(scheme: str, p: QuantParams, in_features=256, out_features=96, seed=0) 
     ("W8A8", QuantParams(None, activation="dynamic"), 256, 40, "torch"),
     ("FP8", QuantParams(None, activation="dynamic"), 256, 40, "emulated"),
 ])
-def test_cpu_backend_choice(scheme, p, in_f, out_f, expected):
+def test_cpu_backend_choice_for_16_bit_activations(scheme, p, in_f, out_f, expected):
     fmt = get_format(SCHEMES[scheme].format)
-    assert select_backend(fmt, p, in_f, out_f, CPU).name == expected
+    assert select_backend(fmt, p, in_f, out_f, CPU, torch.bfloat16).name == expected
+
+
+@pytest.mark.parametrize("scheme, p", [("W4A16", QuantParams(32)), ("W8A16", QuantParams(None))])
+def test_fp32_activations_take_the_torch_backend(scheme, p):
+    # torch's packed CPU kernels are slow with fp32 activations (bench/RESULTS.md).
+    assert select_backend(get_format(SCHEMES[scheme].format), p, 256, 96, CPU, torch.float32).name == "torch"
 
 
 def test_triton_backend_is_for_cuda_only():
     for scheme, p in CASES:
-        assert not TritonBackend().supports(get_format(SCHEMES[scheme].format), p, 256, 96, CPU)
+        assert not TritonBackend().supports(get_format(SCHEMES[scheme].format), p, 256, 96, CPU, torch.bfloat16)
 
 
 @pytest.mark.gpu
@@ -54,7 +60,7 @@ def test_triton_backend_takes_every_format_the_gpu_can_run():
     cuda = torch.device("cuda")
     fp8 = torch.cuda.get_device_capability() >= (8, 9)
     for scheme, p in CASES:
-        got = select_backend(get_format(SCHEMES[scheme].format), p, 256, 96, cuda).name
+        got = select_backend(get_format(SCHEMES[scheme].format), p, 256, 96, cuda, torch.bfloat16).name
         assert got == ("emulated" if scheme == "FP8" and not fp8 else "triton")
 
 
@@ -63,7 +69,7 @@ def runnable_backends(q: QuantLinear):
     (in the interpreter without a GPU)."""
     from qrecipe.kernels.triton_support import can_run_triton
 
-    out = [b for b in BACKENDS if b.supports(q.format, q.params, q.in_features, q.out_features, CPU)]
+    out = [b for b in BACKENDS if b.supports(q.format, q.params, q.in_features, q.out_features, CPU, q.compute_dtype)]
     return out + ([TritonBackend()] if can_run_triton(CPU) else [])
 
 
@@ -98,7 +104,7 @@ def test_fp16_activations_on_the_cpu_kernels():
 
 
 def test_state_dict_keeps_the_checkpoint_layout_after_prepare():
-    q = make("W4A16", QuantParams(32))
+    q = make("W4A16", QuantParams(32), dtype=torch.bfloat16)
     before = {k: v.clone() for k, v in q.state_dict().items()}
     assert q.prepare().name == "cpu-int4pack"
     after = q.state_dict()
@@ -107,19 +113,20 @@ def test_state_dict_keeps_the_checkpoint_layout_after_prepare():
 
 
 def test_moving_the_module_forgets_its_backend():
-    q = make("W4A16", QuantParams(32))
-    q.prepare()
+    q = make("W4A16", QuantParams(32), dtype=torch.bfloat16)
+    assert q.prepare().name == "cpu-int4pack"
     q.to("cpu")  # any move (to a GPU in practice) may change which backend fits
     assert q.backend is None
+    q.float()  # a cast changes the activation dtype the backend is chosen for
     x = torch.randn(2, 256)
     torch.testing.assert_close(q(x), nn.functional.linear(x, q.dequantized_weight(), q.bias), rtol=1e-5, atol=1e-5)
-    assert q.backend.name == "cpu-int4pack"
+    assert q.backend.name == "torch"
 
 
 def test_choosing_another_backend_drops_the_runtime_layout(monkeypatch):
     from qrecipe.engine.backends import registry
 
-    q = make("W4A16", QuantParams(32))
+    q = make("W4A16", QuantParams(32), dtype=torch.bfloat16)
     q.prepare()
     assert {"int4pack_weight", "int4pack_scales_zeros"} <= {n for n, _ in q.named_buffers()}
     monkeypatch.setattr(registry, "BACKENDS", [b for b in registry.BACKENDS if b.name != "cpu-int4pack"])

@@ -1,4 +1,4 @@
-"""A model served by torch's packed CPU kernels saves the checkpoint layout and loads back to
+"""A model served by torch's packed CPU kernels (bf16 activations) saves the checkpoint layout and loads back to
 identical logits (the kernels' own layouts are runtime buffers, rebuilt on load)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ def test_save_load_gives_identical_logits(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     settings = load_settings(compose(["model=tinystories-656k", "recipe=mixed", "recipe.rules.mlp.group_size=64",
-                                      "target=cpu", "run.device=cpu"]))
+                                      "target=cpu", "run.device=cpu", "model.dtype=bfloat16"]))
     plan, _ = build_plan(settings, torch.device("cpu"))
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
     quantize_model(model, plan, progress=False)
     backends = set(prepare_model(model).values())
     assert {"cpu-int4pack", "cpu-int8pack"} <= backends, backends
