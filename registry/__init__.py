@@ -1,0 +1,1 @@
+"""The SQL registry of variants, MLflow tracking, promotion and jobs."""
