@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -83,6 +82,7 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
 
 def legend() -> str:
     """The column meanings, from this module's docstring."""
-    text = (__doc__ or "").split("\n\n", 1)[1]
-    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+    import textwrap
+
+    return textwrap.dedent((__doc__ or "").split("\n\n", 1)[1]).strip()
 

@@ -129,7 +129,7 @@ def migrate(engine: Engine) -> None:
 def open_registry(url: str) -> Engine:
     """The engine for url, its schema migrated (once per process)."""
     engine = get_engine(url)
-    key = str(engine.url)
+    key = normalize_url(url)
     if key not in _migrated:
         try:
             migrate(engine)
@@ -142,6 +142,16 @@ def open_registry(url: str) -> Engine:
                                 f"that the database is reachable, or set registry=off") from e
         _migrated.add(key)
     return engine
+
+
+def close_registry(url: str) -> None:
+    """Close url's connections (its engine is created again on next use)."""
+    key = normalize_url(url)
+    with _lock:
+        engine = _engines.pop(key, None)
+        _migrated.discard(key)
+    if engine is not None:
+        engine.dispose()
 
 
 @contextmanager

@@ -85,7 +85,7 @@ class Variant(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    base_model: Mapped[BaseModelRecord] = relationship(lazy="joined")
+    base_model: Mapped[BaseModelRecord] = relationship(lazy="joined", innerjoin=True)
     runs: Mapped[list["VariantRun"]] = relationship(back_populates="variant", order_by="VariantRun.id")
 
 

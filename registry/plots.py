@@ -56,12 +56,12 @@ def layer_error(errors: list[dict[str, Any]], path: Path, title: str) -> Path:
     colors = {s: plt.cm.tab10(i) for i, s in enumerate(schemes)}
     xs = range(len(errors))
     ax.bar(xs, [e["sqnr_db"] or 0 for e in errors], color=[colors[e["scheme"]] for e in errors], width=1.0)
-    for s in schemes:
-        ax.bar([], [], color=colors[s], label=s)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=colors[s], label=s) for s in schemes], fontsize=8)
     ax.set_xlabel("quantized layer (model order)")
     ax.set_ylabel("weight SQNR (dB, higher is better)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
     if len(errors) <= 40:
         ax.set_xticks(list(xs), [e["name"] for e in errors], rotation=90, fontsize=6)
     fig.tight_layout()

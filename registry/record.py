@@ -81,7 +81,7 @@ def begin_run(engine: Engine, ident: VariantIdentity, device: str, qrecipe_versi
     """Find or create the variant and add a `running` run to it."""
     def step(session) -> RunHandle:
         model = _base_model(session, ident)
-        variant = session.scalar(select(Variant).where(Variant.id == ident.variant_id).with_for_update())
+        variant = session.scalar(select(Variant).where(Variant.id == ident.variant_id).with_for_update(of=Variant))
         if variant is None:
             variant = Variant(id=ident.variant_id, base_model_id=model.id, target=ident.target,
                               recipe_name=ident.recipe_name, recipe_hash=ident.recipe_hash,
