@@ -19,9 +19,10 @@ import torch
 from .forward import window_logits
 from .perplexity import window_nll
 
-# A variant's probability of the tail bucket below this is float noise (log-softmax in float32
-# carries ~1e-7 relative error), so it is floored here instead of producing an infinite KL.
-_TAIL_FLOOR = 1e-12
+# Tail-bucket masses below this are rounding noise: log-softmax in float32 is accurate to about
+# 1e-7 per token, so 1 - sum(top-k) carries up to ~k * 1e-7. A baseline tail below it counts as
+# empty; a variant tail is floored at it instead of producing a huge or infinite KL.
+_TAIL_FLOOR = 1e-5
 
 
 @dataclass
@@ -62,10 +63,9 @@ def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return values, ids.to(torch.int32)
 
 
-def _log_rest(topk_logp: torch.Tensor) -> torch.Tensor:
-    """log(1 - sum(exp(topk_logp))) along the last axis, stable when the sum is close to 1."""
-    covered = torch.logsumexp(topk_logp, dim=-1).clamp(max=0.0)
-    return torch.log((-torch.expm1(covered)).clamp(min=0.0))
+def _rest(topk_logp: torch.Tensor) -> torch.Tensor:
+    """1 - sum(exp(topk_logp)) along the last axis, accurate when the sum is close to 1."""
+    return -torch.expm1(torch.logsumexp(topk_logp, dim=-1).clamp(max=0.0))
 
 
 def bucket_kl(base_topk_logp: torch.Tensor, var_logp_at_ids: torch.Tensor) -> torch.Tensor:
@@ -77,10 +77,9 @@ def bucket_kl(base_topk_logp: torch.Tensor, var_logp_at_ids: torch.Tensor) -> to
     p_log = base_topk_logp.double()
     q_log = var_logp_at_ids.double()
     head = (p_log.exp() * (p_log - q_log)).sum(-1)
-    p_rest_log = _log_rest(p_log)
-    q_rest_log = torch.log((-torch.expm1(torch.logsumexp(q_log, -1).clamp(max=0.0))).clamp(min=_TAIL_FLOOR))
-    p_rest = p_rest_log.exp()
-    tail = torch.where(p_rest > 0, p_rest * (p_rest_log - q_rest_log), torch.zeros_like(p_rest))
+    p_rest, q_rest = _rest(p_log), _rest(q_log).clamp(min=_TAIL_FLOOR)
+    tail = torch.where(p_rest >= _TAIL_FLOOR, p_rest * (p_rest.clamp(min=_TAIL_FLOOR).log() - q_rest.log()),
+                       torch.zeros_like(p_rest))
     return (head + tail).clamp(min=0.0)  # rounding can leave -1e-17 where the two agree
 
 
