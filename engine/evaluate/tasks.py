@@ -2,7 +2,7 @@
 
     prose  continuations of the primary eval text (a paragraph's opening -> the rest of it)
     math   GSM8K test questions -> the reference solution (calculator annotations removed)
-    code   HumanEval prompts -> canonical solutions, alternating with MBPP (sanitized) problems
+    code   HumanEval prompts -> canonical solutions, taken in turn with MBPP (sanitized) problems
            -> reference code; scored by likelihood and agreement, never executed
     json   instructions asking for one JSON object (json_tasks.py) -> a correct answer
 
@@ -94,13 +94,14 @@ def _math(path: str) -> list[TaskText]:
             for i, row in enumerate(_jsonl(path))]
 
 
-def _code(humaneval: str, mbpp: str) -> list[TaskText]:
-    he = [TaskText("code", row["task_id"], row["prompt"], row["canonical_solution"]) for row in _jsonl(humaneval)]
-    rows = json.loads(Path(mbpp).read_text(encoding="utf-8"))
-    mb = [TaskText("code", f"mbpp/{row['task_id']}", f'"""\n{row["prompt"]}\n{row["test_list"][0]}\n"""\n',
-                   row["code"].replace("\r\n", "\n")) for row in rows]
-    # alternate the two sources so a handful of prompts draws from both
-    return [t for pair in zip(he, mb) for t in pair] + he[len(mb):] + mb[len(he):]
+def _humaneval(path: str) -> list[TaskText]:
+    return [TaskText("code", row["task_id"], row["prompt"], row["canonical_solution"]) for row in _jsonl(path)]
+
+
+def _mbpp(path: str) -> list[TaskText]:
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [TaskText("code", f"mbpp/{row['task_id']}", f'"""\n{row["prompt"]}\n{row["test_list"][0]}\n"""\n',
+                     row["code"].replace("\r\n", "\n")) for row in rows]
 
 
 def _json() -> list[TaskText]:
@@ -108,10 +109,10 @@ def _json() -> list[TaskText]:
             for i, (instruction, answer, schema) in enumerate(json_cases())]
 
 
-def task_texts(spec: TaskSpec, eval_documents: list[str]) -> dict[str, list[TaskText]]:
-    """Every candidate prompt per enabled family, in source order."""
-    builders = {"prose": lambda: _prose(eval_documents), "math": lambda: _math(spec.gsm8k),
-                "code": lambda: _code(spec.humaneval, spec.mbpp), "json": _json}
+def task_texts(spec: TaskSpec, eval_documents: list[str]) -> dict[str, list[list[TaskText]]]:
+    """Every candidate prompt per enabled family, one list per source, in source order."""
+    builders = {"prose": lambda: [_prose(eval_documents)], "math": lambda: [_math(spec.gsm8k)],
+                "code": lambda: [_humaneval(spec.humaneval), _mbpp(spec.mbpp)], "json": lambda: [_json()]}
     return {family: builders[family]() for family in spec.families}
 
 
@@ -129,18 +130,27 @@ def _render(tokenizer, task: TaskText, use_chat: bool) -> tuple[list[int], list[
 
 
 def build_task_items(spec: TaskSpec, tokenizer, eval_documents: list[str]) -> list[TaskItem]:
-    """eval.tasks.prompts tokenized prompts per family (fewer where a source has fewer that fit)."""
+    """eval.tasks.prompts tokenized prompts per family (fewer where a source has fewer that fit).
+    A family with several sources (code) takes them in turn, so a handful draws from each."""
     use_chat = spec.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
-    items: list[TaskItem] = []
-    for family, texts in task_texts(spec, eval_documents).items():
-        taken = 0
-        for task in _spread(texts, spec.prompts):
-            if taken == spec.prompts:
-                break
+
+    def fitting(source: list[TaskText], share: int) -> Iterator[TaskItem]:
+        for task in _spread(source, share):
             prompt_ids, reference_ids = _render(tokenizer, task, use_chat)
-            if not reference_ids or len(prompt_ids) > spec.max_prompt_tokens:
-                continue
-            items.append(TaskItem(family, task.source, prompt_ids, reference_ids[:spec.reference_tokens],
-                                  task.schema))
-            taken += 1
+            if reference_ids and len(prompt_ids) <= spec.max_prompt_tokens:
+                yield TaskItem(task.family, task.source, prompt_ids, reference_ids[:spec.reference_tokens],
+                               task.schema)
+
+    items: list[TaskItem] = []
+    for family, sources in task_texts(spec, eval_documents).items():
+        share = -(-spec.prompts // len(sources))
+        streams, taken = [fitting(source, share) for source in sources], 0
+        while streams and taken < spec.prompts:
+            for stream in list(streams):
+                item = next(stream, None)
+                if item is None:
+                    streams.remove(stream)
+                elif taken < spec.prompts:
+                    items.append(item)
+                    taken += 1
     return items
