@@ -84,6 +84,16 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class Steps:
+    """Progress lines stamped with the seconds since the run started (where the time goes)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
+
+
 def _output_dir(settings: Settings, plan: Plan) -> Path:
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
@@ -104,6 +114,7 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
 def run(cfg: DictConfig, progress: bool = True) -> RunResult:
     from ..registry.recorder import RunRecorder
 
+    step = Steps()
     settings = load_settings(cfg)
     device = local_device(settings)
     for name, data in settings.eval.all_texts().items():
@@ -115,14 +126,14 @@ def run(cfg: DictConfig, progress: bool = True) -> RunResult:
     out = _output_dir(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
     recorder = RunRecorder(settings, plan, info.model_type, str(device), str(dtype).replace("torch.", ""))
-    say(recorder.describe_start())
+    step(recorder.describe_start())
     staging = out.parent / f".{out.name}.partial"
     renamed = False
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, progress)
+        metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
         recorder.log_outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
@@ -142,28 +153,31 @@ def _original_weights(settings: Settings) -> Path | None:
 
 
 def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path, recorder,
-             progress: bool) -> tuple[dict[str, Any], list[dict]]:
+             step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
     torch.manual_seed(settings.run.seed)
-    say(f"loading {settings.model.name} ({dtype}, {device}) ...")
+    step(f"loading {settings.model.name} ({dtype}, {device}) ...")
     model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     inputs = suite.prepare_inputs(settings, tokenizer)
-    say("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs))
-    base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, say, progress)
+    step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs))
+    base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
     recorder.record_baseline(base.key, str(device), str(dtype).replace("torch.", ""), base.key_parts,
                              {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
                               "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder))
-    say(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
+    step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
     report = quantize_model(model, plan, calibration=settings.calib, progress=progress)
     backends = prepare_model(model)
-    say(f"quantized {report.layers} layers in {report.seconds:.1f}s")
+    step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the baseline ...")
     metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
-    say("timing the variant ...")
+    step("timing the variant ...")
     speed = suite.measure_variant_speed(model, settings, inputs)
-    say("writing checkpoint ...")
+    step("writing checkpoint ...")
     save_checkpoint(model, tokenizer, plan, staging / "model")
+    if settings.eval.memory.method != "off":
+        step("peak memory of the variant ...")
     peak = suite.measure_variant_peak(settings, device, model, staging / "model")
     if not settings.run.save_checkpoint:  # it was written only for the memory measurement
         shutil.rmtree(staging / "model")
+    step("per-layer error ...")
     errors = layer_errors(model, _original_weights(settings))
     metrics.update(suite.speed_and_memory_metrics(base, speed, peak, weight_bytes(model),
                                                   peak_method(settings.eval.memory.method, device)))

@@ -111,6 +111,7 @@ def save_baseline(folder: Path, outputs: BaselineOutputs, meta: dict[str, Any]) 
         if (folder / "reference.pt").is_file():
             return
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as the rest of paths.root
         try:
             torch.save({"format": BASELINE_FORMAT, "texts": {n: r.to_state() for n, r in outputs.texts.items()},
                         "tasks": outputs.tasks.to_state() if outputs.tasks else None,

@@ -114,6 +114,8 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
     if ev.speed.enabled:
         say("timing the baseline ...")
         speed = measure_speed(model, inputs.speed_tokens, ev.speed)
+    if settings.eval.memory.method != "off":
+        say("peak memory of the baseline ...")
     peak = _peak(settings, device, model, {"model": dataclasses.asdict(settings.model),
                                            "cache": str(settings.paths.cache), "dtype": str(dtype).split(".")[-1]})
     return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), speed, peak)
