@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RUN as SMALL
+from registry_fixtures import postgres_server, postgres_url, registry_url, small_run  # noqa: F401 (fixtures)
 from sqlalchemy import create_engine, text
+
+SMALL = small_run()
 
 REQUIRED_METRICS = ("ppl", "ppl_baseline", "kl_mean", "top1_agreement", "prefill_speedup", "decode_speedup",
                     "weight_bytes", "weight_bytes_baseline", "peak_memory_bytes")

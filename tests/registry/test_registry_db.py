@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
+from registry_fixtures import postgres_server, postgres_url, registry_url  # noqa: F401 (fixtures)
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
