@@ -158,7 +158,7 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     step(f"loading {settings.model.name} ({dtype}, {device}) ...")
     model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     inputs = suite.prepare_inputs(settings, tokenizer)
-    step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs))
+    step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device))
     base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
     recorder.record_baseline(base.key, str(device), str(dtype).replace("torch.", ""), base.key_parts,
                              {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},

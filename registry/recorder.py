@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from qrecipe.engine.algorithms import get_algorithm
 from qrecipe.engine.config.settings import Settings
+from qrecipe.engine.errors import QRecipeError
 from qrecipe.engine.plan import Plan
 from qrecipe.engine.schemes import SCHEMES
 
@@ -91,6 +92,19 @@ def run_tags(plan: Plan, ident: VariantIdentity, handle: RunHandle | None) -> di
     return tags
 
 
+class TrackingError(QRecipeError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def _start_mlflow(settings: Settings, model: str, name: str, tags: dict[str, str]) -> MlflowRun:
+    try:
+        return MlflowRun(settings, model, name, tags)
+    except Exception as e:  # noqa: BLE001 - one line naming the setting, not MLflow's retry traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TrackingError(f"tracking.uri: cannot start an MLflow run in {tracking_uri(settings)} ({first}); "
+                            f"check the URI and that the server answers, or set tracking=off") from e
+
+
 class RunRecorder:
     def __init__(self, settings: Settings, plan: Plan, model_type: str, device: str, dtype: str):
         self.settings, self.plan = settings, plan
@@ -104,7 +118,7 @@ class RunRecorder:
         try:
             if settings.tracking.enabled:
                 name = f"{plan.recipe}@{plan.target}" + (f" #{self.handle.run_number}" if self.handle else "")
-                self.mlflow = MlflowRun(settings, plan.model_id, name, run_tags(plan, self.ident, self.handle))
+                self.mlflow = _start_mlflow(settings, plan.model_id, name, run_tags(plan, self.ident, self.handle))
                 self.mlflow.log_params(run_params(settings, plan, self.ident, device, dtype))
         except BaseException as e:
             self.fail(e)

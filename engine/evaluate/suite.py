@@ -62,7 +62,11 @@ def prepare_inputs(settings: Settings, tokenizer) -> EvalInputs:
     return EvalInputs(windows, items, speed_tokens(first, max(ev.speed.prompt_len, 32)))
 
 
-def describe_sizes(settings: Settings, inputs: EvalInputs) -> str:
+_METHODS = {"child": "each model in a fresh child process (peak RSS running one eval batch)",
+            "cuda": "torch's peak allocated CUDA memory while each model runs one eval batch", "off": "not measured"}
+
+
+def describe_sizes(settings: Settings, inputs: EvalInputs, device: torch.device) -> str:
     """The measurement sizes, one line each, with the settings that change them."""
     ev, t, s = settings.eval, settings.eval.tasks, settings.eval.speed
     families = {}
@@ -77,7 +81,7 @@ def describe_sizes(settings: Settings, inputs: EvalInputs) -> str:
     if s.enabled:
         lines.append(f"  speed:   prefill {s.batch_size} x {s.prompt_len} tokens, decode {s.new_tokens} tokens at batch 1; "
                      f"{s.warmup} warm-up + median of {s.repeats} (eval.speed.*)")
-    lines.append(f"  memory:  {ev.memory.method} (eval.memory.method)")
+    lines.append(f"  memory:  {_METHODS[peak_method(ev.memory.method, device)]} (eval.memory.method)")
     return "\n".join(lines)
 
 
