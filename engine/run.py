@@ -155,12 +155,13 @@ def _original_weights(settings: Settings) -> Path | None:
 def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path, recorder,
              step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
     torch.manual_seed(settings.run.seed)
+    dtype_name = str(dtype).replace("torch.", "")
     step(f"loading {settings.model.name} ({dtype}, {device}) ...")
     model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     inputs = suite.prepare_inputs(settings, tokenizer)
     step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device))
     base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
-    recorder.record_baseline(base.key, str(device), str(dtype).replace("torch.", ""), base.key_parts,
+    recorder.record_baseline(base.key, str(device), dtype_name, base.key_parts,
                              {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
                               "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder))
     step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
@@ -170,22 +171,22 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
     step("timing the variant ...")
     speed = suite.measure_variant_speed(model, settings, inputs)
-    step("writing checkpoint ...")
-    save_checkpoint(model, tokenizer, plan, staging / "model")
-    if settings.eval.memory.method != "off":
+    method = peak_method(settings.eval.memory.method, device)
+    if settings.run.save_checkpoint or method == "child":  # the child process loads the variant from it
+        step("writing checkpoint ...")
+        save_checkpoint(model, tokenizer, plan, staging / "model")
+    if method != "off":
         step("peak memory of the variant ...")
     peak = suite.measure_variant_peak(settings, device, model, staging / "model")
-    if not settings.run.save_checkpoint:  # it was written only for the memory measurement
-        shutil.rmtree(staging / "model")
+    if not settings.run.save_checkpoint:
+        shutil.rmtree(staging / "model", ignore_errors=True)
     step("per-layer error ...")
     errors = layer_errors(model, _original_weights(settings))
-    metrics.update(suite.speed_and_memory_metrics(base, speed, peak, weight_bytes(model),
-                                                  peak_method(settings.eval.memory.method, device)))
+    metrics.update(suite.speed_and_memory_metrics(base, speed, peak, weight_bytes(model), method))
     metrics.update(summarize(errors))
     metrics.update({
         "baseline_cached": base.cached, "quantize_seconds": report.seconds, "layers_quantized": report.layers,
-        "layers_emulated": sum(1 for lp in plan.layers if lp.emulated), "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
+        "layers_emulated": sum(1 for lp in plan.layers if lp.emulated), "device": str(device), "dtype": dtype_name,
     })
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees

@@ -19,16 +19,6 @@ from sqlalchemy.engine import make_url
 from throwaway_postgres import Cluster, start_cluster
 
 
-def small_run() -> list[str]:
-    """tests/conftest.py's small in-domain TinyStories-656K run, with small measurement sizes:
-    the tests here run the whole pipeline several times on two cores."""
-    from conftest import TINY_RUN
-
-    return TINY_RUN + ["eval.tasks.prompts=1", "eval.tasks.new_tokens=8", "eval.tasks.reference_tokens=16",
-                       "eval.speed.prompt_len=32", "eval.speed.new_tokens=2", "eval.speed.warmup=0",
-                       "eval.speed.repeats=1"]
-
-
 _cluster: Cluster | str | None = None
 
 

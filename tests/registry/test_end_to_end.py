@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from registry_fixtures import postgres_server, postgres_url, registry_url, small_run  # noqa: F401 (fixtures)
+from conftest import TINY_RUN
+from registry_fixtures import postgres_server, postgres_url, registry_url  # noqa: F401 (fixtures)
 from sqlalchemy import create_engine, text
-
-SMALL = small_run()
 
 REQUIRED_METRICS = ("ppl", "ppl_baseline", "kl_mean", "top1_agreement", "prefill_speedup", "decode_speedup",
                     "weight_bytes", "weight_bytes_baseline", "peak_memory_bytes")
@@ -30,7 +29,7 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def _run_json(capsys, *overrides) -> dict:
-    rc, out, err = _cli(capsys, "run", "--json", "--no-progress", *SMALL, *overrides)
+    rc, out, err = _cli(capsys, "run", "--json", "--no-progress", *TINY_RUN, *overrides)
     assert rc == 0, err
     return json.loads(out.strip().splitlines()[-1])
 
@@ -95,10 +94,9 @@ def test_a_rerun_the_commands_that_read_the_registry_and_the_report(monkeypatch,
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("QRECIPE_REGISTRY_URL", f"sqlite:///{tmp_path / 'reg.db'}")
-    fast = ["eval.memory.method=off"]
-    first = _run_json(capsys, *fast)
-    again = _run_json(capsys, *fast)
-    other = _run_json(capsys, *fast, "recipe=w4a16", "recipe.base.group_size=32")
+    first = _run_json(capsys)
+    again = _run_json(capsys)
+    other = _run_json(capsys, "recipe=w4a16", "recipe.base.group_size=32")
     assert again["variant_id"] == first["variant_id"] != other["variant_id"]
     assert (first["run_number"], again["run_number"]) == (1, 2)
     assert again["metrics"]["baseline_cached"] is True and first["metrics"]["baseline_cached"] is False
@@ -146,7 +144,7 @@ def test_a_failed_run_leaves_no_success_behind(monkeypatch, capsys, tmp_path):
         raise RuntimeError("speed measurement exploded")
 
     monkeypatch.setattr(suite, "measure_variant_speed", broken)
-    cfg = compose(SMALL + ["eval.memory.method=off"])
+    cfg = compose(TINY_RUN)
     with pytest.raises(RuntimeError, match="exploded"):
         run(cfg, progress=False)
     settings = load_settings(cfg)
