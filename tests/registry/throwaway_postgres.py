@@ -3,7 +3,8 @@
 As root (CI, developer containers) Debian's pg_createcluster/pg_ctlcluster create and start a
 cluster owned by the postgres user (initdb itself refuses root); as another user, initdb and
 pg_ctl run directly in a temporary folder. QRECIPE_TEST_POSTGRES_URL points the tests at an
-existing server instead (its role needs CREATEDB: each test gets a database of its own). Where none of that is possible the reason is returned, and the
+existing server instead (its role needs CREATEDB: each test gets a database of its own);
+QRECIPE_TEST_POSTGRES=skip skips them. Where none of that is possible the reason is returned, and the
 PostgreSQL tests are skipped with it.
 """
 
@@ -103,6 +104,8 @@ def _as_user(bin_dir: Path) -> Cluster:
 
 def start_cluster() -> Cluster | str:
     """A running cluster, or the reason there is none."""
+    if os.environ.get("QRECIPE_TEST_POSTGRES") == "skip":
+        return "QRECIPE_TEST_POSTGRES=skip is set"
     external = os.environ.get("QRECIPE_TEST_POSTGRES_URL")
     if external:
         return Cluster(external, lambda: None)
