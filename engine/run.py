@@ -95,6 +95,7 @@ class Steps:
 
 
 def _output_dir(settings: Settings, plan: Plan) -> Path:
+    """Where the variant folder should go (checked before any work; reserved by _reserve)."""
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
         if out.exists():
@@ -103,12 +104,31 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
             raise ConfigError(f"run.output_dir: {out} already exists; choose a new folder or leave it null")
         return out
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
+    return Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+
+
+def _reserve(out: Path, numbered: bool) -> tuple[Path, Path]:
+    """(folder, its staging folder), the staging folder created here and by no one else.
+
+    Runs started in the same second with the same recipe want the same name; creating the
+    staging folder is the atomic claim, and a run that loses takes the next number. A fixed
+    run.output_dir is not numbered: a concurrent writer is an error.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = out if n == 1 else out.with_name(f"{out.name}-{n}")
+        staging = candidate.parent / f".{candidate.name}.partial"
+        if not candidate.exists():
+            try:
+                staging.mkdir()
+                return candidate, staging
+            except FileExistsError:
+                pass
+        if not numbered:
+            from .errors import ConfigError
+
+            raise ConfigError(f"run.output_dir: {out} is being written by another run; choose another folder")
+    raise RuntimeError(f"no free run folder name next to {out}")
 
 
 def run(cfg: DictConfig, progress: bool = True) -> RunResult:
@@ -127,12 +147,9 @@ def run(cfg: DictConfig, progress: bool = True) -> RunResult:
     dtype = resolve_dtype(settings.model.dtype, device)
     recorder = RunRecorder(settings, plan, info.model_type, str(device), str(dtype).replace("torch.", ""))
     step(recorder.describe_start())
-    staging = out.parent / f".{out.name}.partial"
-    renamed = False
+    staging, renamed = None, False
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        out, staging = _reserve(out, numbered=not settings.run.output_dir)
         metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
         recorder.log_outputs(staging, metrics, errors)
         staging.rename(out)
@@ -140,7 +157,8 @@ def run(cfg: DictConfig, progress: bool = True) -> RunResult:
         recorder.succeed(out.resolve(), metrics)
     except BaseException as e:
         recorder.fail(e)
-        shutil.rmtree(out if renamed else staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(out if renamed else staging, ignore_errors=True)
         raise
     return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
                      extra=recorder.summary())
