@@ -138,7 +138,7 @@ def run(cfg: DictConfig, progress: bool = True) -> RunResult:
     settings = load_settings(cfg)
     device = local_device(settings)
     for name, data in settings.eval.all_texts().items():
-        check_data(data, "eval.data" if name == settings.eval.data.name else f"eval.texts.{name}")
+        check_data(data, settings.eval.text_field(name))
     check_task_data(settings.eval.tasks)
     peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)

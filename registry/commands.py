@@ -81,7 +81,8 @@ def cmd_show(args) -> int:
 
     refs, overrides = _split(args.items)
     if len(refs) != 1:
-        raise ConfigError("variants show: name one variant (its id or a unique prefix), e.g. qrecipe variants show 3f9a")
+        raise ConfigError("variants show: name one variant (its id or a unique prefix), "
+                          "e.g. qrecipe variants show 3f9a")
     engine = _engine(_settings(overrides))
     v = find_variant(engine, refs[0])
     runs = variant_runs(engine, v.id)
@@ -137,7 +138,8 @@ def cmd_report(args) -> int:
 
     refs, overrides = _split(args.items)
     if len(refs) != 1:
-        raise ConfigError("report: name one model, e.g. qrecipe report smollm2-135m (`qrecipe variants list` shows them)")
+        raise ConfigError("report: name one model, e.g. qrecipe report smollm2-135m "
+                          "(`qrecipe variants list` shows them)")
     result = write_report(_settings(overrides), refs[0], Path(args.out).resolve() if args.out else None)
     print(f"report: {result['report']}")
     for p in result["plots"]:

@@ -17,6 +17,12 @@ def _pyplot():
     return plt
 
 
+def point(label: str, metrics: dict[str, Any], highlight: bool = False) -> dict[str, Any]:
+    """One variant on the quality-vs-memory plot, from its metrics."""
+    return {"label": label, "weight_bytes": metrics.get("weight_bytes"), "ppl_delta_pct": metrics.get("ppl_delta_pct"),
+            "kl_mean": metrics.get("kl_mean"), "highlight": highlight}
+
+
 def quality_vs_memory(points: list[dict[str, Any]], baseline_bytes: int | None, path: Path, title: str) -> Path:
     """Perplexity change and KL against weight memory, one point per variant.
 

@@ -160,15 +160,13 @@ class RunRecorder:
     def _plots(self, staging: Path, metrics: dict[str, Any], layer_errors: list[dict]) -> list[Path]:
         folder = staging / "plots"
         out = []
-        points = [{"label": self.plan.recipe, "weight_bytes": metrics.get("weight_bytes"),
-                   "ppl_delta_pct": metrics.get("ppl_delta_pct"), "kl_mean": metrics.get("kl_mean"),
-                   "highlight": True}]
+        points = [plots.point(self.plan.recipe, metrics, highlight=True)]
         if self.engine is not None:
-            for v in list_variants(self.engine, self.plan.model_id, measured_only=True):
-                if v.id != self.variant_id and v.metrics:
-                    points.append({"label": f"{v.recipe_name}@{v.target}", "weight_bytes": v.metrics.get("weight_bytes"),
-                                   "ppl_delta_pct": v.metrics.get("ppl_delta_pct"), "kl_mean": v.metrics.get("kl_mean")})
-        out.append(plots.quality_vs_memory(points, metrics.get("weight_bytes_baseline"), folder / "quality_vs_memory.png",
+            points += [plots.point(f"{v.recipe_name}@{v.target}", v.metrics)
+                       for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
+                       if v.id != self.variant_id and v.metrics]
+        out.append(plots.quality_vs_memory(points, metrics.get("weight_bytes_baseline"),
+                                           folder / "quality_vs_memory.png",
                                            f"{self.plan.model_id}: quality vs weight memory"))
         if layer_errors:
             out.append(plots.layer_error(layer_errors, folder / "layer_error.png",

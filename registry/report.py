@@ -81,9 +81,7 @@ def write_report(settings: Settings, model: str, out: Path | None = None) -> dic
     targets = shipped_targets()
     rows = [matrix_row(v, targets) for v in variants]
     families = _families(variants)
-    points = [{"label": f"{v.recipe_name}@{v.target}", "weight_bytes": (v.metrics or {}).get("weight_bytes"),
-               "ppl_delta_pct": (v.metrics or {}).get("ppl_delta_pct"), "kl_mean": (v.metrics or {}).get("kl_mean")}
-              for v in variants]
+    points = [plots.point(f"{v.recipe_name}@{v.target}", v.metrics or {}) for v in variants]
     baseline_bytes = next(((v.metrics or {}).get("weight_bytes_baseline") for v in variants), None)
     pngs = [plots.quality_vs_memory(points, baseline_bytes, out / "quality_vs_memory.png",
                                     f"{model}: quality vs weight memory")]

@@ -85,6 +85,10 @@ class EvalSpec:
         """The primary eval text first (its name), then the extra texts."""
         return {self.data.name: self.data, **self.texts}
 
+    def text_field(self, name: str) -> str:
+        """The config field that names a text (for error messages)."""
+        return "eval.data" if name == self.data.name else f"eval.texts.{name}"
+
 
 @dataclass(frozen=True)
 class CalibSpec:

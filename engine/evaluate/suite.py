@@ -1,10 +1,12 @@
-"""Everything `qrecipe run` measures, as two steps around quantization:
+"""Everything `qrecipe run` measures, before and after quantization:
 
-    measure_baseline  quality reference (cached per model, eval settings and device), speed
-                      and peak memory of the unquantized model
-    measure_variant   the same for the quantized model, scored against the baseline
+    measure_baseline          the quality reference (cached per model, eval settings and
+                              device), speed and peak memory of the unquantized model
+    measure_variant_quality   perplexity, divergence and task behaviour against that reference
+    measure_variant_speed     timed like the baseline, in the same process
+    measure_variant_peak      peak memory, measured like the baseline's
 
-and the flat metrics dict both produce (names in README "Tracking and registry").
+and the flat metrics they produce (names in README "Tracking and registry").
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 
 from ..config.settings import Settings
 from ..data import load_documents, token_windows
-from .baseline_cache import BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline, save_baseline
+from .baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline,
+                             save_baseline)
 from .divergence import compare_pass, reference_pass
 from .memory import child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
 from .speed import SpeedResult, measure_speed, speed_tokens
@@ -53,10 +56,9 @@ def prepare_inputs(settings: Settings, tokenizer) -> EvalInputs:
     ev = settings.eval
     windows, primary_docs = {}, None
     for name, data in ev.all_texts().items():
-        docs = load_documents(data, "eval.data" if name == ev.data.name else f"eval.texts.{name}")
+        docs = load_documents(data, ev.text_field(name))
         primary_docs = primary_docs if primary_docs is not None else docs
-        windows[name] = token_windows(tokenizer, docs, ev.seq_len, ev.windows,
-                                      "eval" if name == ev.data.name else f"eval.texts.{name}")
+        windows[name] = token_windows(tokenizer, docs, ev.seq_len, ev.windows, "eval")
     items = build_task_items(ev.tasks, tokenizer, primary_docs or [])
     first = next(iter(windows.values()))
     return EvalInputs(windows, items, speed_tokens(first, max(ev.speed.prompt_len, 32)))
@@ -79,8 +81,8 @@ def describe_sizes(settings: Settings, inputs: EvalInputs, device: torch.device)
              f"  tasks:   {fam} prompts (eval.tasks.prompts={t.prompts}), {t.new_tokens} greedy tokens "
              f"(eval.tasks.new_tokens), references scored on {t.reference_tokens} tokens"]
     if s.enabled:
-        lines.append(f"  speed:   prefill {s.batch_size} x {s.prompt_len} tokens, decode {s.new_tokens} tokens at batch 1; "
-                     f"{s.warmup} warm-up + median of {s.repeats} (eval.speed.*)")
+        lines.append(f"  speed:   prefill {s.batch_size} x {s.prompt_len} tokens, decode {s.new_tokens} tokens at "
+                     f"batch 1; {s.warmup} warm-up + median of {s.repeats} (eval.speed.*)")
     lines.append(f"  memory:  {_METHODS[peak_method(ev.memory.method, device)]} (eval.memory.method)")
     return "\n".join(lines)
 

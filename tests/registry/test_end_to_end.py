@@ -131,14 +131,14 @@ def test_a_rerun_the_commands_that_read_the_registry_and_the_report(monkeypatch,
                                               "report/task_families.png"}
 
 
-def test_a_failed_run_leaves_no_success_behind(monkeypatch, capsys, tmp_path):
+def test_a_failed_run_leaves_no_success_behind(monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    from qrecipe.engine.config import compose, load_settings
     from qrecipe.engine.evaluate import suite
     from qrecipe.engine.run import run
-    from qrecipe.engine.config import compose
-    from qrecipe.registry.recorder import registry_url
-    from qrecipe.engine.config import load_settings
+    from qrecipe.registry import recorder
+    from qrecipe.registry.tracking import tracking_uri
 
     def broken(*args, **kwargs):
         raise RuntimeError("speed measurement exploded")
@@ -148,12 +148,10 @@ def test_a_failed_run_leaves_no_success_behind(monkeypatch, capsys, tmp_path):
     with pytest.raises(RuntimeError, match="exploded"):
         run(cfg, progress=False)
     settings = load_settings(cfg)
-    url = registry_url(settings)
+    url = recorder.registry_url(settings)
     [vrun] = _sql(url, "SELECT * FROM variant_runs")
     assert vrun["status"] == "failed" and "exploded" in vrun["error"]
     assert _sql(url, "SELECT status FROM variants")[0]["status"] == "failed"
-    from qrecipe.registry.tracking import tracking_uri
-
     client = MlflowClient(tracking_uri(settings))
     assert client.get_run(vrun["mlflow_run_id"]).info.status == "FAILED"
     runs = Path(settings.paths.root) / "runs"

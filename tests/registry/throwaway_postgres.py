@@ -55,8 +55,8 @@ def _wait_ready(bin_dir: Path, port: int) -> None:
 
 
 def _setup_sql(bin_dir: Path, port: int, prefix: list[str], host: str) -> None:
-    psql = prefix + [str(bin_dir / "psql"), "-h", host, "-p", str(port), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
-                     "-c", f"CREATE ROLE {USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'",
+    psql = prefix + [str(bin_dir / "psql"), "-h", host, "-p", str(port), "-U", "postgres", "-d", "postgres",
+                     "-v", "ON_ERROR_STOP=1", "-c", f"CREATE ROLE {USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'",
                      "-c", f"CREATE DATABASE {DATABASE} OWNER {USER}"]
     _run(psql)
 

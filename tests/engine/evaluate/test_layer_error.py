@@ -12,7 +12,8 @@ def test_exact_and_rescaled_weights_have_no_error():
     w = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
     assert scale_invariant_error(w, w) == 0.0
     s = torch.rand(16, generator=torch.Generator().manual_seed(1)) + 0.5
-    assert scale_invariant_error(w, w * s) < 1e-6  # float32 rounding only: a folded per-input-channel scale is not error
+    # a folded per-input-channel scale is not error (float32 rounding aside)
+    assert scale_invariant_error(w, w * s) < 1e-6
     assert sqnr_db(0.0) is None and sqnr_db(0.01) == pytest.approx(40.0)
 
 
