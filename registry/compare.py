@@ -74,10 +74,15 @@ def render_text(rows: list[dict[str, Any]]) -> str:
     return _table(COLUMNS, [_cells(r) for r in rows])
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows])
+
+
 def render_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(COLUMNS, [_cells(r) for r in rows])
 
 
 def legend() -> str:

@@ -11,7 +11,7 @@ from qrecipe.engine.config.settings import Settings
 from qrecipe.engine.plan.render import human_bytes
 
 from . import plots
-from .compare import legend, matrix_row, render_markdown, shipped_targets
+from .compare import legend, markdown_table, matrix_row, render_markdown, shipped_targets
 from .db import RegistryError, open_registry
 from .models import Variant
 from .queries import list_variants, model_names
@@ -31,7 +31,7 @@ def _families(variants: list[Variant]) -> list[str]:
 
 def _task_table(variants: list[Variant], families: list[str]) -> str:
     header = ["variant", "recipe"] + [f"{f}: match / prefix / loglik delta" for f in families]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for v in variants:
         m = v.metrics or {}
         cells = [v.id, v.recipe_name]
@@ -44,14 +44,14 @@ def _task_table(variants: list[Variant], families: list[str]) -> str:
             if f"task.{f}.valid_rate" in m:
                 cell += f" (valid {m[f'task.{f}.valid_rate']:.2f} vs {m[f'task.{f}.valid_rate_baseline']:.2f})"
             cells.append(cell)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def _absolute_table(variants: list[Variant]) -> str:
     header = ["variant", "recipe", "ppl (baseline)", "weights (baseline)", "peak memory (baseline)",
               "prefill tok/s (baseline)", "decode ms/token (baseline)", "device", "runs"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for v in variants:
         m = v.metrics or {}
 
@@ -60,12 +60,11 @@ def _absolute_table(variants: list[Variant]) -> str:
                 return "-"
             return f"{fmt(m[key])} ({fmt(m[key + '_baseline'])})"
 
-        lines.append("| " + " | ".join([
-            v.id, v.recipe_name, pair("ppl", lambda x: f"{x:.3f}"), pair("weight_bytes", human_bytes),
-            pair("peak_memory_bytes", human_bytes), pair("prefill_tokens_per_s", lambda x: f"{x:,.0f}"),
-            pair("decode_ms_per_token", lambda x: f"{x:.1f}"), str(m.get("speed_device", v.device or "-")),
-            str(v.runs_count)]) + " |")
-    return "\n".join(lines)
+        rows.append([v.id, v.recipe_name, pair("ppl", lambda x: f"{x:.3f}"), pair("weight_bytes", human_bytes),
+                     pair("peak_memory_bytes", human_bytes), pair("prefill_tokens_per_s", lambda x: f"{x:,.0f}"),
+                     pair("decode_ms_per_token", lambda x: f"{x:.1f}"), str(m.get("speed_device", v.device or "-")),
+                     str(v.runs_count)])
+    return markdown_table(header, rows)
 
 
 def write_report(settings: Settings, model: str, out: Path | None = None) -> dict[str, Any]:
