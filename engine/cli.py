@@ -1,7 +1,11 @@
 """The `qrecipe` command line.
 
     qrecipe plan [--json] [--expand] OVERRIDES...      resolve the recipe, print the plan (no weights load)
-    qrecipe run  [--json] [-m] [--cfg job] OVERRIDES... quantize, evaluate, write a variant folder
+    qrecipe run  [--json] [-m] [--cfg job] OVERRIDES... quantize, measure against the baseline, write a
+                                                        variant folder, record it (registry + MLflow)
+    qrecipe variants list|show|compare ...             the registry's variants; compare: decision matrix
+    qrecipe report MODEL                               the matrix as Markdown + plots, logged to MLflow
+    qrecipe ui [--host H] [--port P]                   the MLflow UI on the tracking store
 
 OVERRIDES are Hydra overrides (recipe=mixed, model=tinystories-656k, +recipe.rules.x.match=...,
 ~recipe.rules.x, data@eval.data=text eval.data.path=F). `-m` expands Hydra sweep syntax
@@ -14,12 +18,19 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .errors import QRecipeError
 
 
 def _quiet_libraries() -> None:
+    # Idle OpenMP threads sleep instead of spinning. On a shared or oversubscribed CPU a
+    # spinning thread that loses its core stalls every parallel region until it is scheduled
+    # again: with 6 runnable threads on 2 cores, SmolLM2 decode ran 7x slower with spinning.
+    # On an idle CPU sleeping costs a few microseconds per region. Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -96,18 +107,36 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("run", help="quantize, evaluate and write a variant")
+    p = sub.add_parser("run", help="quantize, measure and record a variant")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object (one per sweep point)")
     p.add_argument("-m", "--multirun", action="store_true", help="expand sweep overrides (a=1,2) into runs")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common(p)
     p.set_defaults(func=cmd_run)
+
+    from ..registry.commands import add_commands
+
+    add_commands(sub, lambda q: q.add_argument("--traceback", action="store_true",
+                                               help="show the full traceback on errors"))
     return parser
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a job being cancelled, a container stopping): unwind like Ctrl-C, so a
+    run in progress is recorded as failed and its staged folder removed."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated("terminated by SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return args.func(args)
     except QRecipeError as e:
@@ -118,11 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return Terminated.exit_code
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into one line
         if args.traceback:
             raise
         print(f"error: {type(e).__name__}: {e} (rerun with --traceback for details)", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""One recipe run: plan, load, baseline, quantize, evaluate, write the variant folder.
+"""One recipe run: plan, record its start, load, measure the baseline, quantize, measure the
+variant against it, write the variant folder, record the result (MLflow and the registry).
 
 The output folder is staged under a hidden name and renamed into place only when every
-file is written, so a failed run leaves nothing half-written behind.
+file is written, so a failed run leaves nothing half-written behind; the registry then
+marks the run failed and its MLflow run is ended FAILED (registry/recorder.py).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
-from .data import check_data, load_documents, token_windows
-from .evaluate import perplexity
-from .evaluate.memory import weight_bytes
-from .models.loading import load_model, resolve_dtype
+from .data import check_data
+from .evaluate import suite
+from .evaluate.layer_error import layer_errors, summarize
+from .evaluate.memory import peak_method, weight_bytes
+from .evaluate.tasks import check_task_data
+from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
 from .plan.render import human_bytes, render_plan
 from .planning import build_plan, local_device
@@ -46,22 +50,52 @@ class RunResult:
                 "target": self.plan.target, "plan_hash": self.plan.plan_hash, "metrics": self.metrics, **self.extra}
 
     def human(self) -> str:
-        m = self.metrics
-        return "\n".join([
-            f"variant {self.plan.recipe} of {self.plan.model_id} for {self.plan.target} ({self.plan.scheme_mix()})",
+        m, x = self.metrics, self.extra
+        lines = [
+            f"variant {x.get('variant_id') or self.plan.recipe} ({self.plan.recipe} of {self.plan.model_id} for "
+            f"{self.plan.target}, {self.plan.scheme_mix()})",
             f"  perplexity  {m['ppl']:.4f} vs baseline {m['ppl_baseline']:.4f} ({m['ppl_delta_pct']:+.2f}%) "
             f"on {m['eval_tokens']:,} tokens of {m['eval_data']}",
-            f"  weights     {human_bytes(m['weight_bytes'])} vs {human_bytes(m['weight_bytes_baseline'])} "
-            f"({m['weight_reduction']:.2f}x smaller)",
-            f"  written to  {self.output_dir}",
-        ])
+            f"  divergence  KL {m['kl_mean']:.4f} mean, {m['kl_p99']:.4f} p99; top-1 agreement "
+            f"{100 * m['top1_agreement']:.1f}%",
+        ]
+        families = sorted({k.split(".")[1] for k in m if k.startswith("task.") and k.count(".") == 2})
+        if families:
+            lines.append("  tasks       " + "; ".join(
+                f"{f} {m[f'task.{f}.greedy_match']:.2f} match, {m[f'task.{f}.loglik_delta']:+.3f} loglik"
+                + (f", {m[f'task.{f}.valid_rate']:.2f} valid" if f"task.{f}.valid_rate" in m else "")
+                for f in families))
+        if "decode_speedup" in m:
+            lines.append(f"  speed       prefill {m['prefill_tokens_per_s']:,.0f} tok/s ({m['prefill_speedup']:.2f}x), "
+                         f"decode {m['decode_ms_per_token']:.1f} ms/token ({m['decode_speedup']:.2f}x) on "
+                         f"{m['speed_device']}")
+        lines.append(f"  weights     {human_bytes(m['weight_bytes'])} vs {human_bytes(m['weight_bytes_baseline'])} "
+                     f"({m['weight_reduction']:.2f}x smaller)")
+        if "peak_memory_bytes" in m:
+            lines.append(f"  peak memory {human_bytes(m['peak_memory_bytes'])} vs "
+                         f"{human_bytes(m['peak_memory_bytes_baseline'])} ({m['peak_memory_method']})")
+        lines.append(f"  written to  {self.output_dir}")
+        if x.get("mlflow_run_id"):
+            lines.append(f"  MLflow run  {x['mlflow_run_id']} in {x['tracking_uri']} (browse: qrecipe ui)")
+        return "\n".join(lines)
 
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class Steps:
+    """Progress lines stamped with the seconds since the run started (where the time goes)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
+
+
 def _output_dir(settings: Settings, plan: Plan) -> Path:
+    """Where the variant folder should go (checked before any work; reserved by _reserve)."""
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
         if out.exists():
@@ -70,72 +104,119 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
             raise ConfigError(f"run.output_dir: {out} already exists; choose a new folder or leave it null")
         return out
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
+    return Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+
+
+def _reserve(out: Path, numbered: bool) -> tuple[Path, Path]:
+    """(folder, its staging folder), the staging folder created here and by no one else.
+
+    Runs started in the same second with the same recipe want the same name; creating the
+    staging folder is the atomic claim, and a run that loses takes the next number. A fixed
+    run.output_dir is not numbered: a concurrent writer is an error.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = out if n == 1 else out.with_name(f"{out.name}-{n}")
+        staging = candidate.parent / f".{candidate.name}.partial"
+        if not candidate.exists():
+            try:
+                staging.mkdir()
+                return candidate, staging
+            except FileExistsError:
+                pass
+        if not numbered:
+            from .errors import ConfigError
+
+            raise ConfigError(f"run.output_dir: {out} is being written by another run; choose another folder")
+    raise RuntimeError(f"no free run folder name next to {out}")
 
 
 def run(cfg: DictConfig, progress: bool = True) -> RunResult:
+    from ..registry.recorder import RunRecorder
+
+    step = Steps()
     settings = load_settings(cfg)
     device = local_device(settings)
-    check_data(settings.eval.data, "eval.data")
+    for name, data in settings.eval.all_texts().items():
+        check_data(data, settings.eval.text_field(name))
+    check_task_data(settings.eval.tasks)
+    peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)
     say(render_plan(plan))
     out = _output_dir(settings, plan)
-    staging = out.parent / f".{out.name}.partial"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        metrics = _execute(settings, plan, device, staging, progress)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings)
-
-
-def _execute(settings: Settings, plan: Plan, device: torch.device, staging: Path, progress: bool) -> dict[str, Any]:
-    torch.manual_seed(settings.run.seed)
-    ev = settings.eval
     dtype = resolve_dtype(settings.model.dtype, device)
-    say(f"loading {settings.model.name} ({dtype}, {device}) ...")
+    recorder = RunRecorder(settings, plan, info.model_type, str(device), str(dtype).replace("torch.", ""))
+    step(recorder.describe_start())
+    staging, renamed = None, False
+    try:
+        out, staging = _reserve(out, numbered=not settings.run.output_dir)
+        metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
+        recorder.log_outputs(staging, metrics, errors)
+        staging.rename(out)
+        renamed = True
+        recorder.succeed(out.resolve(), metrics)
+    except BaseException as e:
+        recorder.fail(e)
+        if staging is not None:
+            shutil.rmtree(out if renamed else staging, ignore_errors=True)
+        raise
+    return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
+                     extra=recorder.summary())
+
+
+def _original_weights(settings: Settings) -> Path | None:
+    """The folder of the unquantized safetensors (for per-layer error), if there is one."""
+    loc = resolve_source(settings.model, Path(settings.paths.cache), convert=False)
+    return Path(loc.source) if loc.local and not loc.gguf_file else None
+
+
+def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path, recorder,
+             step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
+    torch.manual_seed(settings.run.seed)
+    dtype_name = str(dtype).replace("torch.", "")
+    step(f"loading {settings.model.name} ({dtype}, {device}) ...")
     model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
-    windows = token_windows(tokenizer, load_documents(ev.data, "eval.data"), ev.seq_len, ev.windows, "eval")
-    say(f"evaluating on {ev.windows} windows x {ev.seq_len} tokens of {ev.data.name} "
-        f"(eval.windows, eval.seq_len; batch {ev.batch_size})")
-    bytes_baseline = weight_bytes(model)
-    base = perplexity(model, windows, ev.batch_size, desc="baseline ppl", progress=progress)
-    say(f"baseline perplexity {base.ppl:.4f}")
+    inputs = suite.prepare_inputs(settings, tokenizer)
+    step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device))
+    base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
+    recorder.record_baseline(base.key, str(device), dtype_name, base.key_parts,
+                             {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
+                              "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder))
+    step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
     report = quantize_model(model, plan, calibration=settings.calib, progress=progress)
     backends = prepare_model(model)
-    say(f"quantized {report.layers} layers in {report.seconds:.1f}s")
-    var = perplexity(model, windows, ev.batch_size, desc="variant ppl", progress=progress)
-    bytes_after = weight_bytes(model)
-    metrics = {
-        "ppl": var.ppl, "ppl_baseline": base.ppl, "ppl_delta_pct": 100 * (var.ppl / base.ppl - 1),
-        "nll": var.nll, "nll_baseline": base.nll, "eval_tokens": var.tokens, "eval_data": ev.data.name,
-        "weight_bytes": bytes_after, "weight_bytes_baseline": bytes_baseline,
-        "weight_reduction": bytes_baseline / bytes_after, "quantize_seconds": report.seconds,
-        "layers_quantized": report.layers, "layers_emulated": sum(1 for lp in plan.layers if lp.emulated),
-        "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-    }
+    step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the baseline ...")
+    metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
+    step("timing the variant ...")
+    speed = suite.measure_variant_speed(model, settings, inputs)
+    method = peak_method(settings.eval.memory.method, device)
+    if settings.run.save_checkpoint or method == "child":  # the child process loads the variant from it
+        step("writing checkpoint ...")
+        save_checkpoint(model, tokenizer, plan, staging / "model")
+    if method != "off":
+        step("peak memory of the variant ...")
+    peak = suite.measure_variant_peak(settings, device, model, staging / "model")
+    if not settings.run.save_checkpoint:
+        shutil.rmtree(staging / "model", ignore_errors=True)
+    step("per-layer error ...")
+    errors = layer_errors(model, _original_weights(settings))
+    metrics.update(suite.speed_and_memory_metrics(base, speed, peak, weight_bytes(model), method))
+    metrics.update(summarize(errors))
+    metrics.update({
+        "baseline_cached": base.cached, "quantize_seconds": report.seconds, "layers_quantized": report.layers,
+        "layers_emulated": sum(1 for lp in plan.layers if lp.emulated), "device": str(device), "dtype": dtype_name,
+    })
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees
         log.warning("backends differ from the plan for %d layers (e.g. %s)", len(mismatched), next(iter(mismatched)))
-    _write(settings, plan, metrics, report.notes, staging)
-    if settings.run.save_checkpoint:
-        say("writing checkpoint ...")
-        save_checkpoint(model, tokenizer, plan, staging / "model")
-    return metrics
+    _write(settings, plan, metrics, report.notes, errors, staging)
+    return metrics, errors
 
 
-def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], staging: Path) -> None:
+def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], errors: list[dict], staging: Path) -> None:
     (staging / "config.yaml").write_text(settings.resolved_yaml())
     (staging / "recipe.yaml").write_text(OmegaConf.to_yaml(settings.raw.recipe, resolve=True))
     (staging / "plan.json").write_text(plan.to_json())
     (staging / "plan.txt").write_text(render_plan(plan, expand=True) + "\n")
     (staging / "metrics.json").write_text(json.dumps({"metrics": metrics, "notes": notes}, indent=2))
+    (staging / "layer_errors.json").write_text(json.dumps(errors, indent=2))

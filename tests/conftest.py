@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# as the CLI does (engine/cli.py): idle OpenMP threads sleep, so a busy shared CPU does not stall them
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -24,9 +26,12 @@ SHARED = Path(shared_dir())
 TINY = SHARED / "models" / "TinyStories-656K"
 STORIES = SHARED / "data" / "tinystories" / "tinystories_val.txt"
 
-# Overrides that make a run small and in-domain for the tiny model.
+# Overrides that make a run small and in-domain for the tiny model: few windows, one prompt per
+# task family, short decodes, one timing repeat, no child-process memory measurement.
 TINY_RUN = ["model=tinystories-656k", "data@eval.data=tinystories", "eval.windows=8", "eval.seq_len=256",
-            "target=cpu"]
+            "target=cpu", "eval.tasks.prompts=1", "eval.tasks.new_tokens=8", "eval.tasks.reference_tokens=16",
+            "eval.speed.prompt_len=32", "eval.speed.new_tokens=2", "eval.speed.warmup=0", "eval.speed.repeats=1",
+            "eval.memory.method=off"]
 
 
 @pytest.fixture(autouse=True)

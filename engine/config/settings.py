@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,40 @@ class DataSpec:
     hub: HubSpec | None = None
 
 
+TASK_FAMILIES = ("prose", "math", "code", "json")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Behaviour by task family (conf/eval/default.yaml explains each field)."""
+
+    families: tuple[str, ...] = ()
+    prompts: int = 6
+    new_tokens: int = 32
+    reference_tokens: int = 64
+    max_prompt_tokens: int = 320
+    batch_size: int = 8
+    chat_template: str = "auto"  # auto | never
+    gsm8k: str = ""
+    humaneval: str = ""
+    mbpp: str = ""
+
+
+@dataclass(frozen=True)
+class SpeedSpec:
+    enabled: bool = True
+    prompt_len: int = 256
+    batch_size: int = 1
+    new_tokens: int = 8
+    warmup: int = 1
+    repeats: int = 3
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    method: str = "auto"  # auto | child | cuda | off
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     data: DataSpec = field(metadata={"hint": "choose a dataset with data@eval.data=NAME (e.g. data@eval.data=text "
@@ -40,6 +75,19 @@ class EvalSpec:
     seq_len: int = 512
     windows: int = 32
     batch_size: int = 4
+    kl_topk: int = 64
+    texts: dict[str, Any] = field(default_factory=dict)  # name -> DataSpec: more texts to score
+    tasks: TaskSpec = field(default_factory=TaskSpec)
+    speed: SpeedSpec = field(default_factory=SpeedSpec)
+    memory: MemorySpec = field(default_factory=MemorySpec)
+
+    def all_texts(self) -> dict[str, DataSpec]:
+        """The primary eval text first (its name), then the extra texts."""
+        return {self.data.name: self.data, **self.texts}
+
+    def text_field(self, name: str) -> str:
+        """The config field that names a text (for error messages)."""
+        return "eval.data" if name == self.data.name else f"eval.texts.{name}"
 
 
 @dataclass(frozen=True)
@@ -67,6 +115,24 @@ class PathsSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """MLflow: null uri means the embedded store under paths.root (conf/tracking/)."""
+
+    enabled: bool = False
+    uri: str | None = None
+    artifact_root: str | None = None
+    experiment_prefix: str = "qrecipe-"
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    """The SQL registry: null url means SQLite under paths.root (conf/registry/)."""
+
+    enabled: bool = False
+    url: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     recipe: Recipe
     model: ModelSpec
@@ -75,16 +141,18 @@ class Settings:
     target: Target
     run: RunSpec
     paths: PathsSpec
-    sections: dict[str, Any]  # sections owned by other subsystems (tracking, ...), resolved
+    sections: dict[str, Any]  # sections owned by other subsystems (gates, jobs, ...), resolved
     raw: DictConfig
+    tracking: TrackingSpec = TrackingSpec()
+    registry: RegistrySpec = RegistrySpec()
 
     def resolved_yaml(self) -> str:
         return OmegaConf.to_yaml(self.raw, resolve=True)
 
 
-# Sections validated here; other subsystems validate their own (tracking, registry, ...).
-CORE_SECTIONS = ("recipe", "model", "eval", "calib", "target", "run", "paths")
-OTHER_SECTIONS = ("tracking", "registry", "gates", "jobs", "service")
+# Sections validated here; other subsystems validate their own (gates, jobs, ...).
+CORE_SECTIONS = ("recipe", "model", "eval", "calib", "target", "run", "paths", "tracking", "registry")
+OTHER_SECTIONS = ("gates", "jobs", "service")
 
 
 def _positive(value: int, where: str) -> None:
@@ -123,9 +191,47 @@ def load_settings(cfg: DictConfig) -> Settings:
     for where, data in (("eval.data", eval_spec.data), ("calib.data", calib.data)):
         if data.format not in ("auto", "text", "jsonl"):
             raise ConfigError(f"{where}.format: expected auto, text or jsonl, got {data.format!r}")
+    eval_spec = _check_eval(eval_spec)
     run = build(RunSpec, node.get("run"), "run")
     if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
         raise ConfigError(f"run.device: expected auto, cpu or cuda[:N], got {run.device!r}")
+    tracking = build(TrackingSpec, node.get("tracking") or {}, "tracking")
+    registry = build(RegistrySpec, node.get("registry") or {}, "registry")
+    if registry.url is not None and not registry.url.startswith(("sqlite:", "postgresql")):
+        raise ConfigError(f"registry.url: {registry.url!r} is neither sqlite:///PATH nor postgresql://...; "
+                          f"pass one of those or leave it null for SQLite under paths.root")
     return Settings(recipe=recipe, model=model, eval=eval_spec, calib=calib, target=parse_target(node.get("target")),
                     run=run, paths=build(PathsSpec, node.get("paths"), "paths"),
-                    sections={k: node[k] for k in OTHER_SECTIONS if k in node}, raw=cfg)
+                    sections={k: node[k] for k in OTHER_SECTIONS if k in node}, raw=cfg,
+                    tracking=tracking, registry=registry)
+
+
+def _check_eval(spec: EvalSpec) -> EvalSpec:
+    """Types the extra texts and checks the measurement fields; returns the typed spec."""
+    texts = {}
+    for name, node in spec.texts.items():
+        texts[name] = build(DataSpec, node, f"eval.texts.{name}")
+        if name == spec.data.name:
+            raise ConfigError(f"eval.texts.{name}: {name!r} is already the primary eval text (eval.data); "
+                              f"remove it from eval.texts")
+    for where, value in (("eval.kl_topk", spec.kl_topk), ("eval.tasks.prompts", spec.tasks.prompts),
+                         ("eval.tasks.new_tokens", spec.tasks.new_tokens),
+                         ("eval.tasks.reference_tokens", spec.tasks.reference_tokens),
+                         ("eval.tasks.max_prompt_tokens", spec.tasks.max_prompt_tokens),
+                         ("eval.tasks.batch_size", spec.tasks.batch_size),
+                         ("eval.speed.prompt_len", spec.speed.prompt_len),
+                         ("eval.speed.batch_size", spec.speed.batch_size),
+                         ("eval.speed.new_tokens", spec.speed.new_tokens),
+                         ("eval.speed.repeats", spec.speed.repeats)):
+        _positive(value, where)
+    if spec.speed.warmup < 0:
+        raise ConfigError(f"eval.speed.warmup: must be 0 or more, got {spec.speed.warmup}")
+    unknown = [f for f in spec.tasks.families if f not in TASK_FAMILIES]
+    if unknown:
+        raise ConfigError(f"eval.tasks.families: unknown {unknown}; choose from {list(TASK_FAMILIES)} "
+                          f"(or [] for none)")
+    if spec.tasks.chat_template not in ("auto", "never"):
+        raise ConfigError(f"eval.tasks.chat_template: expected auto or never, got {spec.tasks.chat_template!r}")
+    if spec.memory.method not in ("auto", "child", "cuda", "off"):
+        raise ConfigError(f"eval.memory.method: expected auto, child, cuda or off, got {spec.memory.method!r}")
+    return dataclasses.replace(spec, texts=texts)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from .forward import window_logits
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,17 @@ class PerplexityResult:
     tokens: int
 
 
+def window_nll(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Summed NLL of a batch of windows (every token after the first is predicted)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum")
+
+
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity",
                progress: bool = True) -> PerplexityResult:
-    device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    batches = range(0, windows.shape[0], batch_size)
-    for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        ids = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=ids, use_cache=False).logits
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum")
-        total_nll += nll.item()
+    for ids, logits in window_logits(model, windows, batch_size, desc, progress):
+        total_nll += window_nll(ids, logits).item()
         total_tokens += ids[:, 1:].numel()
     mean = total_nll / total_tokens
     return PerplexityResult(ppl=math.exp(mean), nll=mean, tokens=total_tokens)

@@ -1,0 +1,205 @@
+"""What one `qrecipe run` leaves in the registry and in MLflow, from start to end.
+
+    start      (before the model loads) the variant is found or created and a `running` run
+               row added; an MLflow run is started RUNNING with its params and tags
+    baseline   the baseline cache it was scored against gets (or keeps) its registry row
+    outputs    metrics, the run folder's files and the plots go to the MLflow run
+    succeed    (after the run folder is in place) the registry run is marked succeeded and the
+               variant shows its metrics; then the MLflow run is ended FINISHED
+    fail       the registry run is marked failed and the MLflow run ended FAILED
+
+The registry is written before MLflow is ended, so a crash in between leaves an MLflow run
+still RUNNING, never one FINISHED that the registry does not know as succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from qrecipe.engine.algorithms import get_algorithm
+from qrecipe.engine.config.settings import Settings
+from qrecipe.engine.errors import QRecipeError
+from qrecipe.engine.plan import Plan
+from qrecipe.engine.schemes import SCHEMES
+
+from . import plots
+from .db import open_registry
+from .queries import list_variants
+from .record import RunHandle, VariantIdentity, begin_run, fail_run, finish_run, record_baseline
+from .tracking import MlflowRun, flatten, git_commit, tracking_uri, versions
+
+log = logging.getLogger(__name__)
+
+# The run folder's files that are logged as MLflow artifacts (when present).
+RUN_FILES = ("config.yaml", "recipe.yaml", "plan.json", "plan.txt", "metrics.json", "layer_errors.json")
+
+
+def registry_url(settings: Settings) -> str:
+    from .db import default_url
+
+    return settings.registry.url or default_url(settings.paths.root)
+
+
+def _calibrates(plan: Plan) -> bool:
+    return any(get_algorithm(lp.algorithm).needs_calibration for lp in plan.quantized())
+
+
+def recipe_hash(settings: Settings, plan: Plan) -> str:
+    """The resolved recipe without its description; with the calibration settings when a
+    layer's algorithm calibrates (they change the weights, so they are part of the variant)."""
+    recipe = OmegaConf.to_container(settings.raw.recipe, resolve=True)
+    recipe.pop("description", None)
+    payload: dict[str, Any] = {"recipe": recipe}
+    if _calibrates(plan):
+        payload["calib"] = OmegaConf.to_container(settings.raw.calib, resolve=True)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def identity(settings: Settings, plan: Plan, model_type: str) -> VariantIdentity:
+    requires = sorted({cap for lp in plan.quantized() for cap in SCHEMES[lp.scheme].requires})
+    return VariantIdentity(model=plan.model_id, model_source=settings.model.path, model_type=model_type,
+                           target=plan.target, recipe_name=plan.recipe, recipe_hash=recipe_hash(settings, plan),
+                           plan_hash=plan.plan_hash, scheme_mix=plan.scheme_mix(), requires=tuple(requires))
+
+
+def run_params(settings: Settings, plan: Plan, ident: VariantIdentity, device: str, dtype: str) -> dict[str, str]:
+    raw = settings.raw
+    params = flatten(OmegaConf.to_container(raw.recipe, resolve=True), "recipe")
+    params.update(flatten(OmegaConf.to_container(raw.eval, resolve=True), "eval"))
+    if _calibrates(plan):
+        params.update(flatten(OmegaConf.to_container(raw.calib, resolve=True), "calib"))
+    params.update({"model": plan.model_id, "model.path": settings.model.path, "model.type": ident.model_type,
+                   "target": plan.target, "device": device, "dtype": dtype, "plan_hash": plan.plan_hash,
+                   "recipe_hash": ident.recipe_hash, "variant_id": ident.variant_id,
+                   "git_commit": git_commit() or "unknown"})
+    params.update({f"version.{k}": v for k, v in versions().items()})
+    return params
+
+
+def run_tags(plan: Plan, ident: VariantIdentity, handle: RunHandle | None) -> dict[str, str]:
+    tags = {"qrecipe.variant_id": ident.variant_id, "qrecipe.recipe": plan.recipe, "qrecipe.target": plan.target,
+            "qrecipe.plan_hash": plan.plan_hash, "qrecipe.recipe_hash": ident.recipe_hash,
+            "qrecipe.scheme_mix": plan.scheme_mix()}
+    tags.update({f"qrecipe.scheme.{s}": str(n) for s, n in plan.totals()["by_scheme"].items()})
+    if handle is not None:
+        tags.update({"qrecipe.run_number": str(handle.run_number), "qrecipe.rerun": str(handle.is_rerun).lower()})
+    return tags
+
+
+class TrackingError(QRecipeError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def _start_mlflow(settings: Settings, model: str, name: str, tags: dict[str, str]) -> MlflowRun:
+    try:
+        return MlflowRun(settings, model, name, tags)
+    except Exception as e:  # noqa: BLE001 - one line naming the setting, not MLflow's retry traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TrackingError(f"tracking.uri: cannot start an MLflow run in {tracking_uri(settings)} ({first}); "
+                            f"check the URI and that the server answers, or set tracking=off") from e
+
+
+class RunRecorder:
+    def __init__(self, settings: Settings, plan: Plan, model_type: str, device: str, dtype: str):
+        self.settings, self.plan = settings, plan
+        self.ident = identity(settings, plan, model_type)
+        self.engine = open_registry(registry_url(settings)) if settings.registry.enabled else None
+        self.handle: RunHandle | None = None
+        self.mlflow: MlflowRun | None = None
+        self.baseline_id: int | None = None
+        if self.engine is not None:
+            self.handle = begin_run(self.engine, self.ident, device, versions()["qrecipe"], git_commit())
+        try:
+            if settings.tracking.enabled:
+                name = f"{plan.recipe}@{plan.target}" + (f" #{self.handle.run_number}" if self.handle else "")
+                self.mlflow = _start_mlflow(settings, plan.model_id, name, run_tags(plan, self.ident, self.handle))
+                self.mlflow.log_params(run_params(settings, plan, self.ident, device, dtype))
+        except BaseException as e:
+            self.fail(e)
+            raise
+
+    @property
+    def variant_id(self) -> str:
+        return self.ident.variant_id
+
+    def describe_start(self) -> str:
+        where = []
+        if self.handle:
+            again = f"re-run #{self.handle.run_number} of" if self.handle.is_rerun else "new"
+            where.append(f"registry: {again} variant {self.variant_id}")
+        if self.mlflow:
+            where.append(f"MLflow run {self.mlflow.run_id} ({tracking_uri(self.settings)})")
+        return "; ".join(where) or "tracking and registry are off"
+
+    def record_baseline(self, key: str, device: str, dtype: str, key_parts: dict, metrics: dict,
+                        cache_path: str) -> None:
+        if self.engine is not None:
+            self.baseline_id = record_baseline(self.engine, self.plan.model_id, key, device, dtype, key_parts,
+                                               metrics, cache_path)
+
+    def log_outputs(self, staging: Path, metrics: dict[str, Any], layer_errors: list[dict]) -> None:
+        """Metrics, the run folder's files and the plots, while the MLflow run is still RUNNING."""
+        if self.mlflow is None:
+            return
+        self.mlflow.log_metrics(metrics)
+        self.mlflow.set_tags({"qrecipe.device": str(metrics.get("device", "")),
+                              "qrecipe.peak_memory_method": str(metrics.get("peak_memory_method", "-")),
+                              "qrecipe.worst_family": str(metrics.get("task.worst_family", "-"))})
+        for name in RUN_FILES:
+            if (staging / name).is_file():
+                self.mlflow.log_artifact(staging / name)
+        for png in self._plots(staging, metrics, layer_errors):
+            self.mlflow.log_artifact(png, "plots")
+
+    def _plots(self, staging: Path, metrics: dict[str, Any], layer_errors: list[dict]) -> list[Path]:
+        folder = staging / "plots"
+        out = []
+        points = [plots.point(self.plan.recipe, metrics, highlight=True)]
+        if self.engine is not None:
+            points += [plots.point(f"{v.recipe_name}@{v.target}", v.metrics)
+                       for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
+                       if v.id != self.variant_id and v.metrics]
+        out.append(plots.quality_vs_memory(points, metrics.get("weight_bytes_baseline"),
+                                           folder / "quality_vs_memory.png",
+                                           f"{self.plan.model_id}: quality vs weight memory"))
+        if layer_errors:
+            out.append(plots.layer_error(layer_errors, folder / "layer_error.png",
+                                         f"{self.plan.model_id} {self.plan.recipe}: per-layer weight error"))
+        return out
+
+    def succeed(self, output_dir: Path, metrics: dict[str, Any]) -> None:
+        if self.engine is not None and self.handle is not None:
+            finish_run(self.engine, self.handle, metrics, str(output_dir),
+                       self.mlflow.run_id if self.mlflow else None, self.baseline_id)
+        if self.mlflow is not None:
+            try:
+                self.mlflow.set_tags({"qrecipe.output_dir": str(output_dir)})
+                self.mlflow.end("FINISHED")
+            except Exception as e:  # noqa: BLE001 - the variant is recorded; MLflow shows it RUNNING
+                log.warning("the run is recorded in the registry, but ending its MLflow run failed: %s", e)
+
+    def fail(self, error: BaseException) -> None:
+        """Record the failure; never raises (the original error is what the user must see)."""
+        text = f"{type(error).__name__}: {error}"
+        if self.mlflow is not None:
+            try:
+                self.mlflow.set_tags({"qrecipe.error": text[:5000]})
+                self.mlflow.end("FAILED")
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not mark MLflow run %s failed: %s", self.mlflow.run_id, e)
+        if self.engine is not None and self.handle is not None:
+            try:
+                fail_run(self.engine, self.handle, text, self.mlflow.run_id if self.mlflow else None)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not mark registry run %s failed: %s", self.handle.run_id, e)
+
+    def summary(self) -> dict[str, Any]:
+        return {"variant_id": self.variant_id, "run_number": self.handle.run_number if self.handle else None,
+                "mlflow_run_id": self.mlflow.run_id if self.mlflow else None,
+                "tracking_uri": tracking_uri(self.settings) if self.settings.tracking.enabled else None}

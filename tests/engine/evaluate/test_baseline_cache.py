@@ -1,0 +1,49 @@
+"""The baseline cache: keyed by model, eval settings and device; written once, atomically."""
+
+import threading
+
+import torch
+
+from conftest import TINY_RUN, settings_for
+
+from qrecipe.engine.evaluate.baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder,
+                                                    load_baseline, save_baseline)
+from qrecipe.engine.evaluate.divergence import TextReference
+from qrecipe.engine.evaluate.task_metrics import TaskBaseline
+
+CPU, F32 = torch.device("cpu"), torch.float32
+
+
+def _key(*overrides, device=CPU, dtype=F32):
+    return baseline_key(baseline_key_parts(settings_for(*TINY_RUN, *overrides), device, dtype))
+
+
+def test_key_follows_what_changes_the_baseline_outputs(shared):
+    same = _key()
+    assert _key() == same
+    assert _key("recipe=w4a16") == same  # the recipe does not change the baseline
+    assert _key("eval.speed.repeats=9") == same  # nor does timing
+    for changed in (_key("eval.windows=4"), _key("eval.kl_topk=8"), _key("eval.tasks.prompts=3"),
+                    _key("eval.batch_size=2"), _key(dtype=torch.bfloat16), _key("data@eval.data=wikitext2")):
+        assert changed != same
+
+
+def _outputs() -> BaselineOutputs:
+    ref = TextReference(torch.randn(2, 3, 4), torch.randint(0, 9, (2, 3, 4), dtype=torch.int32), 1.5, 6)
+    tasks = TaskBaseline([[1, 2]], [[1, 2]], [-0.5], [None])
+    return BaselineOutputs({"tinystories": ref}, tasks, ["text/0"])
+
+
+def test_round_trip_and_single_writer(shared):
+    settings = settings_for(*TINY_RUN)
+    folder = cache_folder(settings, "k" * 16)
+    assert load_baseline(folder) is None
+    threads = [threading.Thread(target=save_baseline, args=(folder, _outputs(), {"n": i})) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    loaded = load_baseline(folder)
+    assert loaded.task_sources == ["text/0"] and loaded.tasks.continuations == [[1, 2]]
+    assert loaded.texts["tinystories"].topk_ids.dtype == torch.int32
+    assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]  # no temporary leftovers

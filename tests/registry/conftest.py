@@ -1,0 +1,68 @@
+"""Registry fixtures: a fresh registry database per test, on SQLite and on PostgreSQL.
+
+PostgreSQL runs in one throwaway cluster on loopback for the whole test session
+(tests/throwaway_postgres.py), stopped when the session's process exits; where one cannot be
+started, every PostgreSQL test is skipped with the reason (shown in pytest's summary, -ra).
+"""
+
+from __future__ import annotations
+
+import atexit
+import uuid
+
+import pytest
+from sqlalchemy.engine import make_url
+from throwaway_postgres import Cluster, start_cluster
+
+
+_cluster: Cluster | str | None = None
+
+
+def _session_cluster() -> Cluster | str:
+    """Started on first use, once per process (each importing module has its own fixture)."""
+    global _cluster
+    if _cluster is None:
+        _cluster = start_cluster()
+        if isinstance(_cluster, Cluster):
+            atexit.register(_cluster.stop)
+    return _cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Cluster:
+    cluster = _session_cluster()
+    if isinstance(cluster, str):
+        print(f"\nPostgreSQL registry tests skipped: {cluster}")
+        pytest.skip(f"PostgreSQL registry tests skipped: {cluster}")
+    return cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A new, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    from qrecipe.registry.db import close_registry
+
+    base = make_url(postgres_server.url)
+    name = f"qrecipe_{uuid.uuid4().hex[:12]}"
+    admin = dict(host=base.host, port=base.port, user=base.username, password=base.password, dbname=base.database)
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = base.set(database=name).render_as_string(hide_password=False)
+    yield url
+    close_registry(url)
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+        yield url
+        from qrecipe.registry.db import close_registry
+
+        close_registry(url)
+    else:
+        yield request.getfixturevalue("postgres_url")
