@@ -110,7 +110,7 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, staging: Path
     bytes_baseline = weight_bytes(model)
     base = perplexity(model, windows, ev.batch_size, desc="baseline ppl", progress=progress)
     say(f"baseline perplexity {base.ppl:.4f}")
-    report = quantize_model(model, plan, calibration=settings.calib, progress=progress)
+    report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
     backends = prepare_model(model)
     say(f"quantized {report.layers} layers in {report.seconds:.1f}s")
     var = perplexity(model, windows, ev.batch_size, desc="variant ppl", progress=progress)

@@ -1,0 +1,48 @@
+"""Static activation scales (W8A8, FP8 with `activation: static`) from calibration.
+
+One scale per tensor: the largest |x| the layer's input reached on the calibration batch
+(after any SmoothQuant/AWQ division), over the format's largest code (127 for int8, 448
+for E4M3), so calibration inputs never clip. Measured for every algorithm, RTN included.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...kernels import QuantizedWeight
+from ...kernels.act_quant import FP8_E4M3_MAX, INT8_MAX
+from ..algorithms import BlockContext, LayerTask
+
+QMAX = {"w8a8": INT8_MAX, "fp8": FP8_E4M3_MAX}
+_TINY = 1e-12  # an input that was always zero still gets a finite, positive scale
+
+
+def needs_static_scale(task: LayerTask) -> bool:
+    return task.params.activation == "static"
+
+
+def assign_static_scales(tasks: list[LayerTask], results: dict[str, QuantizedWeight],
+                         context: BlockContext) -> list[str]:
+    """Set `input_scale` on the results of static-activation tasks; notes for fallbacks.
+
+    A layer no calibration token reached takes the largest scale of the block's other
+    static layers (their inputs live at the same depth), or 1.0 if there is none."""
+    notes, unseen, measured = [], [], []
+    for t in tasks:
+        if not needs_static_scale(t):
+            continue
+        stats = context.stats.get(t.name)
+        if stats is None or stats.tokens == 0:
+            unseen.append(t)
+            continue
+        absmax = context.absmax(t.name).max()
+        scale = (absmax / QMAX[t.scheme.format]).clamp_min(_TINY).reshape(1).to(torch.float32)
+        results[t.name].input_scale = scale
+        measured.append(scale)
+    for t in unseen:
+        scale = torch.stack(measured).max().reshape(1) if measured else torch.ones(1)
+        results[t.name].input_scale = scale
+        notes.append(f"static activation scale: {t.name} saw no calibration tokens; input_scale={scale.item():.4g} "
+                     f"({'largest of its block' if measured else 'default'}); set activation=dynamic for it "
+                     f"if its inputs may be larger")
+    return notes

@@ -1,0 +1,77 @@
+"""Running statistics of the inputs of linear layers, gathered while a block runs on the
+calibration batch.
+
+Layers that read one tensor (q/k/v after the input norm, gate/up after the post-attention
+norm; see families.PAIRINGS) share one `InputStats`, so the Gram matrix of that input is
+accumulated once, not once per layer. Each algorithm asks for the statistics it needs:
+"hessian" (the mean of x x^T: GPTQ, and AWQ's exact output error), "abs_mean" (AWQ's
+activation salience) and "absmax" (SmoothQuant and static activation scales).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STAT_KINDS = ("hessian", "abs_mean", "absmax")
+
+
+class InputStats:
+    def __init__(self, in_features: int, kinds: set[str], device: torch.device):
+        self.in_features = in_features
+        self.kinds = frozenset(kinds)
+        self.tokens = 0
+        self._xtx = torch.zeros(in_features, in_features, device=device) if "hessian" in kinds else None
+        self._abs_sum = torch.zeros(in_features, device=device, dtype=torch.float64) if "abs_mean" in kinds else None
+        self.absmax = torch.zeros(in_features, device=device) if "absmax" in kinds else None
+
+    def update(self, x: torch.Tensor) -> None:
+        x2 = x.detach().reshape(-1, self.in_features).to(torch.float32)
+        self.tokens += x2.shape[0]
+        if self._xtx is not None:
+            self._xtx.addmm_(x2.T, x2)
+        if self._abs_sum is not None:
+            self._abs_sum += x2.abs().sum(dim=0, dtype=torch.float64)
+        if self.absmax is not None:
+            torch.maximum(self.absmax, x2.abs().amax(dim=0), out=self.absmax)
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """E[x x^T] over the calibration tokens [K, K] (float32)."""
+        return self._xtx / max(self.tokens, 1)
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        """E[|x|] per input channel [K] (float32)."""
+        return (self._abs_sum / max(self.tokens, 1)).to(torch.float32)
+
+
+def share_groups(names: list[str], shared: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Partition `names` into groups that read one input: each tuple of `shared` (restricted
+    to `names`) is a group, every other name is a group of its own."""
+    groups, seen = [], set()
+    for group in shared:
+        present = tuple(n for n in group if n in names and n not in seen)
+        if present:
+            groups.append(present)
+            seen.update(present)
+    groups += [(n,) for n in names if n not in seen]
+    return groups
+
+
+def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]]
+                 ) -> tuple[dict[str, InputStats], list[torch.utils.hooks.RemovableHandle]]:
+    """One InputStats per input group, observed by a pre-hook on the group's first layer.
+
+    `needs` maps a layer name to the statistics its algorithm wants; a group collects the
+    union. Returns (stats by layer name, hook handles to remove)."""
+    stats: dict[str, InputStats] = {}
+    handles = []
+    for group in share_groups([n for n in modules if needs.get(n)], shared):
+        kinds = set().union(*(needs[n] for n in group))
+        first = modules[group[0]]
+        s = InputStats(first.in_features, kinds, first.weight.device)
+        handles.append(first.register_forward_pre_hook(lambda _m, args, s=s: s.update(args[0])))
+        for n in group:
+            stats[n] = s
+    return stats, handles

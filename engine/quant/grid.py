@@ -1,0 +1,98 @@
+"""The weight grid of a layer's scheme, as the calibrating algorithms need it.
+
+RTN quantizes a whole weight at once; AWQ and GPTQ need finer verbs on the same grid:
+scales from a (possibly clipped) weight, a fake-quantized round trip to measure error, and
+column-by-column rounding with scales fixed in advance. `WeightGrid` offers them for every
+format, with exactly RTN's numerics (fp16-rounded scales for weight-only formats, fp32 for
+W8A8, per-channel E4M3 for FP8), so what an algorithm measures is what the format stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...kernels import QuantizedWeight, QuantParams
+from ..schemes import Scheme
+from .primitives import FP8_MAX, _grouped, _round_scale
+
+
+@dataclass(frozen=True)
+class WeightGrid:
+    format: str  # kernels/<format>
+    bits: int
+    group_size: int | None  # None: per-channel
+    symmetric: bool
+    scale_dtype: torch.dtype
+
+    @classmethod
+    def of(cls, scheme: Scheme, p: QuantParams) -> "WeightGrid":
+        if scheme.format in ("w4a16", "w8a16"):
+            return cls(scheme.format, scheme.weight_bits, p.group_size, p.symmetric, torch.float16)
+        if scheme.format == "w8a8":
+            return cls("w8a8", 8, None, True, torch.float32)
+        if scheme.format == "fp8":
+            return cls("fp8", 8, None, True, torch.float32)
+        raise ValueError(f"scheme {scheme.name} has no weight format to quantize into")
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.format == "fp8"
+
+    def group_len(self, in_features: int) -> int:
+        return in_features if self.group_size is None else self.group_size
+
+    def qparams(self, w: torch.Tensor, clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero [N, G] of weight w [N, K]; `clip` [N, G] (or a float) shrinks each
+        group's range to that fraction of its extent (AWQ's clipping search)."""
+        wg = _grouped(w.to(torch.float32), self.group_size)
+        if self.is_fp8:
+            absmax = wg.abs().amax(dim=-1)
+            if clip is not None:
+                absmax = absmax * clip
+            scale = (absmax / FP8_MAX).clamp_min(1e-12)
+            return scale, torch.zeros_like(scale, dtype=torch.int32)
+        if self.symmetric:
+            absmax = wg.abs().amax(dim=-1)
+            if clip is not None:
+                absmax = absmax * clip
+            scale = _round_scale(absmax / (2 ** (self.bits - 1) - 1), self.scale_dtype)
+            return scale, torch.full_like(scale, 2 ** (self.bits - 1), dtype=torch.int32)
+        lo, hi = wg.amin(dim=-1).clamp(max=0), wg.amax(dim=-1).clamp(min=0)
+        if clip is not None:
+            lo, hi = lo * clip, hi * clip
+        scale = _round_scale((hi - lo) / (2**self.bits - 1), self.scale_dtype)
+        zero = torch.round(-lo / scale).clamp(0, 2**self.bits - 1).to(torch.int32)
+        return scale, zero
+
+    def _round(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """Codes of w for scales/zeros that broadcast against it (float32 codes; fp8 as values)."""
+        if self.is_fp8:
+            return (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+        return (torch.round(w / scale) + zero).clamp(0, 2**self.bits - 1)
+
+    def _value(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        return q * scale if self.is_fp8 else (q - zero) * scale
+
+    def fake(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """Round trip of w [N, K] through the grid with per-group scale/zero [N, G] (float32)."""
+        wg = _grouped(w.to(torch.float32), self.group_size)
+        s, z = scale.unsqueeze(-1), zero.unsqueeze(-1).to(torch.float32)
+        return self._value(self._round(wg, s, z), s, z).reshape(w.shape)
+
+    def fake_column(self, col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """Round trip of one column [N] with that column's group scale/zero [N] (GPTQ)."""
+        z = zero.to(torch.float32)
+        return self._value(self._round(col, scale, z), scale, z)
+
+    def quantized(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                  input_scale: torch.Tensor | None = None) -> QuantizedWeight:
+        """The QuantizedWeight the format packs, for w rounded with these scales/zeros."""
+        wg = _grouped(w.to(torch.float32), self.group_size)
+        q = self._round(wg, scale.unsqueeze(-1), zero.unsqueeze(-1).to(torch.float32)).reshape(w.shape)
+        if self.is_fp8:
+            return QuantizedWeight(q=q.to(torch.float8_e4m3fn), scale=scale, input_scale=input_scale)
+        keep_zero = self.format in ("w4a16", "w8a16") and not self.symmetric
+        return QuantizedWeight(q=q.to(torch.uint8), scale=scale, zero=zero if keep_zero else None,
+                               input_scale=input_scale)
