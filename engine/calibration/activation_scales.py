@@ -10,11 +10,8 @@ from __future__ import annotations
 import torch
 
 from ...kernels import QuantizedWeight
-from ...kernels.act_quant import FP8_E4M3_MAX, INT8_MAX
 from ..algorithms import BlockContext, LayerTask
-
-QMAX = {"w8a8": INT8_MAX, "fp8": FP8_E4M3_MAX}
-_TINY = 1e-12  # an input that was always zero still gets a finite, positive scale
+from ..quant.activations import static_scale
 
 
 def needs_static_scale(task: LayerTask) -> bool:
@@ -35,8 +32,7 @@ def assign_static_scales(tasks: list[LayerTask], results: dict[str, QuantizedWei
         if stats is None or stats.tokens == 0:
             unseen.append(t)
             continue
-        absmax = context.absmax(t.name).max()
-        scale = (absmax / QMAX[t.scheme.format]).clamp_min(_TINY).reshape(1).to(torch.float32)
+        scale = static_scale(context.absmax(t.name), t.scheme.format)
         results[t.name].input_scale = scale
         measured.append(scale)
     for t in unseen:

@@ -5,7 +5,9 @@ Layers that read one tensor (q/k/v after the input norm, gate/up after the post-
 norm; see families.PAIRINGS) share one `InputStats`, so the Gram matrix of that input is
 accumulated once, not once per layer. Each algorithm asks for the statistics it needs:
 "hessian" (the mean of x x^T: GPTQ, and AWQ's exact output error), "abs_mean" (AWQ's
-activation salience) and "absmax" (SmoothQuant and static activation scales).
+activation salience), "absmax" (SmoothQuant and static activation scales) and "sample"
+(the first SAMPLE_TOKENS input rows, for searches that must quantize activations; the
+calibration windows are shuffled, so the first rows are a fair sample).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STAT_KINDS = ("hessian", "abs_mean", "absmax")
+STAT_KINDS = ("hessian", "abs_mean", "absmax", "sample")
+SAMPLE_TOKENS = 4096
 
 
 class InputStats:
@@ -24,6 +27,8 @@ class InputStats:
         self._xtx = torch.zeros(in_features, in_features, device=device) if "hessian" in kinds else None
         self._abs_sum = torch.zeros(in_features, device=device, dtype=torch.float64) if "abs_mean" in kinds else None
         self.absmax = torch.zeros(in_features, device=device) if "absmax" in kinds else None
+        self._sample: list[torch.Tensor] | None = [] if "sample" in kinds else None
+        self._sampled = 0
 
     def update(self, x: torch.Tensor) -> None:
         x2 = x.detach().reshape(-1, self.in_features).to(torch.float32)
@@ -34,11 +39,20 @@ class InputStats:
             self._abs_sum += x2.abs().sum(dim=0, dtype=torch.float64)
         if self.absmax is not None:
             torch.maximum(self.absmax, x2.abs().amax(dim=0), out=self.absmax)
+        if self._sample is not None and self._sampled < SAMPLE_TOKENS:
+            rows = x2[:SAMPLE_TOKENS - self._sampled].clone()
+            self._sample.append(rows)
+            self._sampled += rows.shape[0]
 
     @property
     def hessian(self) -> torch.Tensor:
         """E[x x^T] over the calibration tokens [K, K] (float32)."""
         return self._xtx / max(self.tokens, 1)
+
+    @property
+    def sample(self) -> torch.Tensor:
+        """Up to SAMPLE_TOKENS input rows [M, K] (float32)."""
+        return torch.cat(self._sample) if self._sample else torch.zeros(0, self.in_features)
 
     @property
     def abs_mean(self) -> torch.Tensor:
