@@ -85,8 +85,8 @@ class AWQ(InputScaling):
         gl = grid.group_len(k)
         g = k // gl
         h_blocks = torch.stack([h[i * gl:(i + 1) * gl, i * gl:(i + 1) * gl] for i in range(g)])
-        best_ratio = torch.ones(n, g)
-        best_err = torch.full((n, g), float("inf"))
+        best_ratio = torch.ones(n, g, device=w.device)
+        best_err = torch.full((n, g), float("inf"), device=w.device)
         steps = self.arg(task, "clip_grid")
         for i in range(int(self.arg(task, "max_shrink") * steps) + 1):
             ratio = 1 - i / steps

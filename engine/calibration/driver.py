@@ -124,7 +124,8 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
 
         notes += quantize_unit(model, tasks, algorithm_of, context, run_float, swap)
         if i < last_needing_data:
-            calls = [with_hidden(call, run_block(block, call)) for call in calls]
+            for j, call in enumerate(calls):  # in place: one block's inputs are held at a time
+                calls[j] = with_hidden(call, run_block(block, call))
         else:
             calls = []  # later blocks need no data: free the activations
         bar.update(1)

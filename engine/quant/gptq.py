@@ -49,11 +49,12 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
     w[:, dead] = 0
     gl = grid.group_len(k)
     n_groups = k // gl
-    scale = torch.zeros(n, n_groups)
-    zero = torch.zeros(n, n_groups, dtype=torch.int32)
+    scale = torch.zeros(n, n_groups, device=w.device)
+    zero = torch.zeros(n, n_groups, dtype=torch.int32, device=w.device)
     ready = [False] * n_groups
 
-    perm = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order else torch.arange(k)
+    perm = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order \
+        else torch.arange(k, device=w.device)
     w, h = w[:, perm], h[perm][:, perm]
     position = torch.argsort(perm)  # natural column -> position in visiting order
     group_of = (perm // gl).tolist()
