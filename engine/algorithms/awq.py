@@ -24,9 +24,9 @@ from .scaling import InputScaling, ScaleGroup
 
 
 def output_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """E||x (w - w_hat)^T||^2 for inputs with second moment h."""
-    d = w - w_hat
-    return ((d @ h) * d).sum()
+    """E||x (w - w_hat)^T||^2 for inputs with second moment h (overwrites w_hat)."""
+    d = w_hat.sub_(w)
+    return (d @ h).mul_(d).sum()
 
 
 def _weight_salience(w: torch.Tensor, grid: WeightGrid) -> torch.Tensor:
@@ -61,7 +61,7 @@ class AWQ(InputScaling):
             total = 0.0
             for w, grid in zip(weights, grids):
                 ws = w * s
-                total += output_error(w, grid.fake(ws, *grid.qparams(ws)) / s, h).item()
+                total += output_error(w, grid.fake(ws, *grid.qparams(ws)).div_(s), h).item()
             return total
 
         ones = torch.ones_like(x_mean)

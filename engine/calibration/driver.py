@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..algorithms import Algorithm, BlockContext, LayerTask, get_algorithm
 from ..models.families import pairings
 from ..plan import LayerPlan, Plan
+from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .capture import capture_inputs, find_blocks, run_block, with_hidden
 from .stats import attach_stats
@@ -48,8 +49,12 @@ def _shared_inputs(context: BlockContext) -> list[tuple[str, ...]]:
     return [tuple(context.absolute(n) for n in p.layers) for p in pairings(context.model_type)]
 
 
-def quantize_unit(model: nn.Module, tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext,
-                  run_float: Callable[[], None] | None, swap: Callable[[LayerTask, object], None]) -> list[str]:
+def _finite(q) -> bool:
+    return all(t is None or bool(torch.isfinite(t).all()) for t in (q.scale, q.input_scale))
+
+
+def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext,
+                  run_float: Callable[[], None], swap: Callable[[LayerTask, object], None]) -> list[str]:
     """Calibrate and quantize the tasks of one unit (a block, or the layers outside blocks).
 
     `run_float` runs the unit on the calibration batch; it is called only if some task
@@ -81,10 +86,13 @@ def quantize_unit(model: nn.Module, tasks: list[LayerTask], algorithm_of: dict[s
     notes += assign_static_scales(tasks, results, context)
     for t in tasks:
         q = results[t.name]
-        for field in ("scale", "input_scale"):
-            value = getattr(q, field)
-            if value is not None and not torch.isfinite(value).all():
-                raise FloatingPointError(f"{t.name}: {algorithm_of[t.name]} produced a non-finite {field}")
+        if not _finite(q):  # never store a NaN or infinite scale
+            notes.append(f"{algorithm_of[t.name]}: {t.name} got a non-finite scale; quantized with rtn instead")
+            fallback = rtn_quantize(t.module.weight.float(), t.scheme, t.params)
+            fallback.input_scale, q = q.input_scale, fallback
+            if not _finite(q):
+                raise FloatingPointError(f"{t.name}: its weights or calibration activations are not finite; "
+                                         f"check the model and calib.data")
         swap(t, q)
     context.stats = {}
     return notes
@@ -122,7 +130,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
             for call in calls:
                 run_block(block, call)
 
-        notes += quantize_unit(model, tasks, algorithm_of, context, run_float, swap)
+        notes += quantize_unit(tasks, algorithm_of, context, run_float, swap)
         if i < last_needing_data:
             for j, call in enumerate(calls):  # in place: one block's inputs are held at a time
                 calls[j] = with_hidden(call, run_block(block, call))
@@ -141,7 +149,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
                 model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
 
         tasks = [make_task(model, lp) for lp in outside]
-        notes += quantize_unit(model, tasks, algorithm_of, context, run_model, swap)
+        notes += quantize_unit(tasks, algorithm_of, context, run_model, swap)
     return _dedupe(notes)
 
 

@@ -43,23 +43,21 @@ class WeightGrid:
     def group_len(self, in_features: int) -> int:
         return in_features if self.group_size is None else self.group_size
 
-    def qparams(self, w: torch.Tensor, clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def qparams(self, w: torch.Tensor, clip: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero [N, G] of weight w [N, K]; `clip` [N, G] (or a float) shrinks each
         group's range to that fraction of its extent (AWQ's clipping search)."""
         wg = _grouped(w.to(torch.float32), self.group_size)
-        if self.is_fp8:
-            absmax = wg.abs().amax(dim=-1)
+        hi, lo = wg.amax(dim=-1), wg.amin(dim=-1)  # two reductions, no |w| temporary
+        if self.is_fp8 or self.symmetric:
+            absmax = torch.maximum(hi, lo.neg_())
             if clip is not None:
                 absmax = absmax * clip
-            scale = (absmax / FP8_MAX).clamp_min(1e-12)
-            return scale, torch.zeros_like(scale, dtype=torch.int32)
-        if self.symmetric:
-            absmax = wg.abs().amax(dim=-1)
-            if clip is not None:
-                absmax = absmax * clip
+            if self.is_fp8:
+                scale = (absmax / FP8_MAX).clamp_min(1e-12)
+                return scale, torch.zeros_like(scale, dtype=torch.int32)
             scale = _round_scale(absmax / (2 ** (self.bits - 1) - 1), self.scale_dtype)
             return scale, torch.full_like(scale, 2 ** (self.bits - 1), dtype=torch.int32)
-        lo, hi = wg.amin(dim=-1).clamp(max=0), wg.amax(dim=-1).clamp(min=0)
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         if clip is not None:
             lo, hi = lo * clip, hi * clip
         scale = _round_scale((hi - lo) / (2**self.bits - 1), self.scale_dtype)
@@ -67,13 +65,15 @@ class WeightGrid:
         return scale, zero
 
     def _round(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        """Codes of w for scales/zeros that broadcast against it (float32 codes; fp8 as values)."""
+        """Codes of w for scales/zeros that broadcast against it (float32 codes; fp8 as
+        values). One new tensor, rounded in place: these run inside search loops."""
         if self.is_fp8:
-            return (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(torch.float32)
-        return (torch.round(w / scale) + zero).clamp(0, 2**self.bits - 1)
+            return torch.div(w, scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+        return torch.div(w, scale).round_().add_(zero).clamp_(0, 2**self.bits - 1)
 
     def _value(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        return q * scale if self.is_fp8 else (q - zero) * scale
+        """Dequantized values of codes q, computed in q's storage."""
+        return q.mul_(scale) if self.is_fp8 else q.sub_(zero).mul_(scale)
 
     def fake(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         """Round trip of w [N, K] through the grid with per-group scale/zero [N, G] (float32)."""

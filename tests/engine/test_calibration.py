@@ -86,7 +86,7 @@ def test_layers_without_tokens_fall_back_without_nan(tiny_model_dir, overrides, 
     block = model.model.layers[0]
     lps = [lp for lp in plan.quantized() if lp.name.startswith("model.layers.0.")]
     swapped = {}
-    notes = quantize_unit(model, [layer_task(model, lp) for lp in lps], {lp.name: lp.algorithm for lp in lps},
+    notes = quantize_unit([layer_task(model, lp) for lp in lps], {lp.name: lp.algorithm for lp in lps},
                           BlockContext("model.layers.0", block, "llama"), run_float=lambda: None,
                           swap=lambda task, qw: swapped.__setitem__(task.name, qw))
     assert any(n.startswith(expected) for n in notes), notes
