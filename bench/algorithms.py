@@ -109,6 +109,13 @@ def _child(cmd: list[str]) -> dict:
     return json.loads(lines[-1])
 
 
+def _kept_llmc_rows(args) -> dict[str, dict]:
+    old = json.loads((HERE / "algorithms.json").read_text())
+    if (old["samples"], old["seq_len"], old["eval_windows"]) != (args.samples, args.seq_len, args.eval_windows):
+        raise SystemExit("--keep-llmc: bench/algorithms.json was measured with other sizes; rerun without it")
+    return {r["config"]: r for r in old["results"] if r["tool"] == "llm-compressor"}
+
+
 def table(results: list[dict], base_ppl: float) -> str:
     rows = ["| configuration | tool | ppl | vs float | quantize s | peak RSS MiB (model loaded) |",
             "|---|---|---:|---:|---:|---:|"]
@@ -129,6 +136,8 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--only", default=",".join(CONFIGS))
     p.add_argument("--no-llmc", action="store_true")
+    p.add_argument("--keep-llmc", action="store_true",
+                   help="rerun qrecipe only; reuse llm-compressor's rows from bench/algorithms.json (same sizes)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one qrecipe config
     p.add_argument("--windows", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -140,10 +149,11 @@ def main() -> None:
     sizes = ["--samples", str(args.samples), "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
     base = baseline(str(windows_pt), model_dir)
     print(f"float baseline ppl {base['ppl']:.3f}", flush=True)
+    kept = _kept_llmc_rows(args) if args.keep_llmc else {}
     results = []
     for config in args.only.split(","):
         sides = [[sys.executable, __file__, *sizes, "--one", config, "--windows", str(windows_pt)]]
-        if not args.no_llmc and LLMC_PYTHON.exists():
+        if not args.no_llmc and not args.keep_llmc and LLMC_PYTHON.exists():
             sides.append([str(LLMC_PYTHON), str(HERE / "llmc_run.py"), config, str(model_dir), str(windows_pt)])
         for cmd in sides:
             r = _child(cmd)
@@ -151,6 +161,8 @@ def main() -> None:
             r["config"] = config
             results.append(r)
             print(json.dumps(r), flush=True)
+        if config in kept:
+            results.append(kept[config])
     out = {"samples": args.samples, "seq_len": args.seq_len, "eval_windows": args.eval_windows,
            "baseline_ppl": base["ppl"], "results": results}
     (HERE / "algorithms.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -63,11 +63,6 @@ def capture_inputs(model: nn.Module, block: nn.Module, windows: torch.Tensor, ba
     return calls
 
 
-def hidden_of(call: BlockCall) -> torch.Tensor:
-    args, kwargs = call
-    return args[0] if args else kwargs["hidden_states"]
-
-
 def with_hidden(call: BlockCall, hidden: torch.Tensor) -> BlockCall:
     args, kwargs = call
     if args:
