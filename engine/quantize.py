@@ -32,7 +32,6 @@ class QuantReport:
     seconds: float
     layers: int
     notes: list[str] = field(default_factory=list)
-    calibration: dict = field(default_factory=dict)  # what was calibrated on (empty if nothing was)
 
 
 def layer_task(model: nn.Module, lp) -> LayerTask:
@@ -58,16 +57,15 @@ def untie_quantized_head(model: nn.Module, plan: Plan) -> None:
             model.config.get_text_config().tie_word_embeddings = False
 
 
-def _windows(calibration: CalibSpec | torch.Tensor | None, tokenizer) -> tuple[torch.Tensor, int, dict]:
+def _windows(calibration: CalibSpec | torch.Tensor | None, tokenizer) -> tuple[torch.Tensor, int]:
+    """(token windows, batch size); prepared windows run in batches of the default 8."""
     from .data import calibration_windows
 
     if isinstance(calibration, torch.Tensor):
-        return calibration, 8, {"samples": calibration.shape[0], "seq_len": calibration.shape[1]}
+        return calibration, CalibSpec.batch_size
     if calibration is None or tokenizer is None:
         raise ValueError("the plan has layers that need calibration: pass calibration (a CalibSpec) and tokenizer")
-    windows = calibration_windows(tokenizer, calibration)
-    return windows, calibration.batch_size, {"data": calibration.data.name, "samples": calibration.samples,
-                                             "seq_len": calibration.seq_len, "seed": calibration.seed}
+    return calibration_windows(tokenizer, calibration), calibration.batch_size
 
 
 @torch.no_grad()
@@ -80,9 +78,8 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
     start = time.perf_counter()
     planned = plan.quantized()
     notes: list[str] = []
-    used: dict = {}
     if any(layer_calibrates(lp) for lp in planned):
-        windows, batch_size, used = _windows(calibration, tokenizer)
+        windows, batch_size = _windows(calibration, tokenizer)
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, layer_task,
                                         lambda task, qw: swap_in(model, task, qw), progress=progress)
     else:
@@ -92,7 +89,7 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
             swap_in(model, task, algo.quantize()[lp.name])
             notes += algo.notes
     untie_quantized_head(model, plan)
-    return QuantReport(seconds=time.perf_counter() - start, layers=len(planned), notes=notes, calibration=used)
+    return QuantReport(seconds=time.perf_counter() - start, layers=len(planned), notes=notes)
 
 
 def prepare_model(model: nn.Module) -> dict[str, str]:
