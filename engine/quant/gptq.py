@@ -24,16 +24,20 @@ class SingularHessian(ValueError):
 
 
 def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1."""
+    """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1, i.e. U^T U = H^-1.
+
+    With R the index reversal and R H R = L L^T, U = R L^-1 R: one Cholesky and one
+    triangular inverse, instead of the reference's Cholesky, full inverse and second
+    Cholesky (the same factor, about three times less work)."""
     h = h.clone()
     h.diagonal().add_(damp * h.diagonal().mean())
-    chol, info = torch.linalg.cholesky_ex(h)
+    chol, info = torch.linalg.cholesky_ex(h.flip(0, 1))
     if info.item() != 0:
-        raise SingularHessian(f"Cholesky failed at column {info.item()}")
-    hinv = torch.cholesky_inverse(chol)
-    upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
-    if info.item() != 0 or not torch.isfinite(upper).all():
-        raise SingularHessian("the inverse Hessian is not positive definite")
+        raise SingularHessian(f"Cholesky failed at column {h.shape[0] - info.item()}")
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    upper = torch.linalg.solve_triangular(chol, eye, upper=False).flip(0, 1)
+    if not torch.isfinite(upper).all():
+        raise SingularHessian("the inverse Hessian is not finite")
     return upper
 
 
@@ -51,6 +55,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
     n_groups = k // gl
     scale = torch.zeros(n, n_groups, device=w.device)
     zero = torch.zeros(n, n_groups, dtype=torch.int32, device=w.device)
+    zero_f = torch.zeros(n, n_groups, device=w.device)  # float copy: no conversion per column
     ready = [False] * n_groups
 
     perm = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order \
@@ -74,12 +79,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
                 in_block = (cols >= i1) & (cols < i2)
                 current[:, in_block] = w1[:, cols[in_block] - i1]
                 scale[:, g:g + 1], zero[:, g:g + 1] = grid.qparams(current)
+                zero_f[:, g] = zero[:, g]
                 ready[g] = True
             col = w1[:, i]
-            qc = grid.fake_column(col, scale[:, g], zero[:, g])
+            qc = grid.fake_column(col, scale[:, g], zero_f[:, g])
             q[:, i1 + i] = qc
-            e = (col - qc) / hinv1[i, i]
-            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            e = (col - qc).div_(hinv1[i, i])
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return q[:, position], scale, zero

@@ -83,8 +83,7 @@ class WeightGrid:
 
     def fake_column(self, col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         """Round trip of one column [N] with that column's group scale/zero [N] (GPTQ)."""
-        z = zero.to(torch.float32)
-        return self._value(self._round(col, scale, z), scale, z)
+        return self._value(self._round(col, scale, zero), scale, zero)
 
     def quantized(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                   input_scale: torch.Tensor | None = None) -> QuantizedWeight:
