@@ -38,7 +38,12 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "sq_w8a8_dynamic": ("SmoothQuant W8A8 dynamic", W8A8 + SQ),
     "w8a8_static": ("W8A8 static", W8A8 + STATIC),
     "sq_w8a8_static": ("SmoothQuant W8A8 static", W8A8 + STATIC + SQ),
+    # qrecipe's alpha search (recipes/smoothquant.yaml); llm-compressor has no counterpart
+    "sq_grid_w8a8_static": ("SmoothQuant alpha grid W8A8 static",
+                            W8A8 + STATIC + ["recipe.base.algorithm=smoothquant",
+                                             "recipe.base.args.alpha=[0.3,0.5,0.7,0.9]"]),
 }
+QRECIPE_ONLY = {"sq_grid_w8a8_static"}
 
 
 def _settings(args, extra: list[str]):
@@ -109,11 +114,11 @@ def _child(cmd: list[str]) -> dict:
     return json.loads(lines[-1])
 
 
-def _kept_llmc_rows(args) -> dict[str, dict]:
+def _previous(args) -> dict:
     old = json.loads((HERE / "algorithms.json").read_text())
     if (old["samples"], old["seq_len"], old["eval_windows"]) != (args.samples, args.seq_len, args.eval_windows):
-        raise SystemExit("--keep-llmc: bench/algorithms.json was measured with other sizes; rerun without it")
-    return {r["config"]: r for r in old["results"] if r["tool"] == "llm-compressor"}
+        raise SystemExit("--update: bench/algorithms.json was measured with other sizes; rerun without it")
+    return old
 
 
 def table(results: list[dict], base_ppl: float) -> str:
@@ -136,8 +141,8 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--only", default=",".join(CONFIGS))
     p.add_argument("--no-llmc", action="store_true")
-    p.add_argument("--keep-llmc", action="store_true",
-                   help="rerun qrecipe only; reuse llm-compressor's rows from bench/algorithms.json (same sizes)")
+    p.add_argument("--update", action="store_true",
+                   help="rerun only qrecipe's rows of --only; keep every other row of bench/algorithms.json")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one qrecipe config
     p.add_argument("--windows", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -147,13 +152,13 @@ def main() -> None:
         return
     model_dir, windows_pt = prepare(args)
     sizes = ["--samples", str(args.samples), "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
-    base = baseline(str(windows_pt), model_dir)
+    old = _previous(args) if args.update else None
+    base = {"ppl": old["baseline_ppl"]} if old else baseline(str(windows_pt), model_dir)
     print(f"float baseline ppl {base['ppl']:.3f}", flush=True)
-    kept = _kept_llmc_rows(args) if args.keep_llmc else {}
     results = []
     for config in args.only.split(","):
         sides = [[sys.executable, __file__, *sizes, "--one", config, "--windows", str(windows_pt)]]
-        if not args.no_llmc and not args.keep_llmc and LLMC_PYTHON.exists():
+        if not args.no_llmc and not args.update and config not in QRECIPE_ONLY and LLMC_PYTHON.exists():
             sides.append([str(LLMC_PYTHON), str(HERE / "llmc_run.py"), config, str(model_dir), str(windows_pt)])
         for cmd in sides:
             r = _child(cmd)
@@ -161,8 +166,10 @@ def main() -> None:
             r["config"] = config
             results.append(r)
             print(json.dumps(r), flush=True)
-        if config in kept:
-            results.append(kept[config])
+    if old:  # the new qrecipe rows take the place of the old ones; all other rows stay
+        fresh = {r["config"]: r for r in results}
+        kept = [fresh.pop(r["config"], r) if r["tool"] == "qrecipe" else r for r in old["results"]]
+        results = kept + list(fresh.values())
     out = {"samples": args.samples, "seq_len": args.seq_len, "eval_windows": args.eval_windows,
            "baseline_ppl": base["ppl"], "results": results}
     (HERE / "algorithms.json").write_text(json.dumps(out, indent=2) + "\n")
