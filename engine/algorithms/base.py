@@ -67,9 +67,9 @@ class BlockContext:
         d = self.input_divisors.get(name)
         return h if d is None else h / torch.outer(d, d)
 
-    def absmax(self, name: str) -> torch.Tensor:
-        """Per-channel max |x| of the layer's input as it is now."""
-        m = self.stats[name].absmax
+    def window_absmax(self, name: str) -> torch.Tensor:
+        """Per-channel max |x| of each calibration window [W, K] of the layer's input as it is now."""
+        m = self.stats[name].window_absmax
         d = self.input_divisors.get(name)
         return m if d is None else m / d
 

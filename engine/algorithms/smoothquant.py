@@ -54,7 +54,9 @@ class SmoothQuant(InputScaling):
         def error(s: torch.Tensor) -> float:
             total = 0.0
             for t, w, y in zip(group.tasks, weights, reference):
-                static = stats.absmax / s if t.params.activation == "static" else None
+                static = None
+                if t.params.activation == "static":  # the scale the driver will measure, after smoothing
+                    static = (stats.window_absmax / s).amax(dim=1).mean()
                 xq = fake_quantize_activations(x / s, t.scheme.format, static)
                 wq = t.grid.fake(w * s, *t.grid.qparams(w * s))
                 total += (y - xq @ wq.T).pow(2).sum().item()

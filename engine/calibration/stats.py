@@ -5,7 +5,8 @@ Layers that read one tensor (q/k/v after the input norm, gate/up after the post-
 norm; see families.PAIRINGS) share one `InputStats`, so the Gram matrix of that input is
 accumulated once, not once per layer. Each algorithm asks for the statistics it needs:
 "hessian" (the mean of x x^T: GPTQ, and AWQ's exact output error), "abs_mean" (AWQ's
-activation salience), "absmax" (SmoothQuant and static activation scales) and "sample"
+activation salience), "absmax" (the per-channel max |x| of each calibration window:
+SmoothQuant and static activation scales) and "sample"
 (the first SAMPLE_TOKENS input rows, for searches that must quantize activations; the
 calibration windows are shuffled, so the first rows are a fair sample).
 """
@@ -26,19 +27,21 @@ class InputStats:
         self.tokens = 0
         self._xtx = torch.zeros(in_features, in_features, device=device) if "hessian" in kinds else None
         self._abs_sum = torch.zeros(in_features, device=device, dtype=torch.float64) if "abs_mean" in kinds else None
-        self.absmax = torch.zeros(in_features, device=device) if "absmax" in kinds else None
+        self._window_absmax: list[torch.Tensor] | None = [] if "absmax" in kinds else None
         self._sample: list[torch.Tensor] | None = [] if "sample" in kinds else None
         self._sampled = 0
 
     def update(self, x: torch.Tensor) -> None:
-        x2 = x.detach().reshape(-1, self.in_features).to(torch.float32)
+        x = x.detach()
+        x2 = x.reshape(-1, self.in_features).to(torch.float32)
         self.tokens += x2.shape[0]
         if self._xtx is not None:
             self._xtx.addmm_(x2.T, x2)
         if self._abs_sum is not None:
             self._abs_sum += x2.abs().sum(dim=0, dtype=torch.float64)
-        if self.absmax is not None:
-            torch.maximum(self.absmax, x2.abs().amax(dim=0), out=self.absmax)
+        if self._window_absmax is not None:  # [windows, K]: one row per sequence of the batch
+            windows = x.reshape(-1, x.shape[-2], self.in_features) if x.dim() > 2 else x2[None]
+            self._window_absmax.append(windows.abs().amax(dim=1).to(torch.float32))
         if self._sample is not None and self._sampled < SAMPLE_TOKENS:
             rows = x2[:SAMPLE_TOKENS - self._sampled].clone()
             self._sample.append(rows)
@@ -48,6 +51,17 @@ class InputStats:
     def hessian(self) -> torch.Tensor:
         """E[x x^T] over the calibration tokens [K, K] (float32)."""
         return self._xtx / max(self.tokens, 1)
+
+    @property
+    def window_absmax(self) -> torch.Tensor:
+        """Per-channel max |x| of each calibration window [W, K] (float32)."""
+        return torch.cat(self._window_absmax) if self._window_absmax else torch.zeros(0, self.in_features)
+
+    @property
+    def absmax(self) -> torch.Tensor:
+        """Per-channel max |x| over all calibration tokens [K] (float32)."""
+        w = self.window_absmax
+        return w.amax(dim=0) if w.shape[0] else torch.zeros(self.in_features)
 
     @property
     def sample(self) -> torch.Tensor:
