@@ -138,7 +138,6 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
             calls = []  # later blocks need no data: free the activations
         bar.update(1)
     bar.close()
-    del calls
 
     if outside:
         context = BlockContext("", model, plan.model_type)
