@@ -183,7 +183,7 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
                              {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
                               "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder))
     step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
-    report = quantize_model(model, plan, calibration=settings.calib, progress=progress)
+    report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
     backends = prepare_model(model)
     step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the baseline ...")
     metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)

@@ -1,16 +1,23 @@
 """Quantization algorithms, registered explicitly (one file each).
 
 An algorithm turns the layers of one decoder block that a plan assigns to it into
-quantized weights. Those that need calibration attach observers to the block's layers,
-see the calibration batch flow through the block, then quantize (see base.py).
+quantized weights. Those that need calibration read input statistics gathered while the
+block runs on the calibration batch, may rescale weights, then quantize (see base.py).
+Static activation scales (W8A8, FP8 with `activation: static`) are not an algorithm: the
+calibration driver measures them for any algorithm (engine/calibration/activation_scales.py).
 """
 
 from __future__ import annotations
 
-from .base import Algorithm, LayerTask
-from .rtn import RTN
+from typing import Any
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (RTN,)}
+from .awq import AWQ
+from .base import Algorithm, BlockContext, LayerTask
+from .gptq import GPTQ
+from .rtn import RTN
+from .smoothquant import SmoothQuant
+
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (RTN, AWQ, GPTQ, SmoothQuant)}
 
 
 def algorithm_names() -> tuple[str, ...]:
@@ -21,4 +28,17 @@ def get_algorithm(name: str) -> type[Algorithm]:
     return ALGORITHMS[name]
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "LayerTask", "algorithm_names", "get_algorithm"]
+def check_recipe_algorithms(recipe: Any) -> None:
+    """Every rule's algorithm arguments and scheme, checked before any model loads."""
+    from ..schemes import SCHEMES
+
+    for rule in recipe.rules:
+        policy = rule.policy
+        algo = ALGORITHMS[policy.algorithm]
+        where = f"recipe.rules.{rule.name}"
+        algo.check_scheme(SCHEMES[policy.scheme], f"{where}.algorithm")
+        algo.check_args(policy.args_dict(), f"{where}.args")
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "BlockContext", "LayerTask", "algorithm_names",
+           "check_recipe_algorithms", "get_algorithm"]

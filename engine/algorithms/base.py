@@ -1,21 +1,32 @@
-"""The algorithm contract: prepare hooks on a block, observe calibration data, quantize.
+"""The algorithm contract: observe calibration data, transform, quantize.
 
 An Algorithm instance is created per decoder block with the tasks (layers) of that block
-it owns. The calibration driver calls `attach()` before running the block on calibration
-inputs, `detach()` after, then `quantize()`. RTN needs no data and only implements
-`quantize`.
+it owns and the block's `BlockContext`. The calibration driver then
+  1. gathers the input statistics each algorithm names in `stats` (shared between layers
+     that read one input, see engine/calibration/stats.py) while the float block runs on
+     the calibration batch; `attach()`/`detach()` wrap that run for any extra observers;
+  2. calls `transform()` on every algorithm of the block (AWQ and SmoothQuant rescale
+     weights and fold the inverse into the producing norm or linear), before any layer of
+     the block is quantized;
+  3. calls `quantize()` and swaps the results in.
+RTN needs no data and only implements `quantize`.
+
+Arguments come from the rule's `args`; `ARGS` declares each one with its default and a
+check, so a typo or a bad value fails before the model loads (`check_args`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from ...kernels import QuantizedWeight, QuantParams
+from ..errors import RecipeError
+from ..quant.grid import WeightGrid
 from ..schemes import Scheme
 
 
@@ -27,24 +38,105 @@ class LayerTask:
     params: QuantParams
     args: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def grid(self) -> WeightGrid:
+        return WeightGrid.of(self.scheme, self.params)
+
+
+@dataclass
+class BlockContext:
+    """What the driver knows about the block being calibrated."""
+
+    prefix: str  # the block's module name, e.g. "model.layers.3" ("" for layers outside blocks)
+    block: nn.Module
+    model_type: str
+    stats: dict = field(default_factory=dict)  # layer name -> InputStats
+    # layer name -> per-channel divisor a transform applied to that layer's input (its
+    # static activation scale is measured on the divided input)
+    input_divisors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def relative(self, name: str) -> str:
+        return name[len(self.prefix) + 1:] if self.prefix else name
+
+    def absolute(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def hessian(self, name: str) -> torch.Tensor:
+        """E[x x^T] of the layer's input as it is now, after any division by a transform."""
+        h = self.stats[name].hessian
+        d = self.input_divisors.get(name)
+        return h if d is None else h / torch.outer(d, d)
+
+    def window_absmax(self, name: str) -> torch.Tensor:
+        """Per-channel max |x| of each calibration window [W, K] of the layer's input as it is now."""
+        m = self.stats[name].window_absmax
+        d = self.input_divisors.get(name)
+        return m if d is None else m / d
+
+
+@dataclass(frozen=True)
+class Arg:
+    default: Any
+    check: Callable[[Any], bool]
+    expect: str  # what a valid value looks like, for the error
+
+
+def number_in(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
 
 class Algorithm(ABC):
     name: ClassVar[str]
     needs_calibration: ClassVar[bool] = False
+    stats: ClassVar[frozenset[str]] = frozenset()  # input statistics it reads (stats.STAT_KINDS)
+    ARGS: ClassVar[dict[str, Arg]] = {}
+    # Scheme formats it makes sense for (None: any); a rule pairing it with another scheme fails.
+    FORMATS: ClassVar[tuple[str, ...] | None] = None
 
-    def __init__(self, tasks: list[LayerTask], block: nn.Module | None = None):
+    def __init__(self, tasks: list[LayerTask], context: BlockContext | None = None):
         self.tasks = tasks
-        self.block = block
+        self.context = context
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.notes: list[str] = []  # fallbacks taken (recorded in the run)
 
+    @classmethod
+    def check_args(cls, args: dict[str, Any], where: str) -> None:
+        """Raise RecipeError naming `where.KEY` for an unknown argument or a bad value."""
+        for key, value in args.items():
+            spec = cls.ARGS.get(key)
+            if spec is None:
+                known = ", ".join(cls.ARGS) or "none"
+                raise RecipeError(f"{where}.{key}: {cls.name} takes no argument {key!r}; its arguments are {known}")
+            if not spec.check(value):
+                raise RecipeError(f"{where}.{key}: expected {spec.expect}, got {value!r}")
+
+    @classmethod
+    def check_scheme(cls, scheme: Scheme, where: str) -> None:
+        if cls.FORMATS is not None and scheme.format is not None and scheme.format not in cls.FORMATS:
+            raise RecipeError(f"{where}: {cls.name} does not apply to {scheme.name}; it is for "
+                              f"{', '.join(f.upper() for f in cls.FORMATS)} (use awq, gptq or rtn instead)")
+
+    def arg(self, task: LayerTask, key: str) -> Any:
+        return task.args.get(key, self.ARGS[key].default)
+
     def attach(self) -> None:
-        """Register observers on the block's modules (calibrating algorithms)."""
+        """Register observers beyond the shared input statistics (none by default)."""
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    def transform(self) -> None:
+        """Rescale weights before the block is quantized (AWQ, SmoothQuant)."""
 
     @abstractmethod
     def quantize(self) -> dict[str, QuantizedWeight]:

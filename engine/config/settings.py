@@ -173,7 +173,7 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
 
 
 def load_settings(cfg: DictConfig) -> Settings:
-    from ..algorithms import algorithm_names
+    from ..algorithms import algorithm_names, check_recipe_algorithms
 
     node = _resolve(cfg)
     for key in node:
@@ -181,6 +181,7 @@ def load_settings(cfg: DictConfig) -> Settings:
             raise ConfigError(f"{key}: unknown top-level key; known sections are "
                               f"{', '.join(CORE_SECTIONS + OTHER_SECTIONS)}")
     recipe = parse_recipe(node.get("recipe"), algorithm_names())
+    check_recipe_algorithms(recipe)
     model = build(ModelSpec, node.get("model"), "model")
     eval_spec = build(EvalSpec, node.get("eval"), "eval")
     calib = build(CalibSpec, node.get("calib"), "calib")

@@ -2,10 +2,14 @@
 
 FUSED_SHARDS: sibling projections that serving engines (vLLM, TensorRT-LLM) fuse into one
 tensor, so they must share one scheme. BLOCK_LISTS: where the decoder blocks live (the
-calibration driver walks them one at a time).
+calibration driver walks them one at a time). PAIRINGS: inside one block, which module
+produces the input that a set of linears reads; AWQ and SmoothQuant divide that input by
+per-channel scales folded into the producer and multiply the linears' weights by them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 LLAMA_STYLE_SHARDS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -25,3 +29,44 @@ BLOCK_LISTS: tuple[str, ...] = ("model.layers", "transformer.h", "model.decoder.
 
 def fused_shards(model_type: str) -> tuple[tuple[str, ...], ...]:
     return FUSED_SHARDS.get(model_type, LLAMA_STYLE_SHARDS)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """`layers` (names inside a block) all read the output of `previous`: a norm whose weight
+    (and bias) can absorb a per-channel division, or a linear whose output rows can."""
+
+    previous: str
+    layers: tuple[str, ...]
+
+
+# A linear-to-linear pairing (v -> o, up -> down) folds exactly only where the producer's
+# output channels are the consumer's input channels one to one; the driver checks shapes
+# (grouped-query attention makes v_proj narrower than o_proj's input, so it is skipped).
+LLAMA_STYLE_PAIRINGS: tuple[Pairing, ...] = (
+    Pairing("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    Pairing("self_attn.v_proj", ("self_attn.o_proj",)),
+    Pairing("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    Pairing("mlp.up_proj", ("mlp.down_proj",)),
+)
+
+# Gemma's norms multiply by (1 + weight), so a division does not fold into the weight as
+# is: it is left out until someone adds that fold.
+PAIRINGS: dict[str, tuple[Pairing, ...]] = {
+    "llama": LLAMA_STYLE_PAIRINGS,
+    "mistral": LLAMA_STYLE_PAIRINGS,
+    "qwen2": LLAMA_STYLE_PAIRINGS,
+    "qwen3": LLAMA_STYLE_PAIRINGS,
+}
+
+# Layers whose weights AWQ does not clip: their outputs meet in q.k^T before a softmax,
+# where a clipped outlier costs more than the rounding it saves (as in the AWQ reference).
+NO_CLIP: dict[str, tuple[str, ...]] = {family: ("self_attn.q_proj", "self_attn.k_proj") for family in PAIRINGS}
+
+
+def pairings(model_type: str) -> tuple[Pairing, ...]:
+    return PAIRINGS.get(model_type, ())
+
+
+def no_clip(model_type: str) -> tuple[str, ...]:
+    return NO_CLIP.get(model_type, ())

@@ -1,0 +1,180 @@
+"""Calibration algorithms on SmolLM2-135M: qrecipe against llm-compressor.
+
+    .venv/bin/python bench/algorithms.py [--samples 32] [--seq-len 512] [--eval-windows 40]
+        [--only CONFIG,...] [--no-llmc]
+
+Calibration: `--samples` windows of `--seq-len` tokens of the C4 train jsonl, drawn by
+qrecipe's sampler (calib.seed 0); the same token windows are handed to llm-compressor.
+Perplexity: the first `--eval-windows` windows of 512 tokens of WikiText-2 test, each
+scored on its own (qrecipe's protocol; bench/_measure.py holds the one copy both use).
+Every configuration runs in its own process, so wall time and peak resident memory
+(polled during quantization only) are its own. llm-compressor runs from a separate
+environment, bench/.venv-llmc (see bench/ALGORITHMS.md for how it is made); without it
+only qrecipe's rows are measured. Results go to bench/algorithms.json; the table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+LLMC_PYTHON = HERE / ".venv-llmc" / "bin" / "python"
+
+W4 = ["recipe=w4a16", "recipe.base.group_size=64"]
+W8A8 = ["recipe=w8a8"]
+STATIC = ["recipe.base.activation=static"]
+SQ = ["recipe.base.algorithm=smoothquant", "recipe.base.args.alpha=0.5"]
+CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "rtn_w4a16": ("RTN W4A16 g64", W4),
+    "awq_w4a16": ("AWQ W4A16 g64", W4 + ["recipe.base.algorithm=awq"]),
+    "gptq_w4a16": ("GPTQ W4A16 g64", W4 + ["recipe.base.algorithm=gptq"]),
+    "w8a8_dynamic": ("W8A8 dynamic", W8A8),
+    "sq_w8a8_dynamic": ("SmoothQuant W8A8 dynamic", W8A8 + SQ),
+    "w8a8_static": ("W8A8 static", W8A8 + STATIC),
+    "sq_w8a8_static": ("SmoothQuant W8A8 static", W8A8 + STATIC + SQ),
+    # qrecipe's alpha search (recipes/smoothquant.yaml); llm-compressor has no counterpart
+    "sq_grid_w8a8_static": ("SmoothQuant alpha grid W8A8 static",
+                            W8A8 + STATIC + ["recipe.base.algorithm=smoothquant",
+                                             "recipe.base.args.alpha=[0.3,0.5,0.7,0.9]"]),
+}
+QRECIPE_ONLY = {"sq_grid_w8a8_static"}
+
+
+def _settings(args, extra: list[str]):
+    sys.path.insert(0, str(HERE))
+    from qrecipe.engine.config import compose, load_settings
+
+    return load_settings(compose([f"calib.samples={args.samples}", f"calib.seq_len={args.seq_len}",
+                                  "eval.seq_len=512", f"eval.windows={args.eval_windows}", "target=cpu",
+                                  "model.dtype=float32", *extra]))
+
+
+def prepare(args) -> tuple[Path, Path]:
+    """(model folder, windows file): the converted model and both tools' token windows."""
+    import torch
+
+    from qrecipe.engine.data import calibration_windows, load_documents, token_windows
+    from qrecipe.engine.models.loading import resolve_source
+
+    s = _settings(args, W4)
+    model_dir = Path(resolve_source(s.model, Path(s.paths.cache), convert=True).source)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    CACHE.mkdir(exist_ok=True)
+    out = CACHE / f"windows-{args.samples}x{args.seq_len}-{args.eval_windows}.pt"
+    torch.save({"calib": calibration_windows(tok, s.calib),
+                "eval": token_windows(tok, load_documents(s.eval.data), 512, args.eval_windows)}, out)
+    return model_dir, out
+
+
+def run_qrecipe(args, config: str, windows_pt: str) -> dict:
+    """One configuration in this process (called as a subprocess by main)."""
+    import torch
+
+    from _measure import PeakRSS, Timer, perplexity
+    from qrecipe.engine.models.loading import load_model
+    from qrecipe.engine.planning import build_plan
+    from qrecipe.engine.quantize import quantize_model
+
+    torch.set_num_threads(2)
+    s = _settings(args, CONFIGS[config][1])
+    plan, _ = build_plan(s, torch.device("cpu"))
+    model, tokenizer = load_model(s.model, Path(s.paths.cache), torch.device("cpu"), torch.float32)
+    data = torch.load(windows_pt)
+    with PeakRSS() as mem, Timer() as t:
+        report = quantize_model(model, plan, data["calib"], progress=False)
+    return {"tool": "qrecipe", "config": config, "ppl": perplexity(model, data["eval"]), "seconds": t.seconds,
+            "peak_rss": mem.peak, "rss_before": mem.start, "notes": report.notes}
+
+
+def baseline(windows_pt: str, model_dir: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from _measure import perplexity
+
+    torch.set_num_threads(2)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return {"tool": "float", "config": "baseline", "ppl": perplexity(model, torch.load(windows_pt)["eval"])}
+
+
+def _child(cmd: list[str]) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
+    return json.loads(lines[-1])
+
+
+def _previous(args) -> dict:
+    old = json.loads((HERE / "algorithms.json").read_text())
+    if (old["samples"], old["seq_len"], old["eval_windows"]) != (args.samples, args.seq_len, args.eval_windows):
+        raise SystemExit("--update: bench/algorithms.json was measured with other sizes; rerun without it")
+    return old
+
+
+def table(results: list[dict], base_ppl: float) -> str:
+    rows = ["| configuration | tool | ppl | vs float | quantize s | peak RSS MiB (model loaded) |",
+            "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        label = CONFIGS[r["config"]][0]
+        if "error" in r:
+            rows.append(f"| {label} | {r['tool']} | failed: {' '.join(r['error'])[:80]} | | | |")
+            continue
+        rows.append(f"| {label} | {r['tool']} | {r['ppl']:.3f} | {100 * (r['ppl'] / base_ppl - 1):+.2f}% | "
+                    f"{r['seconds']:.1f} | {r['peak_rss'] / 2**20:.0f} ({r['rss_before'] / 2**20:.0f}) |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--only", default=",".join(CONFIGS))
+    p.add_argument("--no-llmc", action="store_true")
+    p.add_argument("--update", action="store_true",
+                   help="rerun only qrecipe's rows of --only; keep every other row of bench/algorithms.json")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one qrecipe config
+    p.add_argument("--windows", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    sys.path.insert(0, str(HERE))
+    if args.one:
+        print(json.dumps(run_qrecipe(args, args.one, args.windows)))
+        return
+    model_dir, windows_pt = prepare(args)
+    sizes = ["--samples", str(args.samples), "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
+    old = _previous(args) if args.update else None
+    base = {"ppl": old["baseline_ppl"]} if old else baseline(str(windows_pt), model_dir)
+    print(f"float baseline ppl {base['ppl']:.3f}", flush=True)
+    results = []
+    for config in args.only.split(","):
+        sides = [[sys.executable, __file__, *sizes, "--one", config, "--windows", str(windows_pt)]]
+        if not args.no_llmc and not args.update and config not in QRECIPE_ONLY and LLMC_PYTHON.exists():
+            sides.append([str(LLMC_PYTHON), str(HERE / "llmc_run.py"), config, str(model_dir), str(windows_pt)])
+        for cmd in sides:
+            r = _child(cmd)
+            r.setdefault("tool", "llm-compressor" if cmd[0] == str(LLMC_PYTHON) else "qrecipe")
+            r["config"] = config
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    if old:  # the new qrecipe rows take the place of the old ones; all other rows stay
+        fresh = {r["config"]: r for r in results}
+        kept = [fresh.pop(r["config"], r) if r["tool"] == "qrecipe" else r for r in old["results"]]
+        results = kept + list(fresh.values())
+    out = {"samples": args.samples, "seq_len": args.seq_len, "eval_windows": args.eval_windows,
+           "baseline_ppl": base["ppl"], "results": results}
+    (HERE / "algorithms.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(table(results, base["ppl"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One llm-compressor configuration of bench/algorithms.py, run inside bench/.venv-llmc.
+
+    bench/.venv-llmc/bin/python bench/llmc_run.py CONFIG MODEL_DIR WINDOWS_PT
+
+Prints one JSON line: ppl, quantization seconds and peak RSS. Uses the calibration and
+evaluation windows qrecipe prepared (WINDOWS_PT), so both tools see the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import PeakRSS, Timer, perplexity  # noqa: E402
+
+# llm-compressor's AWQ pins its cached activations for fast host-to-GPU copies; on a
+# machine without an accelerator pinning fails, so it is a no-op here.
+torch.Tensor.pin_memory = lambda self, *a, **k: self
+
+
+def _w4(group: int):
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=group))}
+
+
+def _w8a8(static: bool):
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    acts = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="tensor", dynamic=False) if static \
+        else QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=8, type="int", symmetric=True, strategy="channel"), input_activations=acts)}
+
+
+def recipe(config: str):
+    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+
+    ignore = ["lm_head"]
+    if config == "rtn_w4a16":
+        return [QuantizationModifier(config_groups=_w4(64), ignore=ignore)]
+    if config == "awq_w4a16":
+        return [AWQModifier(config_groups=_w4(64), ignore=ignore)]
+    if config == "gptq_w4a16":
+        return [GPTQModifier(config_groups=_w4(64), ignore=ignore)]
+    static = "static" in config
+    quant = QuantizationModifier(config_groups=_w8a8(static), ignore=ignore)
+    if config.startswith("sq_"):
+        return [SmoothQuantModifier(smoothing_strength=0.5), quant]
+    return [quant]
+
+
+def main(config: str, model_dir: str, windows_pt: str) -> None:
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    data = torch.load(windows_pt)
+    calib, evaluation = data["calib"], data["eval"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
+    with PeakRSS() as mem, Timer() as t:
+        oneshot(model=model, dataset=ds, recipe=recipe(config), num_calibration_samples=calib.shape[0],
+                max_seq_length=calib.shape[1], shuffle_calibration_samples=False)
+    ppl = perplexity(model, evaluation)
+    print(json.dumps({"tool": "llm-compressor", "config": config, "ppl": ppl, "seconds": t.seconds,
+                      "peak_rss": mem.peak, "rss_before": mem.start}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -1,0 +1,115 @@
+"""AWQ: activation-aware weight quantization (Lin et al., 2023).
+
+For each set of linears that read one input (families.PAIRINGS), search per-channel
+scales s = mean|x|^r / mean|w|^(1-r) over a grid of exponents r, scale the weight columns
+by s and fold 1/s into the producing norm or linear, so salient input channels get finer
+weight steps. Then, optionally, search per group how far to clip the weight range. The
+rule's scheme finally quantizes the scaled, clipped weights (round to nearest).
+
+Both searches score a candidate by the exact mean squared error of the layer's output on
+the calibration inputs, E||x (W - Q(W))^T||^2 = tr(dW H dW^T) with H = E[x x^T], which
+costs O(N K^2) per candidate instead of a pass over every calibration token. The unscaled
+weights are always a candidate, so the search never does worse than RTN on that error.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.families import no_clip
+from ..quant.grid import WeightGrid
+from ..quant.rtn import rtn_quantize
+from .base import Arg, LayerTask, is_bool, number_in, positive_int
+from .scaling import InputScaling, ScaleGroup
+
+
+def output_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """E||x (w - w_hat)^T||^2 for inputs with second moment h (overwrites w_hat)."""
+    d = w_hat.sub_(w)
+    return (d @ h).mul_(d).sum()
+
+
+def _weight_salience(w: torch.Tensor, grid: WeightGrid) -> torch.Tensor:
+    """Mean over output rows of |w| relative to its group's absmax, per input channel."""
+    n, k = w.shape
+    gl = grid.group_len(k)
+    wg = w.abs().reshape(n, k // gl, gl)
+    return (wg / (wg.amax(dim=-1, keepdim=True) + 1e-6)).reshape(n, k).mean(dim=0)
+
+
+class AWQ(InputScaling):
+    name = "awq"
+    needs_calibration = True
+    stats = frozenset({"hessian", "abs_mean"})
+    FORMATS = ("w4a16", "w8a16")
+    ARGS = {
+        "grid": Arg(20, positive_int, "a positive number of exponents to try (e.g. 20)"),
+        "duo_scaling": Arg(True, is_bool, "true (scale by activation and weight salience) or false"),
+        "clip": Arg(True, is_bool, "true or false (search per-group weight clipping)"),
+        "clip_grid": Arg(20, positive_int, "a positive number of clipping steps (e.g. 20)"),
+        "max_shrink": Arg(0.5, number_in(0.0, 0.95), "a fraction in [0, 0.95] (how far clipping may shrink a range)"),
+    }
+
+    def search_scales(self, group: ScaleGroup, stats) -> torch.Tensor:
+        first = group.tasks[0]
+        h, x_mean = stats.hessian, stats.abs_mean
+        weights = [t.module.weight.float() for t in group.tasks]
+        grids = [t.grid for t in group.tasks]
+        w_mean = _weight_salience(torch.cat(weights), grids[0])
+
+        def loss(s: torch.Tensor) -> float:
+            total = 0.0
+            for w, grid in zip(weights, grids):
+                ws = w * s
+                total += output_error(w, grid.fake(ws, *grid.qparams(ws)).div_(s), h).item()
+            return total
+
+        ones = torch.ones_like(x_mean)
+        best_s, best = ones, loss(ones)
+        n = self.arg(first, "grid")
+        for i in range(n):
+            r = i / n
+            s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if self.arg(first, "duo_scaling") else x_mean.pow(r)
+            s = s.clamp_min(1e-4)
+            s = s / (s.max() * s.min()).sqrt()
+            current = loss(s)
+            if current < best:
+                best_s, best = s, current
+        return best_s
+
+    def _search_clip(self, task: LayerTask, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Per-group fraction [N, G] of the weight range to keep; a group's error is that of
+        its own slice of the output, tr(dW_g H_gg dW_g^T), as in the AWQ reference."""
+        grid = task.grid
+        n, k = w.shape
+        gl = grid.group_len(k)
+        g = k // gl
+        h_blocks = torch.stack([h[i * gl:(i + 1) * gl, i * gl:(i + 1) * gl] for i in range(g)])
+        best_ratio = torch.ones(n, g, device=w.device)
+        best_err = torch.full((n, g), float("inf"), device=w.device)
+        steps = self.arg(task, "clip_grid")
+        for i in range(int(self.arg(task, "max_shrink") * steps) + 1):
+            ratio = 1 - i / steps
+            d = (w - grid.fake(w, *grid.qparams(w, clip=ratio))).reshape(n, g, gl)
+            err = torch.einsum("ngi,gij,ngj->ng", d, h_blocks, d)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
+        return best_ratio
+
+    def quantize(self):
+        out = {}
+        skip_clip = {self.context.absolute(n) for n in no_clip(self.context.model_type)}
+        for task in self.tasks:
+            stats = self.context.stats.get(task.name)
+            w = task.module.weight.float()
+            if stats is None or stats.tokens == 0:
+                self.notes.append(f"awq: {task.name} saw no calibration tokens; quantized with rtn (no scaling)")
+                out[task.name] = rtn_quantize(w, task.scheme, task.params)
+                continue
+            grid = task.grid
+            clip = None
+            if self.arg(task, "clip") and task.name not in skip_clip:
+                clip = self._search_clip(task, w, self.context.hessian(task.name))
+            out[task.name] = grid.quantized(w, *grid.qparams(w, clip=clip))
+        return out

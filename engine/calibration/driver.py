@@ -1,0 +1,156 @@
+"""The calibration driver: quantize a model one decoder block at a time.
+
+  1. Capture the first block's inputs on the calibration windows (the forward stops there).
+  2. For each block: run it in float on those inputs with the statistics its layers'
+     algorithms need being gathered; let the algorithms transform and quantize its
+     layers; swap the QuantLinears in; run the now-quantized block on the same inputs to
+     get the next block's inputs, so later blocks calibrate on what the quantized model
+     really feeds them.
+  3. Layers outside the blocks (e.g. a quantized lm_head) are calibrated last, with one
+     forward of the whole (by then quantized) model on the calibration windows.
+
+Peak memory is the model plus one block's inputs for all windows (samples x seq_len x
+hidden) and one batch of its activations. A block none of whose layers needs data is
+quantized without running it in float, and blocks after the last one that needs data
+are not run at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..algorithms import Algorithm, BlockContext, LayerTask, get_algorithm
+from ..models.families import pairings
+from ..plan import LayerPlan, Plan
+from ..quant.rtn import rtn_quantize
+from .activation_scales import assign_static_scales, needs_static_scale
+from .capture import capture_inputs, find_blocks, run_block, with_hidden
+from .stats import attach_stats
+
+
+def layer_calibrates(lp: LayerPlan) -> bool:
+    """Whether this planned layer needs calibration data."""
+    return get_algorithm(lp.algorithm).needs_calibration or lp.activation == "static"
+
+
+def _algorithms(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext) -> list[Algorithm]:
+    """One instance per (algorithm, arguments) among the block's tasks, in plan order."""
+    groups: dict[tuple, list[LayerTask]] = {}
+    for t in tasks:
+        groups.setdefault((algorithm_of[t.name], tuple(sorted(t.args.items()))), []).append(t)
+    return [get_algorithm(name)(ts, context) for (name, _), ts in groups.items()]
+
+
+def _shared_inputs(context: BlockContext) -> list[tuple[str, ...]]:
+    return [tuple(context.absolute(n) for n in p.layers) for p in pairings(context.model_type)]
+
+
+def _finite(q) -> bool:
+    return all(t is None or bool(torch.isfinite(t).all()) for t in (q.scale, q.input_scale))
+
+
+def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext,
+                  run_float: Callable[[], None], swap: Callable[[LayerTask, object], None]) -> list[str]:
+    """Calibrate and quantize the tasks of one unit (a block, or the layers outside blocks).
+
+    `run_float` runs the unit on the calibration batch; it is called only if some task
+    needs statistics."""
+    algos = _algorithms(tasks, algorithm_of, context)
+    needs: dict[str, set[str]] = {}
+    for algo in algos:
+        for t in algo.tasks:
+            needs[t.name] = set(algo.stats) | ({"absmax"} if needs_static_scale(t) else set())
+    if any(needs.values()):
+        modules = {t.name: t.module for t in tasks}
+        context.stats, handles = attach_stats(modules, needs, _shared_inputs(context))
+        for algo in algos:
+            algo.attach()
+        try:
+            run_float()
+        finally:
+            for h in handles:
+                h.remove()
+            for algo in algos:
+                algo.detach()
+    for algo in algos:
+        algo.transform()
+    results = {}
+    notes: list[str] = []
+    for algo in algos:
+        results.update(algo.quantize())
+        notes += algo.notes
+    notes += assign_static_scales(tasks, results, context)
+    for t in tasks:
+        q = results[t.name]
+        if not _finite(q):  # never store a NaN or infinite scale
+            notes.append(f"{algorithm_of[t.name]}: {t.name} got a non-finite scale; quantized with rtn instead")
+            fallback = rtn_quantize(t.module.weight.float(), t.scheme, t.params)
+            fallback.input_scale, q = q.input_scale, fallback
+            if not _finite(q):
+                raise FloatingPointError(f"{t.name}: its weights or calibration activations are not finite; "
+                                         f"check the model and calib.data")
+        swap(t, q)
+    context.stats = {}
+    return notes
+
+
+@torch.no_grad()
+def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan], windows: torch.Tensor,
+                           batch_size: int, make_task: Callable[[nn.Module, LayerPlan], LayerTask],
+                           swap: Callable[[LayerTask, object], None], progress: bool = True) -> list[str]:
+    """Quantize every planned layer in `layers`, block by block; return the run's notes."""
+    algorithm_of = {lp.name: lp.algorithm for lp in layers}
+    found = find_blocks(model)
+    notes: list[str] = []
+    if found is None:
+        notes.append(f"no decoder block list found for model type {plan.model_type!r} "
+                     f"(engine/models/families.py BLOCK_LISTS); calibrated the whole model at once")
+        blocks_name, blocks = "", []
+    else:
+        blocks_name, blocks = found
+    prefixes = [f"{blocks_name}.{i}" for i in range(len(blocks))]
+    by_block: list[list[LayerPlan]] = [[] for _ in blocks]
+    outside: list[LayerPlan] = []
+    for lp in layers:
+        index = next((i for i, p in enumerate(prefixes) if lp.name.startswith(p + ".")), None)
+        (outside if index is None else by_block[index]).append(lp)
+
+    last_needing_data = max((i for i, lps in enumerate(by_block) if any(map(layer_calibrates, lps))), default=-1)
+    calls = capture_inputs(model, blocks[0], windows, batch_size) if last_needing_data >= 0 else []
+    bar = tqdm(total=len(blocks), desc="calibrate", unit="block", disable=not progress, leave=False)
+    for i, (block, lps) in enumerate(zip(blocks, by_block)):
+        context = BlockContext(prefixes[i], block, plan.model_type)
+        tasks = [make_task(model, lp) for lp in lps]
+
+        def run_float(block=block):
+            for call in calls:
+                run_block(block, call)
+
+        notes += quantize_unit(tasks, algorithm_of, context, run_float, swap)
+        if i < last_needing_data:
+            for j, call in enumerate(calls):  # in place: one block's inputs are held at a time
+                calls[j] = with_hidden(call, run_block(block, call))
+        else:
+            calls = []  # later blocks need no data: free the activations
+        bar.update(1)
+    bar.close()
+
+    if outside:
+        context = BlockContext("", model, plan.model_type)
+        device = next(model.parameters()).device
+
+        def run_model():
+            for start in range(0, windows.shape[0], batch_size):
+                model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
+
+        tasks = [make_task(model, lp) for lp in outside]
+        notes += quantize_unit(tasks, algorithm_of, context, run_model, swap)
+    return _dedupe(notes)
+
+
+def _dedupe(notes: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(notes))

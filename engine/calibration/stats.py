@@ -1,0 +1,105 @@
+"""Running statistics of the inputs of linear layers, gathered while a block runs on the
+calibration batch.
+
+Layers that read one tensor (q/k/v after the input norm, gate/up after the post-attention
+norm; see families.PAIRINGS) share one `InputStats`, so the Gram matrix of that input is
+accumulated once, not once per layer. Each algorithm asks for the statistics it needs:
+"hessian" (the mean of x x^T: GPTQ, and AWQ's exact output error), "abs_mean" (AWQ's
+activation salience), "absmax" (the per-channel max |x| of each calibration window:
+SmoothQuant and static activation scales) and "sample"
+(the first SAMPLE_TOKENS input rows, for searches that must quantize activations; the
+calibration windows are shuffled, so the first rows are a fair sample).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STAT_KINDS = ("hessian", "abs_mean", "absmax", "sample")
+SAMPLE_TOKENS = 4096
+
+
+class InputStats:
+    def __init__(self, in_features: int, kinds: set[str], device: torch.device):
+        self.in_features = in_features
+        self.kinds = frozenset(kinds)
+        self.tokens = 0
+        self._xtx = torch.zeros(in_features, in_features, device=device) if "hessian" in kinds else None
+        self._abs_sum = torch.zeros(in_features, device=device, dtype=torch.float64) if "abs_mean" in kinds else None
+        self._window_absmax: list[torch.Tensor] | None = [] if "absmax" in kinds else None
+        self._sample: list[torch.Tensor] | None = [] if "sample" in kinds else None
+        self._sampled = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach()
+        x2 = x.reshape(-1, self.in_features).to(torch.float32)
+        self.tokens += x2.shape[0]
+        if self._xtx is not None:
+            self._xtx.addmm_(x2.T, x2)
+        if self._abs_sum is not None:
+            self._abs_sum += x2.abs().sum(dim=0, dtype=torch.float64)
+        if self._window_absmax is not None:  # [windows, K]: one row per sequence of the batch
+            windows = x.reshape(-1, x.shape[-2], self.in_features) if x.dim() > 2 else x2[None]
+            self._window_absmax.append(windows.abs().amax(dim=1).to(torch.float32))
+        if self._sample is not None and self._sampled < SAMPLE_TOKENS:
+            rows = x2[:SAMPLE_TOKENS - self._sampled].clone()
+            self._sample.append(rows)
+            self._sampled += rows.shape[0]
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """E[x x^T] over the calibration tokens [K, K] (float32)."""
+        return self._xtx / max(self.tokens, 1)
+
+    @property
+    def window_absmax(self) -> torch.Tensor:
+        """Per-channel max |x| of each calibration window [W, K] (float32)."""
+        return torch.cat(self._window_absmax) if self._window_absmax else torch.zeros(0, self.in_features)
+
+    @property
+    def absmax(self) -> torch.Tensor:
+        """Per-channel max |x| over all calibration tokens [K] (float32)."""
+        w = self.window_absmax
+        return w.amax(dim=0) if w.shape[0] else torch.zeros(self.in_features)
+
+    @property
+    def sample(self) -> torch.Tensor:
+        """Up to SAMPLE_TOKENS input rows [M, K] (float32)."""
+        return torch.cat(self._sample) if self._sample else torch.zeros(0, self.in_features)
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        """E[|x|] per input channel [K] (float32)."""
+        return (self._abs_sum / max(self.tokens, 1)).to(torch.float32)
+
+
+def share_groups(names: list[str], shared: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Partition `names` into groups that read one input: each tuple of `shared` (restricted
+    to `names`) is a group, every other name is a group of its own."""
+    groups, seen = [], set()
+    for group in shared:
+        present = tuple(n for n in group if n in names and n not in seen)
+        if present:
+            groups.append(present)
+            seen.update(present)
+    groups += [(n,) for n in names if n not in seen]
+    return groups
+
+
+def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]]
+                 ) -> tuple[dict[str, InputStats], list[torch.utils.hooks.RemovableHandle]]:
+    """One InputStats per input group, observed by a pre-hook on the group's first layer.
+
+    `needs` maps a layer name to the statistics its algorithm wants; a group collects the
+    union. Returns (stats by layer name, hook handles to remove)."""
+    stats: dict[str, InputStats] = {}
+    handles = []
+    for group in share_groups([n for n in modules if needs.get(n)], shared):
+        kinds = set().union(*(needs[n] for n in group))
+        first = modules[group[0]]
+        s = InputStats(first.in_features, kinds, first.weight.device)
+        handles.append(first.register_forward_pre_hook(lambda _m, args, s=s: s.update(args[0])))
+        for n in group:
+            stats[n] = s
+    return stats, handles

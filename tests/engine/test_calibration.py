@@ -1,0 +1,111 @@
+"""The block-by-block calibration driver on TinyStories-656K: determinism, several
+algorithms in one run, static activation scales, layers outside the blocks, fallbacks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "algorithms"))
+from tiny_quant import calib_text, eval_windows, float_ppl, quantize_tiny  # noqa: E402,F401  (fixtures)
+
+from qrecipe.engine.algorithms import BlockContext  # noqa: E402
+from qrecipe.engine.calibration.driver import quantize_unit  # noqa: E402
+from qrecipe.engine.errors import RecipeError  # noqa: E402
+from qrecipe.engine.modules import QuantLinear  # noqa: E402
+from qrecipe.engine.quantize import layer_task  # noqa: E402
+
+MIXED = ("recipe=mixed", "recipe.rules.attn.algorithm=gptq", "recipe.rules.mlp.algorithm=awq")
+
+
+def _packed(model) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items()}
+
+
+def _finite_scales(model) -> bool:
+    return all(torch.isfinite(t.float()).all() for m in model.modules() if isinstance(m, QuantLinear)
+               for name, t in m.packed().items() if "scale" in name)
+
+
+def test_same_inputs_give_the_same_quantized_weights(quantize_tiny):
+    a, b = quantize_tiny(*MIXED, samples=16), quantize_tiny(*MIXED, samples=16)
+    pa, pb = _packed(a.model), _packed(b.model)
+    assert pa.keys() == pb.keys()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_rules_use_different_algorithms_in_one_run(quantize_tiny, tiny_model, float_ppl):
+    run = quantize_tiny(*MIXED, "recipe.rules.mlp.group_size=128")
+    algos = {lp.name.rsplit(".", 1)[-1]: lp.algorithm for lp in run.plan.quantized()}
+    assert algos["q_proj"] == "gptq" and algos["gate_proj"] == "awq"
+    ref, got = tiny_model[0].model.layers[0], run.model.model.layers[0]
+    # AWQ folded its scales into the norm feeding the MLP; GPTQ left the attention's alone.
+    assert torch.equal(ref.input_layernorm.weight, got.input_layernorm.weight)
+    assert not torch.equal(ref.post_attention_layernorm.weight, got.post_attention_layernorm.weight)
+    assert all(isinstance(m, QuantLinear) for n, m in run.model.named_modules() if n.endswith("_proj"))
+    assert float_ppl < run.ppl < 1.1 * float_ppl
+
+
+def test_static_activation_scales_and_a_quantized_head(quantize_tiny, float_ppl):
+    """lm_head lies outside the decoder blocks: it is calibrated by a last forward of the
+    quantized model, and gets a static scale from the final norm's outputs."""
+    run = quantize_tiny("recipe=w8a8", "recipe.base.activation=static", "+recipe.tied_embeddings=quantize",
+                        samples=16)
+    scales = {n: m.input_scale.item() for n, m in run.model.named_modules() if isinstance(m, QuantLinear)}
+    assert "lm_head" in scales and len(scales) == 15
+    assert all(0 < s < 1 for s in scales.values()), scales  # absmax / 127 of real activations
+    assert float_ppl < run.ppl < 1.05 * float_ppl
+
+
+def test_singular_hessian_falls_back_to_rtn_with_a_note(quantize_tiny):
+    run = quantize_tiny("recipe=w4a16", "recipe.base.algorithm=gptq", "recipe.base.args.damp=0",
+                        "calib.seq_len=16", samples=1)
+    assert any("singular Hessian" in n and "quantized with rtn" in n for n in run.notes), run.notes
+    assert _finite_scales(run.model) and run.ppl < 100
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (("recipe=w4a16", "recipe.base.algorithm=gptq"), "gptq: model.layers.0.self_attn.q_proj+"),
+    (("recipe=w4a16", "recipe.base.algorithm=awq"), "awq: model.layers.0.self_attn.q_proj saw no"),
+    (("recipe=w8a8", "recipe.base.activation=static", "recipe.base.algorithm=smoothquant"),
+     "static activation scale: model.layers.0.self_attn.q_proj saw no calibration tokens"),
+])
+def test_layers_without_tokens_fall_back_without_nan(tiny_model_dir, overrides, expected):
+    """A block whose layers see no calibration tokens (as experts no token is routed to)."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import settings_for
+    from qrecipe.engine.planning import build_plan
+
+    settings = settings_for("model=tinystories-656k", "target=cpu", *overrides)
+    plan, _ = build_plan(settings, torch.device("cpu"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    block = model.model.layers[0]
+    lps = [lp for lp in plan.quantized() if lp.name.startswith("model.layers.0.")]
+    swapped = {}
+    notes = quantize_unit([layer_task(model, lp) for lp in lps], {lp.name: lp.algorithm for lp in lps},
+                          BlockContext("model.layers.0", block, "llama"), run_float=lambda: None,
+                          swap=lambda task, qw: swapped.__setitem__(task.name, qw))
+    assert any(n.startswith(expected) for n in notes), notes
+    assert len(swapped) == 7
+    for qw in swapped.values():
+        for t in (qw.scale, qw.input_scale):
+            assert t is None or (torch.isfinite(t).all() and (t > 0).all())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("recipe.base.algorithm=gptq", "recipe.rules.linears.args.damp=-1"),
+     r"recipe\.rules\.linears\.args\.damp: expected a fraction in \[0, 1\]"),
+    (("recipe.base.algorithm=awq", "recipe.rules.linears.args.alpah=0.5"),
+     r"recipe\.rules\.linears\.args\.alpah: awq takes no argument 'alpah'; its arguments are grid, "),
+    (("recipe.base.algorithm=smoothquant",),
+     r"recipe\.rules\.linears\.algorithm: smoothquant does not apply to W4A16; it is for W8A8, FP8"),
+])
+def test_bad_algorithm_settings_fail_before_loading(overrides, message):
+    from conftest import settings_for
+
+    with pytest.raises(RecipeError, match=message):
+        settings_for("recipe=w4a16", *overrides)
