@@ -1,7 +1,7 @@
 """Perplexity of TinyStories-656K after each algorithm, against RTN on the same scheme.
 
 Calibration: 64 windows of 256 tokens from the second half of tinystories_val.txt;
-evaluation: the first 32 windows of 256 tokens (tiny_quant.py). W4A16 uses group 128, the
+evaluation: the first 32 windows of 256 tokens (tests/tiny_quant.py). W4A16 uses group 128, the
 largest group that divides the model's in_features (128 and 384).
 """
 
