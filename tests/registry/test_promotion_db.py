@@ -6,7 +6,6 @@ promotions from several processes at once."""
 from __future__ import annotations
 
 import multiprocessing
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -17,7 +16,7 @@ from qrecipe.registry.gates import GatePolicy
 from qrecipe.registry.models import Promotion, StagePointer, Variant
 from qrecipe.registry.promotion import PromotionError, PromotionRefused, promote, rollback
 from qrecipe.registry.promotion_history import history
-from qrecipe.registry.record import VariantIdentity, begin_run, fail_run, finish_run
+from qrecipe.registry.record import VariantIdentity, begin_run, fail_run
 
 GATES = {"max_ppl_increase_pct": 3.0, "max_kl_mean": 0.05, "min_top1_agreement": 0.9,
          "min_task_agreement": {"prose": 0.5}}
@@ -26,21 +25,10 @@ GOOD = {"ppl_delta_pct": 0.4, "kl_mean": 0.01, "top1_agreement": 0.97, "task.pro
 BAD = {"ppl_delta_pct": 7.5, "kl_mean": 0.2, "top1_agreement": 0.6, "task.prose.greedy_match": 0.1}
 
 
-def _ident(name: str, target: str = "cpu") -> VariantIdentity:
-    return VariantIdentity(model="tiny", model_source="/models/tiny", model_type="llama", target=target,
+def _ident(name: str) -> VariantIdentity:
+    return VariantIdentity(model="tiny", model_source="/models/tiny", model_type="llama", target="cpu",
                            recipe_name=name, recipe_hash=f"r-{name}", plan_hash="p", scheme_mix="W8A16:14",
                            requires=())
-
-
-def measured(engine, folder: Path, name: str, metrics: dict, target: str = "cpu", checkpoint: bool = True) -> str:
-    """A variant recorded through the registry's own API, with a run folder holding a checkpoint marker."""
-    run = begin_run(engine, _ident(name, target), "cpu", "0.1.0", None)
-    out = folder / f"run-{name}-{target}"
-    if checkpoint:
-        (out / "model").mkdir(parents=True)
-        (out / "model" / "qrecipe_quant.json").write_text("{}")
-    finish_run(engine, run, metrics, str(out), None, None)
-    return run.variant_id
 
 
 def _rows(engine) -> list[Promotion]:
@@ -53,10 +41,10 @@ def _holder(engine, target: str = "cpu") -> str | None:
         return s.scalar(select(StagePointer.variant_id).where(StagePointer.target == target))
 
 
-def test_promote_replace_and_roll_back(registry_url, tmp_path):
+def test_promote_replace_and_roll_back(registry_url, measured_variant):
     engine = open_registry(registry_url)
-    a, b, c = (measured(engine, tmp_path, n, GOOD) for n in ("a", "b", "c"))
-    other = measured(engine, tmp_path, "a", GOOD, target="h100")
+    a, b, c = (measured_variant(engine, n, GOOD) for n in ("a", "b", "c"))
+    other = measured_variant(engine, "a", GOOD, target="h100")
 
     first = promote(engine, a[:6], actor="alice", gates=POLICY)
     assert (first.changed, first.variant_id, first.previous_variant_id, first.alias) == (True, a, None, "production-cpu")
@@ -92,9 +80,9 @@ def test_promote_replace_and_roll_back(registry_url, tmp_path):
         assert s.scalar(select(func.count()).select_from(StagePointer)) == 2
 
 
-def test_failing_gates_refuse_with_the_numbers_and_write_nothing(registry_url, tmp_path):
+def test_failing_gates_refuse_with_the_numbers_and_write_nothing(registry_url, measured_variant):
     engine = open_registry(registry_url)
-    good, bad = measured(engine, tmp_path, "good", GOOD), measured(engine, tmp_path, "bad", BAD)
+    good, bad = measured_variant(engine, "good", GOOD), measured_variant(engine, "bad", BAD)
     promote(engine, good, actor="alice", gates=POLICY)
     with pytest.raises(PromotionRefused) as refused:
         promote(engine, bad, actor="alice", gates=POLICY)
@@ -123,13 +111,13 @@ def test_failing_gates_refuse_with_the_numbers_and_write_nothing(registry_url, t
     assert not promote(engine, good, force=True, reason="back", actor="alice", gates=POLICY).forced
 
 
-def test_unmeasured_unmetered_or_checkpointless_variants_are_refused_even_forced(registry_url, tmp_path):
+def test_unmeasured_unmetered_or_checkpointless_variants_are_refused_even_forced(registry_url, measured_variant):
     engine = open_registry(registry_url)
     failed = begin_run(engine, _ident("broken"), "cpu", "0.1.0", None)
     fail_run(engine, failed, "RuntimeError: boom", None)
     pending = begin_run(engine, _ident("running"), "cpu", "0.1.0", None).variant_id
-    no_ckpt = measured(engine, tmp_path, "nockpt", GOOD, checkpoint=False)
-    unmeasured_family = measured(engine, tmp_path, "nofamily", {k: v for k, v in GOOD.items() if "task" not in k})
+    no_ckpt = measured_variant(engine, "nockpt", GOOD, checkpoint=False)
+    unmeasured_family = measured_variant(engine, "nofamily", {k: v for k, v in GOOD.items() if "task" not in k})
     for variant, why in ((failed.variant_id, "has status failed: only a variant with a succeeded, measured run"),
                          (pending, "has status pending"), (no_ckpt, "has no checkpoint under .*run-nockpt-cpu")):
         with pytest.raises(PromotionRefused, match=why):
@@ -143,9 +131,9 @@ def test_unmeasured_unmetered_or_checkpointless_variants_are_refused_even_forced
     assert _rows(engine) == []
 
 
-def test_one_holder_per_slot_is_a_database_constraint(registry_url, tmp_path):
+def test_one_holder_per_slot_is_a_database_constraint(registry_url, measured_variant):
     engine = open_registry(registry_url)
-    a, b = measured(engine, tmp_path, "a", GOOD), measured(engine, tmp_path, "b", GOOD)
+    a, b = measured_variant(engine, "a", GOOD), measured_variant(engine, "b", GOOD)
     promote(engine, a, actor="alice", gates=POLICY)
     with pytest.raises(IntegrityError):
         with write_session(engine) as s:
@@ -169,9 +157,9 @@ def _promote_in_child(url: str, variant: str, barrier) -> int:
 CONCURRENT = 6
 
 
-def test_concurrent_promotions_leave_one_holder_and_an_unbroken_trail(registry_url, tmp_path):
+def test_concurrent_promotions_leave_one_holder_and_an_unbroken_trail(registry_url, measured_variant):
     engine = open_registry(registry_url)
-    variants = [measured(engine, tmp_path, f"v{i}", GOOD) for i in range(CONCURRENT)]
+    variants = [measured_variant(engine, f"v{i}", GOOD) for i in range(CONCURRENT)]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager, ctx.Pool(CONCURRENT) as pool:
         barrier = manager.Barrier(CONCURRENT)
