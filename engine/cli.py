@@ -6,6 +6,7 @@
     qrecipe variants list|show|compare ...             the registry's variants; compare: decision matrix
     qrecipe report MODEL                               the matrix as Markdown + plots, logged to MLflow
     qrecipe ui [--host H] [--port P]                   the MLflow UI on the tracking store
+    qrecipe export VARIANT OUT_DIR [--format F]        the checkpoint in a format vLLM/transformers load
 
 OVERRIDES are Hydra overrides (recipe=mixed, model=tinystories-656k, +recipe.rules.x.match=...,
 ~recipe.rules.x, data@eval.data=text eval.data.path=F). `-m` expands Hydra sweep syntax
@@ -115,9 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     from ..registry.commands import add_commands
+    from .export.command import add_export_command
 
-    add_commands(sub, lambda q: q.add_argument("--traceback", action="store_true",
-                                               help="show the full traceback on errors"))
+    def traceback_flag(q):
+        q.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+
+    add_commands(sub, traceback_flag)
+    add_export_command(sub, traceback_flag)
     return parser
 
 
