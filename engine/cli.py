@@ -137,8 +137,21 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated("terminated by SIGTERM")
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """argparse fills a list positional once, so in `variants promote 3f9a --force --reason R
+    registry.url=...` the trailing KEY=VALUE would be refused; it belongs to that same list."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    target = next((name for name in ("items", "overrides") if isinstance(getattr(args, name, None), list)), None)
+    if extra and (target is None or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, target).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _quiet_libraries()
     in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
