@@ -134,7 +134,8 @@ def _check_promotable(variant: Variant) -> None:
                                f"can be promoted, even with --force; run its recipe again with `qrecipe run`")
     if checkpoint_dir(variant.output_dir) is None:
         raise PromotionRefused(f"{what} has no checkpoint under {variant.output_dir} (its run had "
-                               f"run.save_checkpoint=false, or the folder was moved); run its recipe again to write one")
+                               f"run.save_checkpoint=false, or the folder was moved); run its recipe again to "
+                               f"write one")
 
 
 def _refusal(variant: Variant, failed: list[GateCheck]) -> PromotionRefused:

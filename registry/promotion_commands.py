@@ -71,7 +71,8 @@ def cmd_promote(args) -> int:
 def cmd_rollback(args) -> int:
     from .promotion import rollback
 
-    model, _settings, engine, mirror = _parts(args, "base model", "qrecipe variants rollback smollm2-135m --target h100")
+    model, _settings, engine, mirror = _parts(args, "base model",
+                                              "qrecipe variants rollback smollm2-135m --target h100")
     result = rollback(engine, model, args.target, stage=args.stage, reason=args.reason, actor=_actor(args),
                       mirror=mirror)
     _print_result(result, args.json)

@@ -8,7 +8,7 @@ and reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import Engine, select
@@ -57,7 +57,9 @@ class TrailEntry:
     gates: dict[str, Any] | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "created_at": self.created_at.isoformat(), "action": self.action,
+        # stored in UTC; SQLite hands it back without its zone
+        when = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=timezone.utc)
+        return {"id": self.id, "created_at": when.isoformat(), "action": self.action,
                 "target": self.target, "stage": self.stage, "variant_id": self.variant_id,
                 "variant_recipe": self.variant_recipe, "previous_variant_id": self.previous_variant_id,
                 "actor": self.actor, "forced": self.forced, "reason": self.reason, "gates": self.gates}

@@ -54,7 +54,8 @@ def test_checks_compare_each_metric_and_an_unmeasured_one_fails():
         ("min_task_agreement.prose", "task.prose.greedy_match", True)]
     assert [c.describe() for c in checks] == [
         "ppl_delta_pct 3 <= max_ppl_increase_pct 3", "kl_mean 0.0501 > max_kl_mean 0.05",
-        "top1_agreement nan < min_top1_agreement 0.9", "task.json.greedy_match not measured (min_task_agreement.json 0.8)",
+        "top1_agreement nan < min_top1_agreement 0.9",
+        "task.json.greedy_match not measured (min_task_agreement.json 0.8)",
         "task.prose.greedy_match 0.5 >= min_task_agreement.prose 0.5"]
     assert GateCheck("max_kl_mean", "kl_mean", "<=", 0.05, 0.01).to_dict() == {
         "gate": "max_kl_mean", "metric": "kl_mean", "op": "<=", "threshold": 0.05, "value": 0.01, "passed": True}
