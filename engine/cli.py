@@ -6,6 +6,7 @@
     qrecipe variants list|show|compare ...             the registry's variants; compare: decision matrix
     qrecipe report MODEL                               the matrix as Markdown + plots, logged to MLflow
     qrecipe ui [--host H] [--port P]                   the MLflow UI on the tracking store
+    qrecipe export VARIANT OUT_DIR [--format F]        the checkpoint in a format vLLM/transformers load
 
 OVERRIDES are Hydra overrides (recipe=mixed, model=tinystories-656k, +recipe.rules.x.match=...,
 ~recipe.rules.x, data@eval.data=text eval.data.path=F). `-m` expands Hydra sweep syntax
@@ -115,9 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     from ..registry.commands import add_commands
+    from .export.command import add_export_command
 
-    add_commands(sub, lambda q: q.add_argument("--traceback", action="store_true",
-                                               help="show the full traceback on errors"))
+    def traceback_flag(q):
+        q.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+
+    add_commands(sub, traceback_flag)
+    add_export_command(sub, traceback_flag)
     return parser
 
 
@@ -132,8 +137,21 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated("terminated by SIGTERM")
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """argparse fills a list positional once, so in `variants promote 3f9a --force --reason R
+    registry.url=...` the trailing KEY=VALUE would be refused; it belongs to that same list."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    target = next((name for name in ("items", "overrides") if isinstance(getattr(args, name, None), list)), None)
+    if extra and (target is None or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, target).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _quiet_libraries()
     in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None

@@ -3,6 +3,7 @@
     qrecipe variants list [--model M] [--json]          every variant, its status and headline numbers
     qrecipe variants show VARIANT [--json]              one variant (id or unique prefix): metrics and runs
     qrecipe variants compare [VARIANT...] [--model M]   the decision matrix (all measured variants by default)
+    qrecipe variants promote|rollback|history|sync     production stages (registry/promotion_commands.py)
     qrecipe report MODEL [--out DIR]                    the matrix as Markdown + PNG plots, logged to MLflow
     qrecipe ui [--host H] [--port P]                    the MLflow UI on the tracking store
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from qrecipe.engine.errors import ConfigError, QRecipeError
 
+from .promotion_commands import add_promotion_commands
+
 
 def _settings(overrides: list[str]):
     from qrecipe.engine.config import compose, load_settings
@@ -34,13 +37,18 @@ def _split(items: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
-def _engine(settings):
+def _engine(settings, catch_up: bool = True):
+    """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands)."""
     from .db import open_registry
+    from .promotion_commands import catch_up_mirror
     from .recorder import registry_url
 
     if not settings.registry.enabled:
         raise ConfigError("registry.enabled: the registry is off in this config; drop registry=off")
-    return open_registry(registry_url(settings))
+    engine = open_registry(registry_url(settings))
+    if catch_up:
+        catch_up_mirror(settings, engine)
+    return engine
 
 
 def _fmt(value, spec: str) -> str:
@@ -207,7 +215,7 @@ def cmd_ui(args) -> int:
 
 def add_commands(sub, common_flags) -> None:
     """Register `variants`, `report` and `ui` on the CLI's subparsers."""
-    p = sub.add_parser("variants", help="list, show and compare the variants in the registry")
+    p = sub.add_parser("variants", help="list, show, compare and promote the variants in the registry")
     vsub = p.add_subparsers(dest="variants_command", required=True)
     for name, func, helptext in (("list", cmd_list, "every variant with its status and headline numbers"),
                                  ("show", cmd_show, "one variant (id or unique prefix): its metrics and runs"),
@@ -220,6 +228,7 @@ def add_commands(sub, common_flags) -> None:
         q.add_argument("items", nargs="*", metavar="VARIANT|KEY=VALUE",
                        help="variant ids (or prefixes) and config overrides such as registry.url=...")
         q.set_defaults(func=func)
+    add_promotion_commands(vsub, common_flags)
 
     p = sub.add_parser("report", help="write a model's decision matrix as Markdown + plots and log it to MLflow")
     p.add_argument("--out", help="folder for report.md and the PNGs (default: paths.root/reports/MODEL-TIME)")

@@ -10,6 +10,9 @@ MLflow mirrors them (each run row names its MLflow run).
                   a second variant), with its status, metrics, output folder and MLflow run
     promotions    append-only audit trail of promotions and rollbacks (the promotion workflow
                   fills it; database triggers refuse UPDATE and DELETE)
+    stage_pointers  which variant holds a stage (production) for a base model and target: one
+                  row per (model, target, stage), a unique constraint, moved in the same
+                  transaction that appends the promotions row (registry/promotion.py)
 
 Changes to these classes need an Alembic revision in migrations/versions/.
 """
@@ -130,3 +133,28 @@ class Promotion(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StagePointer(Base):
+    """The variant that holds a stage for a base model and target, now.
+
+    The unique constraint makes "one production variant per (model, target)" a fact of the
+    database, not of the code; promotions and rollbacks move the pointer in the transaction
+    that appends their promotions row. mirrored_promotion_id is the promotion the MLflow
+    Model Registry last reflected (registry/mirror.py): where it differs from promotion_id,
+    the mirror is behind and the next sync catches up.
+    """
+
+    __tablename__ = "stage_pointers"
+    __table_args__ = (UniqueConstraint("base_model_id", "target", "stage", name="uq_stage_pointers_slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    target: Mapped[str] = mapped_column(String(100))
+    stage: Mapped[str] = mapped_column(String(50))
+    variant_id: Mapped[str] = mapped_column(ForeignKey("variants.id"))
+    promotion_id: Mapped[int] = mapped_column(ForeignKey("promotions.id"))
+    mirrored_promotion_id: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    base_model: Mapped[BaseModelRecord] = relationship(lazy="joined", innerjoin=True)

@@ -55,7 +55,7 @@ class RunHandle:
         return self.run_number > 1
 
 
-def _retrying(engine: Engine, step: Callable[[Any], T]) -> T:
+def write_with_retry(engine: Engine, step: Callable[[Any], T]) -> T:
     """step(session) in a write transaction; once more if a concurrent insert won the race."""
     for attempt in (1, 2):
         try:
@@ -99,7 +99,7 @@ def begin_run(engine: Engine, ident: VariantIdentity, device: str, qrecipe_versi
         session.flush()
         return RunHandle(variant.id, run.id, number)
 
-    return _retrying(engine, step)
+    return write_with_retry(engine, step)
 
 
 def record_baseline(engine: Engine, model: str, cache_key: str, device: str, dtype: str,
@@ -115,7 +115,7 @@ def record_baseline(engine: Engine, model: str, cache_key: str, device: str, dty
             session.flush()
         return row.id
 
-    return _retrying(engine, step)
+    return write_with_retry(engine, step)
 
 
 def finish_run(engine: Engine, handle: RunHandle, metrics: dict[str, Any], output_dir: str,

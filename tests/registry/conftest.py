@@ -66,3 +66,25 @@ def registry_url(request, tmp_path):
         close_registry(url)
     else:
         yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def measured_variant(tmp_path):
+    """measured_variant(engine, name, metrics, target="cpu", checkpoint=True) -> variant id: a variant
+    of model `tiny` recorded through the registry's own API as measured, its run folder holding a
+    checkpoint marker (or none), for promotion tests that need no real model."""
+    from qrecipe.registry.record import VariantIdentity, begin_run, finish_run
+
+    def make(engine, name: str, metrics: dict, target: str = "cpu", checkpoint: bool = True) -> str:
+        ident = VariantIdentity(model="tiny", model_source="/models/tiny", model_type="llama", target=target,
+                                recipe_name=name, recipe_hash=f"r-{name}", plan_hash="p", scheme_mix="W8A16:14",
+                                requires=())
+        run = begin_run(engine, ident, "cpu", "0.1.0", None)
+        out = tmp_path / f"run-{name}-{target}"
+        if checkpoint:
+            (out / "model").mkdir(parents=True)
+            (out / "model" / "qrecipe_quant.json").write_text("{}")
+        finish_run(engine, run, metrics, str(out), None, None)
+        return run.variant_id
+
+    return make

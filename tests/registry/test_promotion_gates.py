@@ -1,0 +1,62 @@
+"""Quality gates as configured (conf/gates/, overrides, per model and per recipe) and as judged
+against a variant's metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from qrecipe.engine.errors import ConfigError
+from qrecipe.registry.gates import GateCheck, GatePolicy, Thresholds, check_gates
+
+
+def test_the_shipped_defaults_and_per_model_and_per_recipe_layers(settings):
+    policy = GatePolicy.from_settings(settings("+gates.models.tinystories-656k.max_kl_mean=0.2",
+                                               "+gates.models.tinystories-656k.min_top1_agreement=0.8",
+                                               "+gates.recipes.w4a16.min_top1_agreement=0.7",
+                                               "+gates.recipes.w4a16.min_task_agreement.prose=0.5",
+                                               "+gates.min_task_agreement.json=0.8", "gates.max_ppl_increase_pct=null"))
+    assert policy.thresholds_for("smollm2-135m", "w8a16") == Thresholds(
+        max_ppl_increase_pct=None, max_kl_mean=0.05, min_top1_agreement=0.9, min_task_agreement={"json": 0.8})
+    # the model's entry over the defaults, the recipe's over the model's, gate by gate
+    assert policy.thresholds_for("tinystories-656k", "w4a16") == Thresholds(
+        max_ppl_increase_pct=None, max_kl_mean=0.2, min_top1_agreement=0.7,
+        min_task_agreement={"json": 0.8, "prose": 0.5})
+    assert GatePolicy.from_section(None).thresholds_for("m", "r") == Thresholds()
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"max_kl": 0.1}, "gates.max_kl: unknown key; allowed keys are models, recipes, max_ppl_increase_pct"),
+    ({"max_kl_mean": "high"}, "gates.max_kl_mean: expected a number, got 'high'"),
+    ({"max_kl_mean": math.inf}, "gates.max_kl_mean: must be a finite number or null"),
+    ({"min_top1_agreement": 90}, "gates.min_top1_agreement: expected a share between 0 and 1"),
+    ({"min_task_agreement": {"poetry": 0.5}}, "gates.min_task_agreement.poetry: unknown task family; choose from "
+                                              "prose, math, code, json"),
+    ({"min_task_agreement": {"code": 2}}, "gates.min_task_agreement.code: expected a share between 0 and 1"),
+    ({"recipes": {"w4a16": {"max_ppl": 5}}}, "gates.recipes.w4a16.max_ppl: unknown key"),
+    ({"models": ["smollm2"]}, "gates.models: expected a mapping of name -> gates"),
+])
+def test_a_bad_gate_is_one_sentence_naming_the_field(section, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
+        GatePolicy.from_section(section)
+
+
+def test_checks_compare_each_metric_and_an_unmeasured_one_fails():
+    thresholds = Thresholds(max_ppl_increase_pct=3.0, max_kl_mean=0.05, min_top1_agreement=0.9,
+                            min_task_agreement={"prose": 0.5, "code": None, "json": 0.8})
+    checks = check_gates(thresholds, {"ppl_delta_pct": 3.0, "kl_mean": 0.0501, "top1_agreement": math.nan,
+                                      "task.prose.greedy_match": 0.5})
+    assert [(c.gate, c.metric, c.passed) for c in checks] == [
+        ("max_ppl_increase_pct", "ppl_delta_pct", True),  # the threshold itself passes
+        ("max_kl_mean", "kl_mean", False), ("min_top1_agreement", "top1_agreement", False),
+        ("min_task_agreement.json", "task.json.greedy_match", False),
+        ("min_task_agreement.prose", "task.prose.greedy_match", True)]
+    assert [c.describe() for c in checks] == [
+        "ppl_delta_pct 3 <= max_ppl_increase_pct 3", "kl_mean 0.0501 > max_kl_mean 0.05",
+        "top1_agreement nan < min_top1_agreement 0.9",
+        "task.json.greedy_match not measured (min_task_agreement.json 0.8)",
+        "task.prose.greedy_match 0.5 >= min_task_agreement.prose 0.5"]
+    assert GateCheck("max_kl_mean", "kl_mean", "<=", 0.05, 0.01).to_dict() == {
+        "gate": "max_kl_mean", "metric": "kl_mean", "op": "<=", "threshold": 0.05, "value": 0.01, "passed": True}
+    assert check_gates(Thresholds(), {"kl_mean": 9.0}) == []
