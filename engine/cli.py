@@ -6,6 +6,9 @@
     qrecipe variants list|show|compare ...             the registry's variants; compare: decision matrix
     qrecipe report MODEL                               the matrix as Markdown + plots, logged to MLflow
     qrecipe ui [--host H] [--port P]                   the MLflow UI on the tracking store
+    qrecipe serve [--port P] [--workers N]             the job API over HTTP, with N local workers
+    qrecipe worker [--workers N]                       job workers on the queue (registry database)
+    qrecipe jobs submit|list|show|logs|cancel ...      a client of the job API
 
 OVERRIDES are Hydra overrides (recipe=mixed, model=tinystories-656k, +recipe.rules.x.match=...,
 ~recipe.rules.x, data@eval.data=text eval.data.path=F). `-m` expands Hydra sweep syntax
@@ -115,9 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     from ..registry.commands import add_commands
+    from ..registry.jobs.commands import add_commands as add_job_commands
 
-    add_commands(sub, lambda q: q.add_argument("--traceback", action="store_true",
-                                               help="show the full traceback on errors"))
+    traceback_flag = lambda q: q.add_argument("--traceback", action="store_true",  # noqa: E731
+                                              help="show the full traceback on errors")
+    add_commands(sub, traceback_flag)
+    add_job_commands(sub, traceback_flag)
     return parser
 
 

@@ -130,3 +130,8 @@ class Promotion(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The job tables share this metadata (one schema, one migration history); imported here so that
+# whoever loads the registry's models sees every table the migrations create.
+from .jobs import models as _job_tables  # noqa: E402,F401
