@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 EVENTS_FD = "QRECIPE_JOB_EVENTS_FD"
@@ -87,8 +88,6 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     register_resolvers()
     cfg = OmegaConf.create(payload["config_yaml"])
     settings = load_settings(cfg)
-    from pathlib import Path
-
     check_paths(settings, [Path(r) for r in payload["allowed_roots"]], allow_hub=payload["allow_hub"])
     if payload["kind"] == "plan":
         return _plan(settings, emit)

@@ -75,7 +75,8 @@ class Worker:
         claim = queue.claim(self.engine, self.id, self.cfg.lease_seconds)
         if claim is None:
             return False
-        log.info("worker %s: job %s (%s), attempt %d", self.id, claim.job.id, claim.job.kind, claim.attempt)
+        log.info("worker %s: job %s (%s), attempt %d of %d", self.id, claim.job.id, claim.job.kind,
+                 claim.job.attempts, claim.job.max_attempts)
         try:
             payload = attempt_payload(claim.job, self.cfg, self.operator, self.registry_url)
             execution = self.executor.start(claim, payload)

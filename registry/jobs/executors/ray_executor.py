@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -80,8 +82,14 @@ class RayExecutor:
         if not ray.is_initialized():
             where = cfg.ray.address or "a new local Ray instance"
             log.info("connecting to Ray at %s", where)
+            # ray.init installs its own SIGTERM handler (it exits); the worker's own must stay, so
+            # that SIGTERM stops the attempt and hands the job back
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
             ray.init(address=cfg.ray.address, include_dashboard=False, configure_logging=False,
                      log_to_driver=False)
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
         self.task = ray.remote(num_cpus=cfg.ray.num_cpus, max_retries=0)(ray_attempt)
 
     def start(self, claim: Claim, payload: dict[str, Any]) -> RayExecution:

@@ -203,6 +203,14 @@ def test_the_jobs_commands(service, api, capsys):
     rc, _, err = _cli(capsys, service, "cancel", str(job["id"]))
     assert rc == 2 and err.strip() == f"error: job {job['id']}: already succeeded; only queued or running jobs can " \
                                       f"be cancelled (HTTP 409)"
+    rc, out, _ = _cli(capsys, service, "submit", "--kind", "plan", "-m", "--json", "recipe=w8a16,w4a16",
+                      "model=tinystories-656k", "target=cpu")
+    sweep = json.loads(out)["jobs"]  # one job per point, each planned at submit time
+    assert rc == 0 and [j["recipe"] for j in sweep] == ["w8a16", "w4a16"] and sweep[0]["plan_hash"] != \
+        sweep[1]["plan_hash"]
+    for j in sweep:  # not needed further: cancelled, queued or running
+        rc, out, _ = _cli(capsys, service, "cancel", str(j["id"]))
+        assert rc == 0 and re.match(rf"job {j['id']}: (cancelled|running \(cancelling)", out)
     rc, _, err = _cli(capsys, service, "submit", "recipe=nope")
     assert rc == 2 and "no recipe named 'nope'" in err and err.count("\n") == 1
     rc = main(["jobs", "list", "--server", "http://127.0.0.1:9"])
