@@ -24,7 +24,7 @@ from . import queue
 from .child import Outcome
 from .config import JobsConfig, with_operator_sections
 from .executors import Executor, make_executor
-from .models import CANCELLED, SUCCEEDED, Job
+from .models import CANCELLED, FAILED, SUCCEEDED, Job
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,12 @@ class Worker:
     def _supervise(self, claim: queue.Claim, execution) -> None:
         job_id, token = claim.job.id, claim.token
         while (outcome := execution.wait(self.cfg.heartbeat_seconds)) is None:
-            beat = queue.heartbeat(self.engine, job_id, token, self.cfg.lease_seconds)
+            try:
+                beat = queue.heartbeat(self.engine, job_id, token, self.cfg.lease_seconds)
+            except DBAPIError as e:  # keep the attempt: if the lease lapses meanwhile, the next beat says so
+                log.warning("worker %s: heartbeat of job %s failed (%s); retrying", self.id, job_id,
+                            str(e).splitlines()[0])
+                continue
             if not beat.owned:
                 log.warning("worker %s: lost the lease of job %s; stopping its attempt", self.id, job_id)
                 execution.stop(grace=0)
@@ -107,12 +112,20 @@ class Worker:
 
     def _record(self, claim: queue.Claim, outcome: Outcome) -> None:
         job_id, token = claim.job.id, claim.token
-        if outcome.status == SUCCEEDED:
-            done = queue.finish(self.engine, job_id, token, SUCCEEDED, result=outcome.result)
-        elif outcome.retry:
-            done = queue.retry_or_fail(self.engine, job_id, token, outcome.error) is not None
-        else:
-            done = queue.finish(self.engine, job_id, token, "failed", error=outcome.error)
+        for wait in (1, 2, 4, 8, 0):  # the database may be restarting; past the lease, the job re-runs
+            try:
+                if outcome.status == SUCCEEDED:
+                    done = queue.finish(self.engine, job_id, token, SUCCEEDED, result=outcome.result)
+                elif outcome.retry:
+                    done = queue.retry_or_fail(self.engine, job_id, token, outcome.error) is not None
+                else:
+                    done = queue.finish(self.engine, job_id, token, FAILED, error=outcome.error)
+                break
+            except DBAPIError:
+                if not wait:
+                    raise
+                log.warning("worker %s: could not record job %s; retrying in %ds", self.id, job_id, wait)
+                self.stopping.wait(wait)
         if not done:  # the lease was lost while it ran: the attempt that replaced it decides
             log.warning("worker %s: job %s ended after its lease was lost; its outcome is not recorded", self.id,
                         job_id)

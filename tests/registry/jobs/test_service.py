@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -215,3 +216,16 @@ def test_the_jobs_commands(service, api, capsys):
     assert rc == 2 and "no recipe named 'nope'" in err and err.count("\n") == 1
     rc = main(["jobs", "list", "--server", "http://127.0.0.1:9"])
     assert rc == 2 and "cannot reach the qrecipe service at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_job_that_fails_is_not_retried_but_one_whose_process_was_killed_is(api):
+    submitted = api.post("/jobs", json={"kind": "sleep", "priority": 20, "sleep": {"seconds": 0, "fail": True}})
+    failed = _wait(api, submitted.json()["id"])
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert failed["error"] == "sleep job: asked to fail (sleep.fail=true)"
+    job = _sleep(api, 2, priority=30)
+    os.kill(_pid(api, job["id"]), signal.SIGKILL)  # as the kernel's OOM killer would
+    done = _wait(api, job["id"])
+    assert (done["status"], done["attempts"]) == ("succeeded", 2)
+    first = done["attempt_history"][0]
+    assert first["outcome"] == "failed" and "without a result" in first["error"] and "SIGKILL" in first["error"]
