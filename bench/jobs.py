@@ -20,6 +20,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -123,7 +124,7 @@ def _databases(args) -> tuple[dict[str, object], list]:
     folder = Path(tempfile.mkdtemp(prefix="qrecipe-bench-"))
     counter = iter(range(10**6))
     dbs: dict[str, object] = {"sqlite": lambda: f"sqlite:///{folder / f'q{next(counter)}.db'}"}
-    stops = []
+    stops = [lambda: shutil.rmtree(folder, ignore_errors=True)]
     if "postgresql" in args.backends:
         url = args.postgres_url
         if url is None:

@@ -10,6 +10,7 @@ MLflow mirrors them (each run row names its MLflow run).
                   a second variant), with its status, metrics, output folder and MLflow run
     promotions    append-only audit trail of promotions and rollbacks (the promotion workflow
                   fills it; database triggers refuse UPDATE and DELETE)
+    job_*         the job queue (jobs/models.py): submissions, jobs, attempts, log lines
 
 Changes to these classes need an Alembic revision in migrations/versions/.
 """
