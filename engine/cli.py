@@ -7,6 +7,9 @@
     qrecipe report MODEL                               the matrix as Markdown + plots, logged to MLflow
     qrecipe ui [--host H] [--port P]                   the MLflow UI on the tracking store
     qrecipe export VARIANT OUT_DIR [--format F]        the checkpoint in a format vLLM/transformers load
+    qrecipe serve [--port P] [--workers N]             the job API over HTTP, with N local workers
+    qrecipe worker [--workers N]                       job workers on the queue (registry database)
+    qrecipe jobs submit|list|show|logs|cancel ...      a client of the job API
 
 OVERRIDES are Hydra overrides (recipe=mixed, model=tinystories-656k, +recipe.rules.x.match=...,
 ~recipe.rules.x, data@eval.data=text eval.data.path=F). `-m` expands Hydra sweep syntax
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     from ..registry.commands import add_commands
+    from ..registry.jobs.commands import add_commands as add_job_commands
     from .export.command import add_export_command
 
     def traceback_flag(q):
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub, traceback_flag)
     add_export_command(sub, traceback_flag)
+    add_job_commands(sub, traceback_flag)
     return parser
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -85,13 +85,17 @@ def say(msg: str) -> None:
 
 
 class Steps:
-    """Progress lines stamped with the seconds since the run started (where the time goes)."""
+    """Progress lines stamped with the seconds since the run started (where the time goes);
+    each is also passed to on_event("step", {"message": ...}) when a caller listens (a job)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_event: Callable[[str, dict], None] | None = None) -> None:
         self.start = time.monotonic()
+        self.on_event = on_event
 
     def __call__(self, msg: str) -> None:
         say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
+        if self.on_event is not None:
+            self.on_event("step", {"message": msg})
 
 
 def _output_dir(settings: Settings, plan: Plan) -> Path:
@@ -131,10 +135,12 @@ def _reserve(out: Path, numbered: bool) -> tuple[Path, Path]:
     raise RuntimeError(f"no free run folder name next to {out}")
 
 
-def run(cfg: DictConfig, progress: bool = True) -> RunResult:
+def run(cfg: DictConfig, progress: bool = True, on_event: Callable[[str, dict], None] | None = None) -> RunResult:
+    """on_event(name, data), when given, hears "started" (the registry run: variant_id,
+    run_number) and each "step" of the run: how a job reports its progress."""
     from ..registry.recorder import RunRecorder
 
-    step = Steps()
+    step = Steps(on_event)
     settings = load_settings(cfg)
     device = local_device(settings)
     for name, data in settings.eval.all_texts().items():
@@ -146,6 +152,8 @@ def run(cfg: DictConfig, progress: bool = True) -> RunResult:
     out = _output_dir(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
     recorder = RunRecorder(settings, plan, info.model_type, str(device), str(dtype).replace("torch.", ""))
+    if on_event is not None:
+        on_event("started", recorder.summary())
     step(recorder.describe_start())
     staging, renamed = None, False
     try:

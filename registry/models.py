@@ -14,6 +14,9 @@ MLflow mirrors them (each run row names its MLflow run).
                   row per (model, target, stage), a unique constraint, moved in the same
                   transaction that appends the promotions row (registry/promotion.py)
 
+
+    job_*         the job queue (jobs/models.py): submissions, jobs, attempts, log lines
+
 Changes to these classes need an Alembic revision in migrations/versions/.
 """
 
@@ -158,3 +161,8 @@ class StagePointer(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     base_model: Mapped[BaseModelRecord] = relationship(lazy="joined", innerjoin=True)
+
+
+# The job tables share this metadata (one schema, one migration history); imported here so that
+# whoever loads the registry's models sees every table the migrations create.
+from .jobs import models as _job_tables  # noqa: E402,F401

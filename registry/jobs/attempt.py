@@ -1,0 +1,149 @@
+"""One attempt of one job, in a process of its own: `python -m qrecipe.registry.jobs.attempt`.
+
+It reads the job (JSON) on stdin, writes its output to stdout/stderr (the job's log) and its
+progress as JSON lines on the file descriptor named by QRECIPE_JOB_EVENTS_FD:
+
+    {"event": "stage", "stage": ..., "progress": ...}     a step of the job
+    {"event": "started", "variant_id": ..., "run_number": ...}   the registry run it recorded
+    {"event": "result", "result": {...}}                  it succeeded (exit code 0)
+    {"event": "error", "message": ..., "user_error": bool} it failed (exit code != 0)
+
+It dies with the process that started it (PR_SET_PDEATHSIG), so a worker killed with SIGKILL
+leaves no attempt running on behind its back, and SIGTERM unwinds a run the way Ctrl-C does, so
+the run records itself as failed and removes its staged folder (engine/cli.py's Terminated).
+A sleep job imports nothing heavy, so queue tests and benchmarks start it in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+EVENTS_FD = "QRECIPE_JOB_EVENTS_FD"
+PARENT_PID = "QRECIPE_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; exit now if it already has."""
+    parent = os.environ.get(PARENT_PID)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class Events:
+    def __init__(self, fd: int | None):
+        self.stream = os.fdopen(fd, "w", buffering=1) if fd is not None else None
+
+    def __call__(self, event: str, **data: Any) -> None:
+        if self.stream is not None:
+            self.stream.write(json.dumps({"event": event, **data}, default=str) + "\n")
+
+
+def run_job(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
+    kind = payload["kind"]
+    if kind == "sleep":
+        return _sleep(payload["params"], emit)
+    if kind in ("run", "plan"):
+        return _recipe(payload, emit)
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def _sleep(params: dict[str, Any], emit: Events) -> dict[str, Any]:
+    seconds = float(params.get("seconds", 0))
+    print(f"sleep job: pid {os.getpid()}, sleeping {seconds}s", flush=True)
+    emit("stage", stage="sleeping", progress=0.0)
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.2))
+        emit("stage", stage="sleeping", progress=round(1 - max(left - 0.2, 0) / seconds, 3) if seconds else 1.0)
+    if params.get("fail"):
+        from qrecipe.engine.errors import QRecipeError
+
+        raise QRecipeError("sleep job: asked to fail (sleep.fail=true)")
+    print("sleep job: done", flush=True)
+    return {"slept_seconds": seconds, "pid": os.getpid()}
+
+
+def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from qrecipe.engine.config import load_settings
+    from qrecipe.engine.config.resolvers import register_resolvers
+
+    from .paths import check_paths
+    from .progress import run_stage
+
+    register_resolvers()
+    cfg = OmegaConf.create(payload["config_yaml"])
+    settings = load_settings(cfg)
+    check_paths(settings, [Path(r) for r in payload["allowed_roots"]], allow_hub=payload["allow_hub"])
+    if payload["kind"] == "plan":
+        return _plan(settings, emit)
+    from qrecipe.engine.run import run
+
+    def on_event(name: str, data: dict) -> None:
+        if name == "started":
+            emit("started", variant_id=data.get("variant_id"), run_number=data.get("run_number"))
+        elif name == "step" and (stage := run_stage(data["message"])) is not None:
+            emit("stage", stage=stage[0], progress=stage[1])
+
+    result = run(cfg, progress=False, on_event=on_event)
+    summary = result.summary()
+    return {k: summary.get(k) for k in ("variant_id", "run_number", "output_dir", "plan_hash", "recipe", "model",
+                                        "target", "mlflow_run_id", "tracking_uri", "metrics")}
+
+
+def _plan(settings, emit: Events) -> dict[str, Any]:
+    from qrecipe.engine.plan.render import render_plan
+    from qrecipe.engine.planning import build_plan
+
+    emit("stage", stage="planning", progress=0.1)
+    plan, _ = build_plan(settings)
+    print(render_plan(plan), flush=True)
+    return {"plan_hash": plan.plan_hash, "recipe": plan.recipe, "model": plan.model_id, "target": plan.target,
+            "scheme_mix": plan.scheme_mix(), "totals": plan.totals()}
+
+
+def main(read_payload: Callable[[], str] = sys.stdin.read) -> int:
+    die_with_parent()
+    from qrecipe.engine.cli import Terminated, _on_sigterm, _quiet_libraries
+
+    _quiet_libraries()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    fd = os.environ.get(EVENTS_FD)
+    emit = Events(int(fd) if fd else None)
+    from qrecipe.engine.errors import QRecipeError
+
+    try:
+        result = run_job(json.loads(read_payload()), emit)
+    except QRecipeError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        emit("error", message=str(e), user_error=True)
+        return e.exit_code
+    except (Terminated, KeyboardInterrupt):
+        print("error: terminated", file=sys.stderr, flush=True)
+        emit("error", message="terminated", user_error=False)
+        return Terminated.exit_code
+    except Exception as e:  # noqa: BLE001 - the traceback goes to the job's log; the job gets one line
+        traceback.print_exc()
+        emit("error", message=f"{type(e).__name__}: {e}", user_error=False)
+        return 1
+    emit("stage", stage="done", progress=1.0)
+    emit("result", result=result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

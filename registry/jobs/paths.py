@@ -1,0 +1,62 @@
+"""Every file a job would read lies under the operator's allowed roots, and every folder it would
+write lies under the output root; a model that is not a local folder (a hub id) needs the
+operator's jobs.allow_hub. Checked on the composed, resolved settings (so interpolated paths
+are checked as they will be used) when a job is submitted, and again by the process that runs
+it, on the machine that runs it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from qrecipe.engine.errors import ConfigError
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # it names folders under the cache and the runs
+
+
+def check_paths(settings, roots: list[Path], *, allow_hub: bool) -> None:
+    """Raise ConfigError naming the first field whose path lies outside where a job may go."""
+    model = settings.model
+    if model.trust_remote_code:
+        raise ConfigError("model.trust_remote_code: a job may not run code shipped with a model; set it to false")
+    if not model.path.startswith("pypi:"):  # pypi: paths come only from shipped model configs (overrides.py)
+        folder = Path(model.path)
+        if folder.is_absolute() or model.path.startswith(("~", ".")) or not _looks_like_hub_id(model.path):
+            _under(folder, roots, "model.path")
+            if model.gguf_file:
+                _under(folder / model.gguf_file, roots, "model.gguf_file")
+        elif not (allow_hub and model.allow_hub):
+            raise ConfigError(f"model.path: {model.path!r} is not a local folder, and this service does not fetch "
+                              f"models from the hub (jobs.allow_hub=false); use a folder under "
+                              f"{_listing(roots)}")
+    # A GGUF model's name names its folder in the conversion cache (model=hf names it by its path)
+    if (not _MODEL_NAME.match(model.name) or ".." in model.name) and (model.gguf_file or model.name != model.path):
+        raise ConfigError(f"model.name: {model.name!r} must be a plain name (letters, digits, '.', '_', '-'); set "
+                          f"model.name=NAME")
+    for name, data in settings.eval.all_texts().items():
+        _under(Path(data.path), roots, f"{settings.eval.text_field(name)}.path")
+    _under(Path(settings.calib.data.path), roots, "calib.data.path")
+    tasks = settings.eval.tasks
+    for key in ("gsm8k", "humaneval", "mbpp"):
+        if getattr(tasks, key):
+            _under(Path(getattr(tasks, key)), roots, f"eval.tasks.{key}")
+    if settings.run.output_dir:
+        _under(Path(settings.run.output_dir), [Path(settings.paths.root).resolve()], "run.output_dir")
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return path.count("/") == 1 and not Path(path).exists()
+
+
+def _listing(roots: list[Path]) -> str:
+    return ", ".join(str(r) for r in roots) or "(none: jobs.allowed_roots is empty)"
+
+
+def _under(path: Path, roots: list[Path], where: str) -> None:
+    if not path.is_absolute():
+        raise ConfigError(f"{where}: {str(path)!r} is not an absolute path; a job request names files by absolute "
+                          f"path under {_listing(roots)}")
+    resolved = path.resolve()  # follows symlinks: a link inside a root that points outside it is outside
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise ConfigError(f"{where}: {path} lies outside the folders a job may use ({_listing(roots)}); move it "
+                          f"under one of them, or ask the operator to add its folder to jobs.allowed_roots")

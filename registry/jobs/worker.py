@@ -1,0 +1,133 @@
+"""A worker: re-queue jobs whose worker was lost, claim the next job, run it through the executor
+while renewing the lease, record how it ended. One job at a time per worker; run several
+workers (`qrecipe worker --workers N`, `qrecipe serve --workers N`, or on other machines against
+the same PostgreSQL) for more.
+
+While an attempt runs, every heartbeat the worker renews its lease and looks for a cancel
+request; a lease found lost (the worker stalled past it and the job went to another worker)
+stops the attempt and records nothing. On shutdown (SIGTERM, Ctrl-C) the running attempt is
+stopped and the job handed back to the queue for another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from . import queue
+from .child import Outcome
+from .config import JobsConfig, with_operator_sections
+from .executors import Executor, make_executor
+from .models import CANCELLED, FAILED, SUCCEEDED, Job
+
+log = logging.getLogger(__name__)
+
+
+def attempt_payload(job: Job, cfg: JobsConfig, operator: dict[str, Any], registry_url: str) -> dict[str, Any]:
+    """What the attempt process needs: the job's config with this machine's paths, tracking and
+    the queue's registry in place of its own, and the roots its paths must lie under."""
+    payload = {"job_id": job.id, "kind": job.kind, "params": job.params or {},
+               "allowed_roots": [str(r) for r in cfg.roots()], "allow_hub": cfg.allow_hub}
+    if job.config_yaml:
+        from omegaconf import OmegaConf
+
+        payload["config_yaml"] = OmegaConf.to_yaml(
+            with_operator_sections(OmegaConf.create(job.config_yaml), operator, registry_url))
+    return payload
+
+
+class Worker:
+    def __init__(self, engine: Engine, registry_url: str, cfg: JobsConfig, operator: dict[str, Any],
+                 executor: Executor | None = None, worker_id: str | None = None):
+        self.engine, self.registry_url, self.cfg, self.operator = engine, registry_url, cfg, operator
+        self.executor = executor or make_executor(cfg, engine, registry_url)
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.stopping = threading.Event()
+
+    def run_forever(self) -> None:
+        log.info("worker %s: waiting for jobs", self.id)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    busy = self.run_once()
+                except DBAPIError as e:  # the database restarted or is unreachable: wait and try again
+                    log.warning("worker %s: database error (%s); retrying in %.0fs", self.id,
+                                str(e).splitlines()[0], self.cfg.poll_seconds * 5)
+                    self.stopping.wait(self.cfg.poll_seconds * 5)
+                    continue
+                if not busy:
+                    self.stopping.wait(self.cfg.poll_seconds)
+        finally:
+            self.executor.close()
+            log.info("worker %s: stopped", self.id)
+
+    def run_once(self) -> bool:
+        """Reap lost jobs, then claim and run one job; False if there was none."""
+        lost = queue.requeue_expired(self.engine)
+        if lost:
+            queue.mark_lost_runs(self.engine, lost)
+        claim = queue.claim(self.engine, self.id, self.cfg.lease_seconds)
+        if claim is None:
+            return False
+        log.info("worker %s: job %s (%s), attempt %d of %d", self.id, claim.job.id, claim.job.kind,
+                 claim.job.attempts, claim.job.max_attempts)
+        try:
+            payload = attempt_payload(claim.job, self.cfg, self.operator, self.registry_url)
+            execution = self.executor.start(claim, payload)
+        except Exception as e:  # noqa: BLE001 - a job that cannot even start fails with the reason
+            log.exception("worker %s: job %s could not start", self.id, claim.job.id)
+            queue.finish(self.engine, claim.job.id, claim.token, "failed", error=f"could not start: {e}")
+            return True
+        self._supervise(claim, execution)
+        return True
+
+    def _supervise(self, claim: queue.Claim, execution) -> None:
+        job_id, token = claim.job.id, claim.token
+        while (outcome := execution.wait(self.cfg.heartbeat_seconds)) is None:
+            try:
+                beat = queue.heartbeat(self.engine, job_id, token, self.cfg.lease_seconds)
+            except DBAPIError as e:  # keep the attempt: if the lease lapses meanwhile, the next beat says so
+                log.warning("worker %s: heartbeat of job %s failed (%s); retrying", self.id, job_id,
+                            str(e).splitlines()[0])
+                continue
+            if not beat.owned:
+                log.warning("worker %s: lost the lease of job %s; stopping its attempt", self.id, job_id)
+                execution.stop(grace=0)
+                return
+            if beat.cancel_requested:
+                execution.stop(self.cfg.cancel_grace_seconds)
+                queue.finish(self.engine, job_id, token, CANCELLED, error="cancelled while running")
+                return
+            if self.stopping.is_set():
+                execution.stop(self.cfg.cancel_grace_seconds)
+                queue.release(self.engine, job_id, token, f"worker {self.id} shut down")
+                return
+        self._record(claim, outcome)
+
+    def _record(self, claim: queue.Claim, outcome: Outcome) -> None:
+        job_id, token = claim.job.id, claim.token
+        for wait in (1, 2, 4, 8, 0):  # the database may be restarting; past the lease, the job re-runs
+            try:
+                if outcome.status == SUCCEEDED:
+                    done = queue.finish(self.engine, job_id, token, SUCCEEDED, result=outcome.result)
+                elif outcome.retry:
+                    done = queue.retry_or_fail(self.engine, job_id, token, outcome.error) is not None
+                else:
+                    done = queue.finish(self.engine, job_id, token, FAILED, error=outcome.error)
+                break
+            except DBAPIError:
+                if not wait:
+                    raise
+                log.warning("worker %s: could not record job %s; retrying in %ds", self.id, job_id, wait)
+                self.stopping.wait(wait)
+        if not done:  # the lease was lost while it ran: the attempt that replaced it decides
+            log.warning("worker %s: job %s ended after its lease was lost; its outcome is not recorded", self.id,
+                        job_id)
+        else:
+            log.info("worker %s: job %s %s", self.id, job_id, outcome.status if not outcome.retry else "died")

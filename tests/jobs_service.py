@@ -1,0 +1,91 @@
+"""`qrecipe serve` and `qrecipe worker` as real processes for the job tests: started as a user
+would start them, on a free loopback port, and stopped (or killed) by the test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+# Short leases and heartbeats so that lost workers and cancels are noticed within seconds.
+FAST = ["jobs.debug_kinds=true", "jobs.lease_seconds=3", "jobs.heartbeat_seconds=0.3", "jobs.poll_seconds=0.2",
+        "jobs.log_flush_seconds=0.2", "jobs.cancel_grace_seconds=5", "tracking=off"]
+QRECIPE = str(Path(sys.executable).with_name("qrecipe"))  # the command a user runs
+WRITE_TOKEN, READ_TOKEN = "w" * 8 + "-write-token-for-tests", "r" * 8 + "-read-token-for-tests"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 120, every: float = 0.2):
+    """check()'s first truthy value; fails after timeout seconds (generous: the CPU is shared)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+class Proc:
+    """A qrecipe command in its own process group, its output in a file."""
+
+    def __init__(self, args: list[str], home: Path, log: Path, env: dict[str, str] | None = None):
+        self.log = log
+        full_env = {**os.environ, "QRECIPE_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
+        full_env.pop("QRECIPE_PARENT_PID", None)
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([QRECIPE, *args], stdout=out,
+                                         stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process alone (its children die with it: PR_SET_PDEATHSIG)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Service(Proc):
+    def __init__(self, home: Path, overrides: list[str], *, workers: int = 2, tokens: str = "", port: int = 0,
+                 host: str = "127.0.0.1", log: Path | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["serve", "--host", host, "--port", str(self.port), "--workers", str(workers), *overrides],
+                         home, log or home.parent / f"serve-{self.port}.log", {"QRECIPE_API_TOKENS": tokens})
+        wait_for(f"the service on {self.url}\n{self.output()}", self._answers)
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"qrecipe serve exited with {self.proc.returncode}:\n{self.output()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def client(self, token: str | None = WRITE_TOKEN) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60,
+                            headers={"Authorization": f"Bearer {token}"} if token else {})
