@@ -1,7 +1,7 @@
 """Jobs: submissions (idempotency keys), the queue, attempts and log lines.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-29
 """
 
