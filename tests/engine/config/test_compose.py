@@ -15,7 +15,7 @@ def test_shipped_recipes_are_available():
     assert set(SHIPPED) <= set(available_recipes())
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", available_recipes())
 def test_every_recipe_composes_and_validates(name, settings):
     s = settings(f"recipe={name}", "model=tinystories-656k")
     assert s.recipe.name == name
