@@ -43,7 +43,7 @@ class Proc:
     """A qrecipe command in its own process group, its output in a file."""
 
     def __init__(self, args: list[str], home: Path, log: Path, env: dict[str, str] | None = None):
-        self.log = log
+        self.log, self.home = log, home
         full_env = {**os.environ, "QRECIPE_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
         full_env.pop("QRECIPE_PARENT_PID", None)
         with open(log, "ab") as out:

@@ -24,6 +24,7 @@ class ServiceState:
     submitter: Submitter
     tokens: dict[str, str]  # token -> scope; empty: loopback only, everyone writes
     sections: dict[str, Any]  # the operator's other config sections (gates, for promotion)
+    mirror: Any = None  # the MLflow Model Registry mirror promotions move (None: tracking off)
 
 
 def create_app(state: ServiceState) -> FastAPI:

@@ -1,8 +1,7 @@
-"""/variants: the registry's variants, and promotion where qrecipe has it."""
+"""/variants: the registry's variants, and their promotion."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
@@ -10,7 +9,9 @@ from fastapi.encoders import jsonable_encoder
 from sqlalchemy import select
 
 from ...db import read_session
+from ...gates import GatePolicy
 from ...models import Variant
+from ...promotion import PromotionRefused, promote
 from ...queries import list_variants, variant_runs
 from ..requests import PromoteRequest
 from .auth import Principal, reader, writer
@@ -19,7 +20,6 @@ from .views import variant_view
 
 router = APIRouter(tags=["variants"])
 VariantRef = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$", description="a variant id or a unique prefix of it")]
-PROMOTION_MODULE = "qrecipe.registry.promotion"
 
 
 def _variant(engine, ref: str) -> Variant:
@@ -43,35 +43,20 @@ def get_variant(request: Request, variant_id: VariantRef, who: Principal = Depen
     return variant_view(v, variant_runs(engine, v.id))
 
 
-def _promotion():
-    """(promote, PromotionRefused), or None where this qrecipe has no promotion workflow."""
-    try:
-        module = importlib.import_module(PROMOTION_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != PROMOTION_MODULE:  # promotion is there but something it imports is not: a real error
-            raise
-        return None
-    return module.promote, module.PromotionRefused
-
-
 @router.post("/variants/{variant_id}/promote", summary="Promote a variant (its gates must pass unless force)",
-             responses={409: {"description": "a gate failed (the message names it)"},
-                        501: {"description": "this qrecipe has no promotion workflow"}})
+             responses={409: {"description": "a gate failed (the message names each with its numbers)"},
+                        422: {"description": "a bad request, e.g. force without a reason"}})
 def promote_variant(request: Request, variant_id: VariantRef, body: PromoteRequest | None = None,
                     who: Principal = Depends(writer)) -> dict:
-    """409 when promotion is refused: a gate failed, and the error names it (force=true overrides
-    the gates, and is recorded as forced)."""
-    found = _promotion()
-    if found is None:
-        raise HTTPException(status_code=501, detail="promotion is not available in this qrecipe "
-                                                    f"({PROMOTION_MODULE} is not installed)")
-    promote, refused = found
+    """The same promotion as `qrecipe variants promote`: the operator's gates, the audit trail,
+    and the MLflow mirror. 409 when refused (force=true with a reason overrides the gates and is
+    recorded as forced)."""
     body = body or PromoteRequest()
     state = request.app.state
     v = _variant(state.engine, variant_id)
     try:
         result = promote(state.engine, v.id, stage=body.stage, force=body.force, reason=body.reason, actor=who.actor,
-                         gates=state.sections.get("gates"))
-    except refused as e:
+                         gates=GatePolicy.from_section(state.sections.get("gates")), mirror=state.mirror)
+    except PromotionRefused as e:
         raise HTTPException(status_code=409, detail=str(e)) from None
-    return jsonable_encoder(result)
+    return jsonable_encoder(result.to_dict())

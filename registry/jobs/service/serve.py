@@ -130,6 +130,7 @@ def serve(items: list[str], host: str | None, port: int | None, workers: int | N
     import uvicorn
 
     from ...db import open_registry
+    from ...mirror import ModelRegistryMirror
     from ..submit import Submitter
     from .app import ServiceState, create_app
     from .auth import ENV, load_tokens
@@ -148,7 +149,8 @@ def serve(items: list[str], host: str | None, port: int | None, workers: int | N
     _harden(op.jobs)
     engine = open_registry(op.registry_url)  # migrated before any worker starts
     state = ServiceState(engine=engine, jobs=op.jobs, service=service, submitter=Submitter(op.jobs, op.sections()),
-                         tokens=tokens, sections=op.settings.sections)
+                         tokens=tokens, sections=op.settings.sections,
+                         mirror=ModelRegistryMirror.from_settings(op.settings))
     app = create_app(state)
     pool = WorkerPool(count, items, op.jobs.cancel_grace_seconds).start()
     access = (f"{len(tokens)} token(s)" if tokens else

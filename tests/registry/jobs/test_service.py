@@ -175,14 +175,32 @@ def test_status_filter_and_job_details(api):
     assert _error(api.get("/jobs", params={"status": "lost"}), 422).startswith("status:")
 
 
-def test_variants_and_promotion(api):
-    assert api.get("/variants").json() == {"variants": []}
-    try:
-        import qrecipe.registry.promotion  # noqa: F401 - once promotion lands, the lead tests it end to end
-    except ModuleNotFoundError:
-        assert "promotion is not available" in _error(api.post("/variants/0123abcd/promote", json={}), 501)
-    else:
-        assert "no such variant" in _error(api.post("/variants/0123abcd/promote", json={}), 404)
+def test_variants_and_promotion(service, api, measured_variant):
+    """POST /variants/{id}/promote is `qrecipe variants promote`: gates, force with a reason,
+    scopes, and the audit trail the CLI reads."""
+    from qrecipe.registry.db import default_url, open_registry
+    from qrecipe.registry.promotion_history import history
+
+    engine = open_registry(default_url(service.home))
+    good = measured_variant(engine, "good", {"ppl_delta_pct": 0.5, "kl_mean": 0.01, "top1_agreement": 0.97})
+    bad = measured_variant(engine, "bad", {"ppl_delta_pct": 9.0, "kl_mean": 0.2, "top1_agreement": 0.7})
+    assert {v["id"] for v in api.get("/variants").json()["variants"]} >= {good, bad}
+    assert "no such variant" in _error(api.post("/variants/0123abcd/promote", json={}), 404)
+
+    promoted = api.post(f"/variants/{good}/promote", json={})
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["variant_id"] == good and promoted.json()["changed"] is True
+
+    refused = _error(api.post(f"/variants/{bad}/promote", json={}), 409)
+    assert "ppl_delta_pct" in refused and "9" in refused  # the failed gate, with its numbers
+    assert "reason" in _error(api.post(f"/variants/{bad}/promote", json={"force": True}), 422)
+    with service.client(READ_TOKEN) as reader:
+        assert reader.post(f"/variants/{bad}/promote", json={}).status_code == 403
+
+    forced = api.post(f"/variants/{bad}/promote", json={"force": True, "reason": "hotfix, quality signed off"})
+    assert forced.status_code == 200 and forced.json()["forced"] is True
+    trail = history(engine, "tiny")
+    assert [(p.variant_id, p.forced) for p in trail][-2:] == [(good, False), (bad, True)]
 
 
 def _cli(capsys, service, *args) -> tuple[int, str, str]:
