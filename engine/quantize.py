@@ -32,6 +32,7 @@ class QuantReport:
     seconds: float
     layers: int
     notes: list[str] = field(default_factory=list)
+    calibration_tokens: int = 0  # 0: no layer needed calibration data
 
 
 def layer_task(model: nn.Module, lp) -> LayerTask:
@@ -78,8 +79,10 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
     start = time.perf_counter()
     planned = plan.quantized()
     notes: list[str] = []
+    tokens = 0
     if any(layer_calibrates(lp) for lp in planned):
         windows, batch_size = _windows(calibration, tokenizer)
+        tokens = windows.numel()
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, layer_task,
                                         lambda task, qw: swap_in(model, task, qw), progress=progress)
     else:
@@ -89,7 +92,8 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
             swap_in(model, task, algo.quantize()[lp.name])
             notes += algo.notes
     untie_quantized_head(model, plan)
-    return QuantReport(seconds=time.perf_counter() - start, layers=len(planned), notes=notes)
+    return QuantReport(seconds=time.perf_counter() - start, layers=len(planned), notes=notes,
+                       calibration_tokens=tokens)
 
 
 def prepare_model(model: nn.Module) -> dict[str, str]:

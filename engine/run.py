@@ -217,14 +217,22 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees
         log.warning("backends differ from the plan for %d layers (e.g. %s)", len(mismatched), next(iter(mismatched)))
-    _write(settings, plan, metrics, report.notes, errors, staging)
+    if report.calibration_tokens:
+        metrics["calibration_tokens"] = report.calibration_tokens
+    _write(settings, plan, metrics, report.notes, errors, staging, calibrated=bool(report.calibration_tokens))
     return metrics, errors
 
 
-def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], errors: list[dict], staging: Path) -> None:
+def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], errors: list[dict], staging: Path,
+           calibrated: bool = False) -> None:
     (staging / "config.yaml").write_text(settings.resolved_yaml())
     (staging / "recipe.yaml").write_text(OmegaConf.to_yaml(settings.raw.recipe, resolve=True))
     (staging / "plan.json").write_text(plan.to_json())
     (staging / "plan.txt").write_text(render_plan(plan, expand=True) + "\n")
-    (staging / "metrics.json").write_text(json.dumps({"metrics": metrics, "notes": notes}, indent=2))
+    record: dict[str, Any] = {"metrics": metrics, "notes": notes}
+    if calibrated:  # which data the calibrated layers saw: part of what makes the variant
+        c = settings.calib
+        record["calibration"] = {"data": c.data.name, "path": c.data.path, "split": c.data.split,
+                                 "samples": c.samples, "seq_len": c.seq_len, "seed": c.seed}
+    (staging / "metrics.json").write_text(json.dumps(record, indent=2))
     (staging / "layer_errors.json").write_text(json.dumps(errors, indent=2))

@@ -153,7 +153,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     overrides = normalize_overrides(list(overrides))
     for ov in parse_overrides(overrides):
         key = ov.key_or_group
-        if key == "hydra" or key.startswith("hydra.") or ov.package and ov.package.startswith("hydra"):
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")) or ov.package and ov.package.startswith("hydra"):
             raise ConfigError(f"{key}: hydra.* settings are not part of a qrecipe config; remove the override")
     GlobalHydra.instance().clear()
     try:

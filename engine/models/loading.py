@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -71,7 +72,10 @@ def _gguf_cache_dir(loc: Location, spec: ModelSpec, cache_root: Path) -> Path:
     f = Path(loc.source) / loc.gguf_file
     st = f.stat()
     key = hashlib.sha256(f"{f.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    return cache_root / "models" / f"{spec.name}-{key}"
+    # model.name is free text (an hf path, say): keep only safe characters so the folder stays
+    # inside the cache.
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("._") or "model"
+    return cache_root / "models" / f"{safe}-{key}"
 
 
 def _gguf_config(loc: Location):

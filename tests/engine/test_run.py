@@ -83,3 +83,13 @@ def test_a_failing_run_leaves_nothing_behind(compose, tmp_path, monkeypatch):
         run(compose(*TINY_RUN, "eval.windows=5000"), progress=False)
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_calibrated_run_records_its_calibration_data(compose, tmp_path, monkeypatch):
+    monkeypatch.setenv("QRECIPE_HOME", str(tmp_path))
+    result = run(compose(*TINY_RUN, "recipe=gptq", "data@calib.data=tinystories", "calib.samples=4",
+                         "calib.seq_len=64"), progress=False)
+    record = json.loads((result.output_dir / "metrics.json").read_text())
+    assert record["calibration"] == {"data": "tinystories", "path": record["calibration"]["path"], "split": "validation",
+                                     "samples": 4, "seq_len": 64, "seed": 0}
+    assert record["metrics"]["calibration_tokens"] == 4 * 64

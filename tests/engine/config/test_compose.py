@@ -108,9 +108,10 @@ def test_unknown_override_key_says_how_to_add(compose):
         compose("eval.windowz=3")
 
 
-def test_hydra_keys_are_refused(compose):
+@pytest.mark.parametrize("override", ["hydra.run.dir=/tmp/x", "hydra/launcher=basic"])
+def test_hydra_keys_are_refused(compose, override):
     with pytest.raises(QRecipeError, match="hydra"):
-        compose("hydra.run.dir=/tmp/x")
+        compose(override)
 
 
 def test_unknown_top_level_key(settings):
