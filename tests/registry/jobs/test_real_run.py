@@ -24,20 +24,22 @@ def test_a_recipe_run_submitted_over_http(shared, tmp_path):
             assert submitted.status_code == 201, submitted.text
             job = submitted.json()
             assert job["status"] == "queued" and job["plan_hash"] and job["expected_variant_id"]
-            stages = set()
 
             def ended():
                 j = api.get(f"/jobs/{job['id']}").json()
-                stages.add(j["stage"])
                 return j["status"] in ("succeeded", "failed", "cancelled") and j
 
             done = wait_for("the run to end", ended, timeout=600, every=0.5)
             assert done["status"] == "succeeded", (done["error"], api.get(f"/jobs/{job['id']}/logs").text)
             assert done["variant_id"] == job["expected_variant_id"] and done["run_number"] == 1
-            assert done["progress"] == 1.0 and {"loading model", "baseline"} & stages
+            assert done["progress"] == 1.0
             out = Path(done["result"]["output_dir"])
             assert out.is_dir() and out.is_relative_to(home) and done["result"]["metrics"]["ppl"] > 0
-            assert "quantized 14 layers" in api.get(f"/jobs/{job['id']}/logs").text
+            # The stages, read from the log rather than sampled by polling (a short stage can fall
+            # between two polls).
+            logs = api.get(f"/jobs/{job['id']}/logs").text
+            assert "loading tinystories-656k" in logs and "baseline perplexity" in logs
+            assert "quantized 14 layers" in logs
             variant = api.get(f"/variants/{done['variant_id'][:6]}").json()
             assert variant["status"] == "measured" and [r["status"] for r in variant["runs"]] == ["succeeded"]
 
