@@ -37,6 +37,15 @@ def _split(items: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
+def _one_ref(items: list[str], usage: str) -> tuple[str, list[str]]:
+    """(the one positional argument, config overrides); `usage` is the error when there is not
+    exactly one."""
+    refs, overrides = _split(items)
+    if len(refs) != 1:
+        raise ConfigError(usage)
+    return refs[0], overrides
+
+
 def _engine(settings, catch_up: bool = True):
     """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands)."""
     from .db import open_registry
@@ -87,12 +96,10 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from .queries import find_variant, variant_runs
 
-    refs, overrides = _split(args.items)
-    if len(refs) != 1:
-        raise ConfigError("variants show: name one variant (its id or a unique prefix), "
-                          "e.g. qrecipe variants show 3f9a")
+    ref, overrides = _one_ref(args.items, "variants show: name one variant (its id or a unique prefix), "
+                                          "e.g. qrecipe variants show 3f9a")
     engine = _engine(_settings(overrides))
-    v = find_variant(engine, refs[0])
+    v = find_variant(engine, ref)
     runs = variant_runs(engine, v.id)
     if args.json:
         print(json.dumps({"id": v.id, "model": v.base_model.name, "recipe": v.recipe_name, "target": v.target,
@@ -144,11 +151,9 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
-    refs, overrides = _split(args.items)
-    if len(refs) != 1:
-        raise ConfigError("report: name one model, e.g. qrecipe report smollm2-135m "
-                          "(`qrecipe variants list` shows them)")
-    result = write_report(_settings(overrides), refs[0], Path(args.out).resolve() if args.out else None)
+    ref, overrides = _one_ref(args.items, "report: name one model, e.g. qrecipe report smollm2-135m "
+                                          "(`qrecipe variants list` shows them)")
+    result = write_report(_settings(overrides), ref, Path(args.out).resolve() if args.out else None)
     print(f"report: {result['report']}")
     for p in result["plots"]:
         print(f"plot:   {p}")

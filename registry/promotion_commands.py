@@ -19,16 +19,14 @@ from qrecipe.engine.errors import ConfigError
 
 def _parts(args, what: str, usage: str):
     """(the one positional argument, settings, registry engine, mirror)."""
-    from .commands import _engine, _settings, _split
+    from .commands import _engine, _one_ref, _settings
     from .mirror import ModelRegistryMirror
 
-    refs, overrides = _split(args.items)
-    if len(refs) != 1:
-        raise ConfigError(f"variants {args.variants_command}: name one {what}, e.g. {usage}")
+    ref, overrides = _one_ref(args.items, f"variants {args.variants_command}: name one {what}, e.g. {usage}")
     settings = _settings(overrides)
     # promote and rollback sync the mirror themselves, after their commit
     engine = _engine(settings, catch_up=args.variants_command == "history")
-    return refs[0], settings, engine, ModelRegistryMirror.from_settings(settings)
+    return ref, settings, engine, ModelRegistryMirror.from_settings(settings)
 
 
 def _actor(args) -> str:

@@ -20,6 +20,8 @@ import torch
 from .base import Backend
 from .torch_backend import TorchBackend
 
+_DEQUANTIZE = TorchBackend()  # for fp32 activations (see linear())
+
 GROUP_SIZES = (32, 64, 128, 256)
 _TORCH_ZERO = 8
 
@@ -47,7 +49,7 @@ class CpuInt4PackBackend(Backend):
         if x.dtype == torch.float32:
             # torch's packed kernel is fast for 16-bit activations only; for fp32 it was 10-50x
             # slower than dequantize + matmul (bench/RESULTS.md), so fp32 takes that path
-            return TorchBackend().linear(module, x)
+            return _DEQUANTIZE.linear(module, x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, module.int4pack_weight,

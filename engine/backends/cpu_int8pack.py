@@ -15,6 +15,8 @@ import torch
 from .base import Backend
 from .torch_backend import TorchBackend
 
+_DEQUANTIZE = TorchBackend()  # for fp32 activations (see linear())
+
 
 class CpuInt8PackBackend(Backend):
     name = "cpu-int8pack"
@@ -29,7 +31,7 @@ class CpuInt8PackBackend(Backend):
         if x.dtype == torch.float32:
             # torch's packed kernel is fast for 16-bit activations only; for fp32 it was 10-50x
             # slower than dequantize + matmul (bench/RESULTS.md), so fp32 takes that path
-            return TorchBackend().linear(module, x)
+            return _DEQUANTIZE.linear(module, x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         y = torch._weight_int8pack_mm(x2, module.qweight, module.scales.reshape(-1).to(x.dtype))
