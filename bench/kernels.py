@@ -133,7 +133,7 @@ def cpu_rows(shapes, ms):
                 for scheme, p in cases:
                     q = QuantLinear.from_quantized(lin, scheme, p, rtn_quantize(lin.weight.data, SCHEMES[scheme], p))
                     for backend in BACKENDS:
-                        if backend.name == "emulated" or not backend.supports(q.format, p, k, n, torch.device("cpu")):
+                        if backend.name == "emulated" or not backend.supports(q.format, p, k, n, torch.device("cpu"), dtype):
                             continue
                         q.backend = backend
                         backend.prepare(q)
