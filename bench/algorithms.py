@@ -115,9 +115,9 @@ def _child(cmd: list[str]) -> dict:
 
 
 def _previous(args) -> dict:
-    old = json.loads((HERE / "algorithms.json").read_text())
+    old = json.loads(args.out.read_text())
     if (old["samples"], old["seq_len"], old["eval_windows"]) != (args.samples, args.seq_len, args.eval_windows):
-        raise SystemExit("--update: bench/algorithms.json was measured with other sizes; rerun without it")
+        raise SystemExit(f"--update: {args.out} was measured with other sizes; rerun without it")
     return old
 
 
@@ -139,13 +139,18 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=40)
-    p.add_argument("--only", default=",".join(CONFIGS))
+    p.add_argument("--only", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
+    p.add_argument("--out", type=Path, default=HERE / "algorithms.json",
+                   help="where the results go (default: the recorded bench/algorithms.json)")
     p.add_argument("--no-llmc", action="store_true")
     p.add_argument("--update", action="store_true",
                    help="rerun only qrecipe's rows of --only; keep every other row of bench/algorithms.json")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one qrecipe config
     p.add_argument("--windows", help=argparse.SUPPRESS)
     args = p.parse_args()
+    unknown = [c for c in args.only.split(",") if c not in CONFIGS] if not args.one else []
+    if unknown:
+        p.error(f"--only: unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
     sys.path.insert(0, str(HERE))
     if args.one:
         print(json.dumps(run_qrecipe(args, args.one, args.windows)))
@@ -172,7 +177,7 @@ def main() -> None:
         results = kept + list(fresh.values())
     out = {"samples": args.samples, "seq_len": args.seq_len, "eval_windows": args.eval_windows,
            "baseline_ppl": base["ppl"], "results": results}
-    (HERE / "algorithms.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(table(results, base["ppl"]))
 
 
