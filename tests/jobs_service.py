@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
+from local_servers import free_port
 
 # Short leases and heartbeats so that lost workers and cancels are noticed within seconds.
 FAST = ["jobs.debug_kinds=true", "jobs.lease_seconds=3", "jobs.heartbeat_seconds=0.3", "jobs.poll_seconds=0.2",
         "jobs.log_flush_seconds=0.2", "jobs.cancel_grace_seconds=5", "tracking=off"]
 QRECIPE = str(Path(sys.executable).with_name("qrecipe"))  # the command a user runs
 WRITE_TOKEN, READ_TOKEN = "w" * 8 + "-write-token-for-tests", "r" * 8 + "-read-token-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 120, every: float = 0.2):

@@ -13,13 +13,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from local_servers import free_port
 
 USER, PASSWORD, DATABASE = "qrecipe", "qrecipe-test", "qrecipe_test"
 
@@ -28,12 +29,6 @@ USER, PASSWORD, DATABASE = "qrecipe", "qrecipe-test", "qrecipe_test"
 class Cluster:
     url: str
     stop: Callable[[], None]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -64,7 +59,7 @@ def _setup_sql(bin_dir: Path, port: int, prefix: list[str], host: str) -> None:
 def _as_root(bin_dir: Path) -> Cluster:
     version = bin_dir.parent.name
     name = f"qrecipe_test_{os.getpid()}"
-    port = _free_port()
+    port = free_port()
     _run(["pg_createcluster", "-q", "-p", str(port), "--start-conf=manual", "-o", "listen_addresses=localhost",
           "-o", "fsync=off", "-o", "max_connections=100", version, name])
 
@@ -83,7 +78,7 @@ def _as_root(bin_dir: Path) -> Cluster:
 
 def _as_user(bin_dir: Path) -> Cluster:
     folder = Path(tempfile.mkdtemp(prefix="qrecipe-pg-"))
-    port = _free_port()
+    port = free_port()
 
     def stop() -> None:
         subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],

@@ -7,7 +7,6 @@ server (which refuses local paths) gets the checkpoint as a run artifact."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from local_servers import free_port, stop_process
 
 from qrecipe.registry.db import open_registry, read_session
 from qrecipe.registry.gates import GatePolicy
@@ -76,12 +77,6 @@ def test_the_mirror_follows_promotions_and_catches_up_after_mlflow_was_unavailab
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2 and _alias_variant(client) == a
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _mlflow_server(folder: Path, port: int):
     mlflow = Path(sys.executable).with_name("mlflow")
@@ -101,11 +96,7 @@ def _mlflow_server(folder: Path, port: int):
                 time.sleep(0.3)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @pytest.mark.slow
@@ -115,7 +106,7 @@ def test_a_tracking_server_gets_the_checkpoint_as_a_run_artifact(settings, tmp_p
 
     engine = open_registry(f"sqlite:///{tmp_path / 'registry.db'}")
     a = measured_variant(engine, "a", GOOD)
-    port = _free_port()
+    port = free_port()
     mirror = ModelRegistryMirror.from_settings(settings(f"tracking.uri=http://127.0.0.1:{port}"))
     down = promote(engine, a, actor="alice", gates=POLICY, mirror=mirror)  # no server yet
     assert down.mirror.startswith(f"pending: MLflow at http://127.0.0.1:{port} does not answer")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from local_servers import free_port, stop_process
 
 from qrecipe.registry.tracking import ensure_store, experiment_id, flatten
 
@@ -54,15 +55,9 @@ def test_flatten_makes_dotted_params():
                                        "recipe.rules.mlp.match": "re:.*mlp", "recipe.ignore": "[]"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ui_serves_the_store(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, QRECIPE_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen([sys.executable, "-m", "qrecipe.engine.cli", "ui", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -76,11 +71,7 @@ def test_ui_serves_the_store(tmp_path):
             assert api.status == 200
         assert (tmp_path / "home" / "mlflow" / "mlflow.db").is_file()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
     deadline = time.monotonic() + 10  # the server's own worker goes with it
     while time.monotonic() < deadline:
         try:
