@@ -24,9 +24,11 @@ from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
 from .data import check_data
+from .evaluate import lm_eval_names as lm
 from .evaluate import suite
 from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
+from .evaluate.lm_eval_tasks import check_lm_eval
 from .evaluate.tasks import check_task_data
 from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
@@ -65,6 +67,12 @@ class RunResult:
                 f"{f} {m[f'task.{f}.greedy_match']:.2f} match, {m[f'task.{f}.loglik_delta']:+.3f} loglik"
                 + (f", {m[f'task.{f}.valid_rate']:.2f} valid" if f"task.{f}.valid_rate" in m else "")
                 for f in families))
+        lm_tasks = lm.tasks_in(m)
+        if lm_tasks:
+            lines.append("  lm-eval     " + "; ".join(
+                f"{t} acc {m[lm.task_metric(t, lm.ACC)]:.3f} (baseline {m[lm.task_metric(t, lm.ACC + lm.BASELINE)]:.3f}), "
+                f"flips {100 * m[lm.task_metric(t, lm.FLIP_RATE)]:.1f}%" for t in lm_tasks)
+                + f" of {m[lm.task_metric(lm_tasks[0], lm.ITEMS)]} items each")
         if "decode_speedup" in m:
             lines.append(f"  speed       prefill {m['prefill_tokens_per_s']:,.0f} tok/s ({m['prefill_speedup']:.2f}x), "
                          f"decode {m['decode_ms_per_token']:.1f} ms/token ({m['decode_speedup']:.2f}x) on "
@@ -146,6 +154,7 @@ def run(cfg: DictConfig, progress: bool = True, on_event: Callable[[str, dict], 
     for name, data in settings.eval.all_texts().items():
         check_data(data, settings.eval.text_field(name))
     check_task_data(settings.eval.tasks)
+    check_lm_eval(settings.eval.lm_eval)
     peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)
     say(render_plan(plan))

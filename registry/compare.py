@@ -7,6 +7,8 @@
     KL          mean KL(baseline || variant) per token (top-k support, see README)
     agree       top-1 agreement with the baseline
     worst task  the task family whose greedy continuations least often equal the baseline's
+    flips       lm-eval: share of items whose chosen answer differs from the baseline's, all
+                tasks pooled, and the task with the most (eval.lm_eval; '-' when not measured)
     serves on   the shipped targets (conf/target) whose capabilities run every scheme natively
                 and whose memory holds the weights
 """
@@ -17,13 +19,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from qrecipe.engine.evaluate import lm_eval_names as lm
 from qrecipe.engine.plan.render import _table
 from qrecipe.engine.targets import Target, parse_target
 
 from .models import Variant
 
 COLUMNS = ["variant", "recipe", "target", "memory", "decode", "prefill", "ppl", "KL", "agree", "worst task",
-           "serves on"]
+           "flips", "serves on"]
 
 
 def shipped_targets() -> list[Target]:
@@ -52,6 +55,7 @@ def matrix_row(variant: Variant, targets: list[Target]) -> dict[str, Any]:
         "ppl_delta_pct": m.get("ppl_delta_pct"), "kl_mean": m.get("kl_mean"),
         "top1_agreement": m.get("top1_agreement"), "worst_family": m.get("task.worst_family"),
         "worst_family_match": m.get("task.worst_greedy_match"),
+        "flip_rate": m.get(lm.overall_metric(lm.FLIP_RATE)), "flip_worst_task": m.get(lm.overall_metric(lm.WORST_TASK)),
         "serves_on": serves_on(variant.requires or [], m.get("weight_bytes"), targets),
         "scheme_mix": variant.scheme_mix, "status": variant.status, "runs": variant.runs_count,
     }
@@ -63,10 +67,11 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
 
 def _cells(row: dict[str, Any]) -> list[str]:
     worst = "-" if row["worst_family"] is None else f"{row['worst_family']} {row['worst_family_match']:.2f}"
+    flips = "-" if row.get("flip_rate") is None else f"{100 * row['flip_rate']:.1f}% ({row['flip_worst_task']})"
     return [row["variant"], row["recipe"], row["target"], _fmt(row["weight_reduction"], ".2f", "x"),
             _fmt(row["decode_speedup"], ".2f", "x"), _fmt(row["prefill_speedup"], ".2f", "x"),
             _fmt(row["ppl_delta_pct"], "+.2f", "%"), _fmt(row["kl_mean"], ".4f"),
-            _fmt(None if row["top1_agreement"] is None else 100 * row["top1_agreement"], ".1f", "%"), worst,
+            _fmt(None if row["top1_agreement"] is None else 100 * row["top1_agreement"], ".1f", "%"), worst, flips,
             ", ".join(row["serves_on"]) or "-"]
 
 

@@ -9,6 +9,8 @@ top level). Each gate compares one metric from metrics.json:
     max_kl_mean                 kl_mean                    <=
     min_top1_agreement          top1_agreement             >=
     min_task_agreement.FAMILY   task.FAMILY.greedy_match   >=
+    max_flip_rate               lm_eval.flip_rate          <=   (all lm-eval items pooled)
+    max_task_flip_rate.TASK     lm_eval.TASK.flip_rate     <=
 
 A gate whose metric was not measured fails: an unmeasured number cannot clear a bar.
 """
@@ -28,6 +30,7 @@ _SCALAR_GATES = {
     "min_top1_agreement": ("top1_agreement", ">="),
 }
 _LAYERS = ("models", "recipes")
+_PER_KEY = ("min_task_agreement", "max_task_flip_rate")  # gates keyed by task family / lm-eval task
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,12 @@ class Thresholds:
     max_kl_mean: float | None = None
     min_top1_agreement: float | None = None
     min_task_agreement: dict[str, Any] = field(default_factory=dict)
+    max_flip_rate: float | None = None
+    max_task_flip_rate: dict[str, Any] = field(default_factory=dict)
+
+
+def _share_or_none(value: Any) -> bool:
+    return value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1)
 
 
 @dataclass(frozen=True)
@@ -83,13 +92,16 @@ def _check_layer(node: Any, where: str) -> dict[str, Any]:
         if family not in TASK_FAMILIES:
             raise ConfigError(f"{where}.min_task_agreement.{family}: unknown task family; "
                               f"choose from {', '.join(TASK_FAMILIES)}")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 <= value <= 1):
+        if not _share_or_none(value):
             raise ConfigError(f"{where}.min_task_agreement.{family}: expected a share between 0 and 1 or null, "
                               f"got {value!r}")
-    if layer.min_top1_agreement is not None and not 0 <= layer.min_top1_agreement <= 1:
-        raise ConfigError(f"{where}.min_top1_agreement: expected a share between 0 and 1 or null, "
-                          f"got {layer.min_top1_agreement}")
+    for task, value in layer.max_task_flip_rate.items():
+        if not _share_or_none(value):
+            raise ConfigError(f"{where}.max_task_flip_rate.{task}: expected a share between 0 and 1 or null, "
+                              f"got {value!r}")
+    for name in ("min_top1_agreement", "max_flip_rate"):
+        if not _share_or_none(getattr(layer, name)):
+            raise ConfigError(f"{where}.{name}: expected a share between 0 and 1 or null, got {getattr(layer, name)}")
     return dict(node)
 
 
@@ -123,11 +135,12 @@ class GatePolicy:
 
     def thresholds_for(self, model: str, recipe: str) -> Thresholds:
         merged: dict[str, Any] = {}
-        tasks: dict[str, Any] = {}
+        per_key: dict[str, dict[str, Any]] = {k: {} for k in _PER_KEY}
         for layer in (self.base, self.models.get(model, {}), self.recipes.get(recipe, {})):
-            tasks.update(layer.get("min_task_agreement") or {})
-            merged.update({k: v for k, v in layer.items() if k != "min_task_agreement"})
-        return Thresholds(**merged, min_task_agreement=tasks)
+            for key in _PER_KEY:
+                per_key[key].update(layer.get(key) or {})
+            merged.update({k: v for k, v in layer.items() if k not in _PER_KEY})
+        return Thresholds(**merged, **per_key)
 
 
 def _number(value: Any) -> float | None:
@@ -148,5 +161,17 @@ def check_gates(thresholds: Thresholds, metrics: Mapping[str, Any]) -> list[Gate
         if threshold is not None:
             metric = f"task.{family}.greedy_match"
             checks.append(GateCheck(f"min_task_agreement.{family}", metric, ">=", float(threshold),
+                                    _number(metrics.get(metric))))
+    from qrecipe.engine.evaluate import lm_eval_names as lm
+
+    if thresholds.max_flip_rate is not None:
+        metric = lm.overall_metric(lm.FLIP_RATE)
+        checks.append(GateCheck("max_flip_rate", metric, "<=", float(thresholds.max_flip_rate),
+                                _number(metrics.get(metric))))
+    for task in sorted(thresholds.max_task_flip_rate):
+        threshold = thresholds.max_task_flip_rate[task]
+        if threshold is not None:
+            metric = lm.task_metric(task, lm.FLIP_RATE)
+            checks.append(GateCheck(f"max_task_flip_rate.{task}", metric, "<=", float(threshold),
                                     _number(metrics.get(metric))))
     return checks

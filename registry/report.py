@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qrecipe.engine.config.settings import Settings
+from qrecipe.engine.evaluate import lm_eval_names as lm
 from qrecipe.engine.plan.render import human_bytes
 
 from . import plots
@@ -48,6 +49,43 @@ def _task_table(variants: list[Variant], families: list[str]) -> str:
     return markdown_table(header, rows)
 
 
+def _lm_eval_tasks(variants: list[Variant]) -> list[str]:
+    found: dict[str, None] = {}
+    for v in variants:
+        found.update(dict.fromkeys(lm.tasks_in(v.metrics or {})))
+    return list(found)
+
+
+def _lm_eval_cell(m: dict[str, Any], task: str) -> str:
+    def get(name: str):
+        return m.get(lm.task_metric(task, name))
+
+    if get(lm.ITEMS) is None:
+        return "-"
+    parts = []
+    for metric in lm.ACCURACIES:
+        if get(metric) is None:
+            continue
+        err, base_err = get(metric + lm.STDERR), get(metric + lm.STDERR + lm.BASELINE)
+        parts.append(f"{metric} {get(metric):.3f}" + (f" ±{err:.3f}" if err is not None else "")
+                     + f" ({get(metric + lm.BASELINE):.3f}" + (f" ±{base_err:.3f}" if base_err is not None else "")
+                     + ")")
+    parts.append(f"flips {100 * get(lm.FLIP_RATE):.1f}% (right->wrong {100 * get(lm.CORRECT_TO_WRONG):.1f}%, "
+                 f"wrong->right {100 * get(lm.WRONG_TO_CORRECT):.1f}%) of {get(lm.ITEMS)}")
+    return "; ".join(parts)
+
+
+def _lm_eval_table(variants: list[Variant], tasks: list[str]) -> str:
+    header = ["variant", "recipe", *tasks, "all tasks: flips"]
+    rows = []
+    for v in variants:
+        m = v.metrics or {}
+        pooled = m.get(lm.overall_metric(lm.FLIP_RATE))
+        rows.append([v.id, v.recipe_name, *[_lm_eval_cell(m, t) for t in tasks],
+                     "-" if pooled is None else f"{100 * pooled:.1f}% of {m[lm.overall_metric(lm.ITEMS)]}"])
+    return markdown_table(header, rows)
+
+
 def _absolute_table(variants: list[Variant]) -> str:
     header = ["variant", "recipe", "ppl (baseline)", "weights (baseline)", "peak memory (baseline)",
               "prefill tok/s (baseline)", "decode ms/token (baseline)", "device", "runs"]
@@ -80,6 +118,7 @@ def write_report(settings: Settings, model: str, out: Path | None = None) -> dic
     targets = shipped_targets()
     rows = [matrix_row(v, targets) for v in variants]
     families = _families(variants)
+    lm_tasks = _lm_eval_tasks(variants)
     points = [plots.point(f"{v.recipe_name}@{v.target}", v.metrics or {}) for v in variants]
     baseline_bytes = next(((v.metrics or {}).get("weight_bytes_baseline") for v in variants), None)
     pngs = [plots.quality_vs_memory(points, baseline_bytes, out / "quality_vs_memory.png",
@@ -98,6 +137,10 @@ def write_report(settings: Settings, model: str, out: Path | None = None) -> dic
           "greedy match: share of prompts whose greedy continuation equals the baseline's; prefix: mean share "
           "before the first differing token; loglik delta: reference answer log-likelihood per token, variant minus "
           "baseline (nats).", "", _task_table(variants, families) if families else "(no task metrics)", "",
+          "## lm-evaluation-harness", "",
+          "Zero-shot accuracy of the variant (the baseline's in brackets), with lm-eval's standard error; flips: "
+          "share of items whose chosen answer differs from the baseline's, and the two directions that change the "
+          "score.", "", _lm_eval_table(variants, lm_tasks) if lm_tasks else "(not measured: eval.lm_eval.tasks)", "",
           "## Absolute numbers", "", _absolute_table(variants), "", "## Plots", ""]
     md += [f"![{p.stem}]({p.name})" for p in pngs]
     report = out / "report.md"

@@ -2,7 +2,8 @@
 
     measure_baseline          the quality reference (cached per model, eval settings and
                               device), speed and peak memory of the unquantized model
-    measure_variant_quality   perplexity, divergence and task behaviour against that reference
+    measure_variant_quality   perplexity, divergence, task behaviour and lm-eval accuracy and
+                              flips against that reference
     measure_variant_speed     timed like the baseline, in the same process
     measure_variant_peak      peak memory, measured like the baseline's
 
@@ -23,6 +24,8 @@ from ..data import load_documents, token_windows
 from .baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline,
                              save_baseline)
 from .divergence import compare_pass, reference_pass
+from .lm_eval_score import score as lm_eval_score
+from .lm_eval_score import variant_metrics as lm_eval_metrics
 from .memory import child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
 from .speed import SpeedResult, measure_speed, speed_tokens
 from .task_metrics import baseline_tasks, variant_tasks
@@ -80,6 +83,11 @@ def describe_sizes(settings: Settings, inputs: EvalInputs, device: torch.device)
              f"(eval.kl_topk)",
              f"  tasks:   {fam} prompts (eval.tasks.prompts={t.prompts}), {t.new_tokens} greedy tokens "
              f"(eval.tasks.new_tokens), references scored on {t.reference_tokens} tokens"]
+    lm = ev.lm_eval
+    if lm.enabled:
+        items = f"the first {lm.limit} items" if lm.limit else "every item"
+        lines.append(f"  lm-eval: {', '.join(lm.tasks)} ({lm.source} tasks, eval.lm_eval.tasks), {items} of each "
+                     f"(eval.lm_eval.limit), zero-shot, batch {lm.batch_size}")
     if s.enabled:
         lines.append(f"  speed:   prefill {s.batch_size} x {s.prompt_len} tokens, decode {s.new_tokens} tokens at "
                      f"batch 1; {s.warmup} warm-up + median of {s.repeats} (eval.speed.*)")
@@ -105,7 +113,8 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
     folder = cache_folder(settings, key)
     sources = [it.source for it in inputs.items]
     outputs = load_baseline(folder)
-    cached = outputs is not None and outputs.task_sources == sources and set(outputs.texts) == set(inputs.windows)
+    cached = (outputs is not None and outputs.task_sources == sources and set(outputs.texts) == set(inputs.windows)
+              and (outputs.lm_eval is not None) == ev.lm_eval.enabled)
     if cached:
         say(f"baseline outputs: cached ({folder})")
     else:
@@ -113,7 +122,11 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
         texts = {name: reference_pass(model, w, ev.batch_size, ev.kl_topk, f"baseline {name}", progress)
                  for name, w in inputs.windows.items()}
         tasks = baseline_tasks(model, tokenizer, inputs.items, ev.tasks, progress) if inputs.items else None
-        outputs = BaselineOutputs(texts, tasks, sources)
+        lm_eval = None
+        if ev.lm_eval.enabled:
+            say(f"baseline lm-eval: {', '.join(ev.lm_eval.tasks)} ...")
+            lm_eval = lm_eval_score(model, tokenizer, ev.lm_eval)
+        outputs = BaselineOutputs(texts, tasks, sources, lm_eval)
         save_baseline(folder, outputs, {"key": key, "parts": parts,
                                         "ppl": {n: r.ppl for n, r in texts.items()}})
     speed = None
@@ -146,6 +159,8 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
             metrics.update({f"text.{name}.{k}": v for k, v in values.items()})
     if inputs.items and base.outputs.tasks is not None:
         metrics.update(variant_tasks(model, tokenizer, inputs.items, base.outputs.tasks, ev.tasks, progress))
+    if ev.lm_eval.enabled and base.outputs.lm_eval is not None:
+        metrics.update(lm_eval_metrics(base.outputs.lm_eval, lm_eval_score(model, tokenizer, ev.lm_eval)))
     return metrics
 
 

@@ -104,6 +104,7 @@ def _resolve(settings, kind: str):
     import torch
 
     from qrecipe.engine.data import check_data
+    from qrecipe.engine.evaluate.lm_eval_tasks import check_lm_eval
     from qrecipe.engine.evaluate.tasks import check_task_data
     from qrecipe.engine.planning import build_plan
 
@@ -113,6 +114,7 @@ def _resolve(settings, kind: str):
         for name, data in settings.eval.all_texts().items():
             check_data(data, settings.eval.text_field(name))
         check_task_data(settings.eval.tasks)
+        check_lm_eval(settings.eval.lm_eval)
     # The service plans on its own CPU when the job asks for a GPU it lacks: the worker's run
     # resolves the plan again on its device (the expected variant id says what the service saw).
     device = torch.device("cpu") if settings.run.device != "cpu" and not torch.cuda.is_available() else None

@@ -66,7 +66,7 @@ def test_output_folder_holds_the_variant(w8_and_w4):
 
 def test_checkpoint_reproduces_the_measured_perplexity(w8_and_w4):
     from qrecipe.engine.data import load_documents, token_windows
-    from qrecipe.engine.evaluate import perplexity
+    from qrecipe.engine.evaluate.perplexity import perplexity
 
     result = w8_and_w4[1]
     model, tok, _ = load_checkpoint(result.output_dir / "model")

@@ -19,4 +19,6 @@ def test_markdown_matrix_has_one_row_per_variant():
            "prefill_speedup": 1.5, "ppl_delta_pct": 2.345, "kl_mean": 0.01, "top1_agreement": 0.9,
            "worst_family": "code", "worst_family_match": 0.5, "serves_on": ["cpu"]}
     md = render_markdown([row]).splitlines()
-    assert md[2] == "| abc | w4\\|x | cpu | 3.00x | - | 1.50x | +2.35% | 0.0100 | 90.0% | code 0.50 | cpu |"
+    assert md[2] == "| abc | w4\\|x | cpu | 3.00x | - | 1.50x | +2.35% | 0.0100 | 90.0% | code 0.50 | - | cpu |"
+    row.update(flip_rate=0.075, flip_worst_task="arc_easy")
+    assert render_markdown([row]).splitlines()[2].endswith("| code 0.50 | 7.5% (arc_easy) | cpu |")
