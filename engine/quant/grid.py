@@ -15,7 +15,7 @@ import torch
 
 from ...kernels import QuantizedWeight, QuantParams
 from ..schemes import Scheme
-from .primitives import FP8_MAX, _grouped, _round_scale
+from .primitives import FP8_MAX, _grouped, _round_scale, symmetric_scale
 
 
 @dataclass(frozen=True)
@@ -48,18 +48,18 @@ class WeightGrid:
         group's range to that fraction of its extent (AWQ's clipping search)."""
         wg = _grouped(w.to(torch.float32), self.group_size)
         hi, lo = wg.amax(dim=-1), wg.amin(dim=-1)  # two reductions, no |w| temporary
-        if self.is_fp8 or self.symmetric:
+        if self.is_fp8:
             absmax = torch.maximum(hi, lo.neg_())
             if clip is not None:
                 absmax = absmax * clip
-            if self.is_fp8:
-                scale = (absmax / FP8_MAX).clamp_min(1e-12)
-                return scale, torch.zeros_like(scale, dtype=torch.int32)
-            scale = _round_scale(absmax / (2 ** (self.bits - 1) - 1), self.scale_dtype)
-            return scale, torch.full_like(scale, 2 ** (self.bits - 1), dtype=torch.int32)
+            scale = (absmax / FP8_MAX).clamp_min(1e-12)
+            return scale, torch.zeros_like(scale, dtype=torch.int32)
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         if clip is not None:
             lo, hi = lo * clip, hi * clip
+        if self.symmetric:
+            scale = _round_scale(symmetric_scale(lo, hi, self.bits), self.scale_dtype)
+            return scale, torch.full_like(scale, 2 ** (self.bits - 1), dtype=torch.int32)
         scale = _round_scale((hi - lo) / (2**self.bits - 1), self.scale_dtype)
         zero = torch.round(-lo / scale).clamp(0, 2**self.bits - 1).to(torch.int32)
         return scale, zero

@@ -1,7 +1,10 @@
 """Affine and FP8 quantization primitives.
 
 Integer codes follow kernels/format.py: unsigned q in [0, 2**bits - 1], integer zero z,
-value = (q - z) * scale. Symmetric: z = 2**(bits-1), scale = absmax / (2**(bits-1) - 1).
+value = (q - z) * scale. Symmetric: z = 2**(bits-1), so values are the whole signed range
+[-2**(bits-1), 2**(bits-1) - 1] times the scale ([-8, 7] for 4 bits, as compressed-tensors and
+the field store them), and the scale is the smallest that holds the group unclipped:
+max(max(w) / (2**(bits-1) - 1), -min(w) / 2**(bits-1)) (symmetric_scale).
 Asymmetric: the range [min(w, 0), max(w, 0)] maps onto [0, 2**bits - 1].
 Scales are rounded to their storage dtype *before* codes are computed, so the stored
 model is exactly the model whose error we measure.
@@ -27,12 +30,19 @@ def _round_scale(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
     return scale.clamp_min(tiny).to(scale_dtype).to(torch.float32)
 
 
+def symmetric_scale(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
+    """The smallest scale whose signed grid [-2**(bits-1), 2**(bits-1) - 1] holds [lo, hi]
+    (lo <= 0 <= hi): a group whose largest magnitude is negative uses code -2**(bits-1)."""
+    half = 2 ** (bits - 1)
+    return torch.maximum(hi / (half - 1), -lo / half)
+
+
 def affine_qparams(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
                    scale_dtype: torch.dtype = torch.float16) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale [N, G] (float32, exactly representable in scale_dtype) and zero [N, G] (int32)."""
     wg = _grouped(w.to(torch.float32), group_size)
     if symmetric:
-        scale = wg.abs().amax(dim=-1) / (2 ** (bits - 1) - 1)
+        scale = symmetric_scale(wg.amin(dim=-1).clamp(max=0), wg.amax(dim=-1).clamp(min=0), bits)
         scale = _round_scale(scale, scale_dtype)
         zero = torch.full_like(scale, 2 ** (bits - 1), dtype=torch.int32)
     else:
