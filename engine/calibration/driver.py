@@ -6,6 +6,9 @@
      layers; swap the QuantLinears in; run the now-quantized block on the same inputs to
      get the next block's inputs, so later blocks calibrate on what the quantized model
      really feeds them.
+     When a layer's algorithm compares against the float model (GPTQ's float_targets), a
+     second stream of block inputs, the float model's own, runs beside it: each block runs
+     on it first (still in float) and its outputs feed the next block's float stream.
   3. Layers outside the blocks (e.g. a quantized lm_head) are calibrated last, with one
      forward of the whole (by then quantized) model on the calibration windows.
 
@@ -29,7 +32,7 @@ from ..plan import LayerPlan, Plan
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .capture import capture_inputs, find_blocks, run_block, with_hidden
-from .stats import attach_stats
+from .stats import Stream, attach_stats
 
 
 def layer_calibrates(lp: LayerPlan) -> bool:
@@ -53,20 +56,25 @@ def _finite(q) -> bool:
     return all(t is None or bool(torch.isfinite(t).all()) for t in (q.scale, q.input_scale))
 
 
+def _wants_float_stream(lp: LayerPlan) -> bool:
+    return "float_cross" in get_algorithm(lp.algorithm).stats_for(dict(lp.args))
+
+
 def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext,
-                  run_float: Callable[[], None], swap: Callable[[LayerTask, object], None]) -> list[str]:
+                  run_float: Callable[[], None], swap: Callable[[LayerTask, object], None],
+                  stream: Stream | None = None) -> list[str]:
     """Calibrate and quantize the tasks of one unit (a block, or the layers outside blocks).
 
-    `run_float` runs the unit on the calibration batch; it is called only if some task
-    needs statistics."""
+    `run_float` runs the unit on the calibration batch (setting `stream.float` while it runs
+    the float stream); it is called only if some task needs statistics."""
     algos = _algorithms(tasks, algorithm_of, context)
     needs: dict[str, set[str]] = {}
     for algo in algos:
         for t in algo.tasks:
-            needs[t.name] = set(algo.stats) | ({"absmax"} if needs_static_scale(t) else set())
+            needs[t.name] = set(algo.stats_for(t.args)) | ({"absmax"} if needs_static_scale(t) else set())
     if any(needs.values()):
         modules = {t.name: t.module for t in tasks}
-        context.stats, handles = attach_stats(modules, needs, _shared_inputs(context))
+        context.stats, handles = attach_stats(modules, needs, _shared_inputs(context), stream)
         for algo in algos:
             algo.attach()
         try:
@@ -76,6 +84,8 @@ def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context:
                 h.remove()
             for algo in algos:
                 algo.detach()
+    for algo in algos:
+        algo.retarget()
     for algo in algos:
         algo.transform()
     results = {}
@@ -121,16 +131,33 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
 
     last_needing_data = max((i for i, lps in enumerate(by_block) if any(map(layer_calibrates, lps))), default=-1)
     calls = capture_inputs(model, blocks[0], windows, batch_size) if last_needing_data >= 0 else []
+    last_float = max((i for i, lps in enumerate(by_block) if any(map(_wants_float_stream, lps))), default=-1)
+    float_calls = list(calls) if last_float >= 0 else None  # the float model's block inputs
+    stream = Stream()
     bar = tqdm(total=len(blocks), desc="calibrate", unit="block", disable=not progress, leave=False)
     for i, (block, lps) in enumerate(zip(blocks, by_block)):
         context = BlockContext(prefixes[i], block, plan.model_type)
         tasks = [make_task(model, lp) for lp in lps]
+        float_out: list[torch.Tensor] = []  # this block's float outputs on the float stream
 
         def run_float(block=block):
-            for call in calls:
+            for j, call in enumerate(calls):
+                if float_calls is not None:
+                    stream.float = True
+                    try:
+                        float_out.append(run_block(block, float_calls[j]))
+                    finally:
+                        stream.float = False
                 run_block(block, call)
 
-        notes += quantize_unit(tasks, algorithm_of, context, run_float, swap)
+        if float_calls is not None and not any(map(layer_calibrates, lps)):
+            float_out = [run_block(block, c) for c in float_calls]  # no statistics pass: run it alone
+        notes += quantize_unit(tasks, algorithm_of, context, run_float, swap, stream)
+        if float_calls is not None:
+            if i < last_float:
+                float_calls = [with_hidden(c, h) for c, h in zip(float_calls, float_out)]
+            else:
+                float_calls = None
         if i < last_needing_data:
             for j, call in enumerate(calls):  # in place: one block's inputs are held at a time
                 calls[j] = with_hidden(call, run_block(block, call))

@@ -6,9 +6,12 @@ norm; see families.PAIRINGS) share one `InputStats`, so the Gram matrix of that 
 accumulated once, not once per layer. Each algorithm asks for the statistics it needs:
 "hessian" (the mean of x x^T: GPTQ, and AWQ's exact output error), "abs_mean" (AWQ's
 activation salience), "absmax" (the per-channel max |x| of each calibration window:
-SmoothQuant and static activation scales) and "sample"
+SmoothQuant and static activation scales), "sample"
 (the first SAMPLE_TOKENS input rows, for searches that must quantize activations; the
-calibration windows are shuffled, so the first rows are a fair sample).
+calibration windows are shuffled, so the first rows are a fair sample) and "float_cross"
+(E[x x~^T], the float model's input x against the quantized model's input x~ at the same
+positions: the driver then runs each block on both streams, the float one first; GPTQ's
+float_targets).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STAT_KINDS = ("hessian", "abs_mean", "absmax", "sample")
+STAT_KINDS = ("hessian", "abs_mean", "absmax", "sample", "float_cross")
 SAMPLE_TOKENS = 4096
 
 
@@ -30,6 +33,13 @@ class InputStats:
         self._window_absmax: list[torch.Tensor] | None = [] if "absmax" in kinds else None
         self._sample: list[torch.Tensor] | None = [] if "sample" in kinds else None
         self._sampled = 0
+        self._cross = torch.zeros(in_features, in_features, device=device) if "float_cross" in kinds else None
+        self._float_inputs: list[torch.Tensor] = []  # the float stream's inputs, waiting for their pair
+
+    def observe_float(self, x: torch.Tensor) -> None:
+        """The float model's input of the batch whose quantized-stream input update() sees next."""
+        if self._cross is not None:
+            self._float_inputs.append(x.detach().reshape(-1, self.in_features).to(torch.float32))
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach()
@@ -37,6 +47,8 @@ class InputStats:
         self.tokens += x2.shape[0]
         if self._xtx is not None:
             self._xtx.addmm_(x2.T, x2)
+        if self._cross is not None:
+            self._cross.addmm_(self._float_inputs.pop(0).T, x2)
         if self._abs_sum is not None:
             self._abs_sum += x2.abs().sum(dim=0, dtype=torch.float64)
         if self._window_absmax is not None:  # [windows, K]: one row per sequence of the batch
@@ -51,6 +63,11 @@ class InputStats:
     def hessian(self) -> torch.Tensor:
         """E[x x^T] over the calibration tokens [K, K] (float32)."""
         return self._xtx / max(self.tokens, 1)
+
+    @property
+    def cross(self) -> torch.Tensor:
+        """E[x x~^T] [K, K]: float-model inputs x against quantized-model inputs x~ (float32)."""
+        return self._cross / max(self.tokens, 1)
 
     @property
     def window_absmax(self) -> torch.Tensor:
@@ -87,19 +104,30 @@ def share_groups(names: list[str], shared: list[tuple[str, ...]]) -> list[tuple[
     return groups
 
 
-def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]]
+class Stream:
+    """Which stream the block is running on (float_cross: the float one goes first per batch)."""
+
+    def __init__(self) -> None:
+        self.float = False
+
+
+def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]],
+                 stream: Stream | None = None
                  ) -> tuple[dict[str, InputStats], list[torch.utils.hooks.RemovableHandle]]:
     """One InputStats per input group, observed by a pre-hook on the group's first layer.
 
     `needs` maps a layer name to the statistics its algorithm wants; a group collects the
-    union. Returns (stats by layer name, hook handles to remove)."""
+    union. While `stream.float` is set, inputs are the float stream's (observe_float).
+    Returns (stats by layer name, hook handles to remove)."""
+    stream = stream or Stream()
     stats: dict[str, InputStats] = {}
     handles = []
     for group in share_groups([n for n in modules if needs.get(n)], shared):
         kinds = set().union(*(needs[n] for n in group))
         first = modules[group[0]]
         s = InputStats(first.in_features, kinds, first.weight.device)
-        handles.append(first.register_forward_pre_hook(lambda _m, args, s=s: s.update(args[0])))
+        handles.append(first.register_forward_pre_hook(
+            lambda _m, args, s=s: s.observe_float(args[0]) if stream.float else s.update(args[0])))
         for n in group:
             stats[n] = s
     return stats, handles

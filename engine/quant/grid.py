@@ -1,8 +1,8 @@
 """The weight grid of a layer's scheme, as the calibrating algorithms need it.
 
 RTN quantizes a whole weight at once; AWQ and GPTQ need finer verbs on the same grid:
-scales from a (possibly clipped) weight, a fake-quantized round trip to measure error, and
-column-by-column rounding with scales fixed in advance. `WeightGrid` offers them for every
+scales from a (possibly clipped) weight or range, a fake-quantized round trip to measure error,
+and column-by-column rounding with scales fixed in advance. `WeightGrid` offers them for every
 format, with exactly RTN's numerics (fp16-rounded scales for weight-only formats, fp32 for
 W8A8, per-channel E4M3 for FP8), so what an algorithm measures is what the format stores.
 """
@@ -57,6 +57,10 @@ class WeightGrid:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         if clip is not None:
             lo, hi = lo * clip, hi * clip
+        return self.range_qparams(lo, hi)
+
+    def range_qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero of integer grids for group ranges lo <= 0 <= hi (any shape)."""
         if self.symmetric:
             scale = _round_scale(symmetric_scale(lo, hi, self.bits), self.scale_dtype)
             return scale, torch.full_like(scale, 2 ** (self.bits - 1), dtype=torch.int32)
@@ -81,9 +85,10 @@ class WeightGrid:
         s, z = scale.unsqueeze(-1), zero.unsqueeze(-1).to(torch.float32)
         return self._value(self._round(wg, s, z), s, z).reshape(w.shape)
 
-    def fake_column(self, col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        """Round trip of one column [N] with that column's group scale/zero [N] (GPTQ)."""
-        return self._value(self._round(col, scale, zero), scale, zero)
+    def round_trip(self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """Round trip of x through the grid with scales/zeros that broadcast against it: one
+        column [N] with its group's [N] (GPTQ), or candidate grids at once (clip.py)."""
+        return self._value(self._round(x, scale, zero), scale, zero)
 
     def quantized(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                   input_scale: torch.Tensor | None = None) -> QuantizedWeight:
