@@ -25,8 +25,11 @@ from .config import load_settings
 from .config.settings import Settings
 from .data import check_data
 from .evaluate import suite
+from .evaluate.backends_used import backend_record
+from .evaluate.forward import device_label
 from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
+from .evaluate.protocol import describe_protocol, eval_protocol, protocol_hash
 from .evaluate.tasks import check_task_data
 from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
@@ -65,19 +68,48 @@ class RunResult:
                 f"{f} {m[f'task.{f}.greedy_match']:.2f} match, {m[f'task.{f}.loglik_delta']:+.3f} loglik"
                 + (f", {m[f'task.{f}.valid_rate']:.2f} valid" if f"task.{f}.valid_rate" in m else "")
                 for f in families))
-        if "decode_speedup" in m:
-            lines.append(f"  speed       prefill {m['prefill_tokens_per_s']:,.0f} tok/s ({m['prefill_speedup']:.2f}x), "
-                         f"decode {m['decode_ms_per_token']:.1f} ms/token ({m['decode_speedup']:.2f}x) on "
-                         f"{m['speed_device']}")
+        lines += _speed_lines(m)
         lines.append(f"  weights     {human_bytes(m['weight_bytes'])} vs {human_bytes(m['weight_bytes_baseline'])} "
                      f"({m['weight_reduction']:.2f}x smaller)")
         if "peak_memory_bytes" in m:
             lines.append(f"  peak memory {human_bytes(m['peak_memory_bytes'])} vs "
                          f"{human_bytes(m['peak_memory_bytes_baseline'])} ({m['peak_memory_method']})")
+        if "eval_protocol" in m:
+            lines.append(f"  protocol    {m['eval_protocol']}: {m['eval_protocol_text']}")
         lines.append(f"  written to  {self.output_dir}")
         if x.get("mlflow_run_id"):
             lines.append(f"  MLflow run  {x['mlflow_run_id']} in {x['tracking_uri']} (browse: qrecipe ui)")
         return "\n".join(lines)
+
+
+def _speedup(m: dict[str, Any], name: str) -> str:
+    text = f"{m[f'{name}_speedup']:.2f}x ({m[f'{name}_speedup_low']:.2f}-{m[f'{name}_speedup_high']:.2f})"
+    return text + (f" NOISY: {m[f'{name}_noise']}" if m.get(f"{name}_noisy") else "")
+
+
+def _speed_lines(m: dict[str, Any]) -> list[str]:
+    """Measured speed with its interval and noise flags, what ran it, and the prediction."""
+    lines = []
+    if "decode_speedup" in m:
+        lines += [f"  speed       measured on {m['speed_device_name']}, {m['speed_timing']}, {m['speed_repeats']} repeats "
+                  f"(speedup: median of paired ratios, interquartile range in brackets)",
+                  f"              prefill {m['prefill_tokens_per_s']:,.0f} tok/s, {_speedup(m, 'prefill')}",
+                  f"              decode  {m['decode_ms_per_token']:.3g} ms/token, {_speedup(m, 'decode')}"]
+        if m.get("speed_timing_note"):
+            lines.append(f"              timed sequentially: {m['speed_timing_note']}")
+        if m.get("speed_caveat"):
+            lines.append(f"              {m['speed_caveat']}")
+    if "predicted_decode_speedup" in m:
+        pred = f"decode {m['predicted_decode_ms_per_token']:.3g} ms/token ({m['predicted_decode_speedup']:.2f}x)"
+        if "predicted_prefill_speedup" in m:
+            pred += f", prefill {m['predicted_prefill_tokens_per_s']:,.0f} tok/s ({m['predicted_prefill_speedup']:.2f}x)"
+        lines.append(f"  predicted   on {m['predicted_for']} (roofline, not measured): {pred}")
+        if "decode_measured_over_predicted" in m:
+            ratio = f"decode {m['decode_measured_over_predicted']:.2f}"
+            if "prefill_measured_over_predicted" in m:
+                ratio += f", prefill {m['prefill_measured_over_predicted']:.2f}"
+            lines.append(f"              measured / predicted throughput on the target's GPU: {ratio}")
+    return lines
 
 
 def say(msg: str) -> None:
@@ -182,6 +214,7 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
              step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
     torch.manual_seed(settings.run.seed)
     dtype_name = str(dtype).replace("torch.", "")
+    protocol = eval_protocol(settings, device, dtype)
     step(f"loading {settings.model.name} ({dtype}, {device}) ...")
     model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     inputs = suite.prepare_inputs(settings, tokenizer)
@@ -191,12 +224,17 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
                              {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
                               "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder))
     step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
-    report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
-    backends = prepare_model(model)
-    step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the baseline ...")
+    timer = suite.SpeedTimer(settings, inputs, model, device, step)
+    try:
+        report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
+        backends = prepare_model(model)
+        step(f"quantized {report.layers} layers in {report.seconds:.1f}s")
+        speed = suite.measure_variant_speed(timer, model, step)
+    finally:
+        timer.release()
+    used = backend_record(model, settings.target, device.type, device_label(device))
+    step("scoring the variant against the baseline ...")
     metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
-    step("timing the variant ...")
-    speed = suite.measure_variant_speed(model, settings, inputs)
     method = peak_method(settings.eval.memory.method, device)
     if settings.run.save_checkpoint or method == "child":  # the child process loads the variant from it
         step("writing checkpoint ...")
@@ -208,28 +246,32 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
         shutil.rmtree(staging / "model", ignore_errors=True)
     step("per-layer error ...")
     errors = layer_errors(model, _original_weights(settings))
-    metrics.update(suite.speed_and_memory_metrics(base, speed, peak, weight_bytes(model), method))
+    metrics.update(suite.memory_metrics(base, peak, weight_bytes(model), method))
+    metrics.update(speed)
+    metrics.update(used)
+    metrics.update(suite.prediction_metrics(plan.roofline, speed, bool(used["speed_on_target"])))
     metrics.update(summarize(errors))
     metrics.update({
         "baseline_cached": base.cached, "quantize_seconds": report.seconds, "layers_quantized": report.layers,
-        "layers_emulated": sum(1 for lp in plan.layers if lp.emulated), "device": str(device), "dtype": dtype_name,
+        "device": str(device), "dtype": dtype_name, "eval_protocol": protocol_hash(protocol),
+        "eval_protocol_text": describe_protocol(protocol),
     })
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees
         log.warning("backends differ from the plan for %d layers (e.g. %s)", len(mismatched), next(iter(mismatched)))
     if report.calibration_tokens:
         metrics["calibration_tokens"] = report.calibration_tokens
-    _write(settings, plan, metrics, report.notes, errors, staging, calibrated=bool(report.calibration_tokens))
+    _write(settings, plan, metrics, report.notes, errors, staging, protocol, calibrated=bool(report.calibration_tokens))
     return metrics, errors
 
 
 def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], errors: list[dict], staging: Path,
-           calibrated: bool = False) -> None:
+           protocol: dict[str, Any], calibrated: bool = False) -> None:
     (staging / "config.yaml").write_text(settings.resolved_yaml())
     (staging / "recipe.yaml").write_text(OmegaConf.to_yaml(settings.raw.recipe, resolve=True))
     (staging / "plan.json").write_text(plan.to_json())
     (staging / "plan.txt").write_text(render_plan(plan, expand=True) + "\n")
-    record: dict[str, Any] = {"metrics": metrics, "notes": notes}
+    record: dict[str, Any] = {"metrics": metrics, "notes": notes, "eval_protocol": protocol}
     if calibrated:  # which data the calibrated layers saw: part of what makes the variant
         c = settings.calib
         record["calibration"] = {"data": c.data.name, "path": c.data.path, "split": c.data.split,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from .roofline import describe_roofline
 from .types import Plan
 
 _INDEX = re.compile(r"\.(\d+)\.")
@@ -92,5 +93,6 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
         if "kv_cache_tokens_after_at_tp_before" in c:
             lines.append(f"  after, on the baseline's {c['min_tp_before']} devices: KV cache "
                          f"~{c['kv_cache_tokens_after_at_tp_before']:,} tokens")
+    lines += describe_roofline(plan.roofline)
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
