@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# as the CLI does (engine/cli.py): idle OpenMP threads sleep, so a busy shared CPU does not stall them
+# as the CLI does (registry/cli.py): idle OpenMP threads sleep, so a busy shared CPU does not stall them
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
