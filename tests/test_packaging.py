@@ -5,6 +5,7 @@ the checkout (what `pip install .` would put in site-packages), not from paths o
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -42,8 +43,12 @@ def test_declared_packages_import_under_qrecipe():
 @pytest.fixture(scope="module")
 def wheel_files(tmp_path_factory) -> list[str]:
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy, so setuptools' build/ and egg-info folders never land in the checkout
+    source = out / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".cache", "build", "*.egg-info",
+                                                                "__pycache__", "qrecipe_runs", "bench"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-                    str(out), str(ROOT)], check=True, capture_output=True, text=True, timeout=300)
+                    str(out), str(source)], check=True, capture_output=True, text=True, timeout=300)
     (wheel,) = out.glob("qrecipe-*.whl")
     with zipfile.ZipFile(wheel) as z:
         return z.namelist()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from ..schemes import SCHEMES
 from ..tables import human_bytes, text_table
 from .types import Plan
 
@@ -29,7 +30,7 @@ def _rows(plan: Plan, expand: bool) -> list[list[str]]:
         m = _INDEX.search(lp.name)
         key_name = lp.name if expand or not m else _INDEX.sub(".*.", lp.name, count=1)
         group = "channel" if lp.group_size is None else f"g{lp.group_size}"
-        scheme = f"{lp.scheme}" + (f" {group}" if lp.is_quantized and lp.scheme in ("W4A16", "W8A16") else "") + \
+        scheme = f"{lp.scheme}" + (f" {group}" if lp.is_quantized and SCHEMES[lp.scheme].group_sizes else "") + \
             ("" if lp.symmetric in (None, True) else " asym") + \
             (f" {lp.activation}" if lp.activation not in (None, "none") else "")
         key = (key_name, lp.out_features, lp.in_features, scheme, lp.algorithm or "-",
