@@ -1,9 +1,11 @@
-"""One recipe run: plan, record its start, load, measure the baseline, quantize, measure the
-variant against it, write the variant folder, record the result (MLflow and the registry).
+"""One recipe run: plan, load, measure the baseline, quantize, measure the variant against it,
+write the variant folder. The run returns its result and tells its caller what it is doing
+through typed stage events (engine/events.py); it records nothing itself: a caller that keeps
+records passes a Recorder (engine/recording.py), e.g. the registry's (registry/recorder.py).
 
 The output folder is staged under a hidden name and renamed into place only when every
-file is written, so a failed run leaves nothing half-written behind; the registry then
-marks the run failed and its MLflow run is ended FAILED (registry/recorder.py).
+file is written, so a failed run leaves nothing half-written behind; the recorder is then
+told the run failed.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
 from .evaluate.protocol import describe_protocol, eval_protocol, protocol_hash
 from .evaluate.tasks import check_task_data
+from .events import OnEvent, RunEvent, Stage
 from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
-from .plan.render import human_bytes, render_plan
+from .plan.render import render_plan
+from .tables import human_bytes
 from .planning import build_plan, local_device
 from .quantize import prepare_model, quantize_model
+from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +123,23 @@ def say(msg: str) -> None:
 
 class Steps:
     """Progress lines stamped with the seconds since the run started (where the time goes);
-    each is also passed to on_event("step", {"message": ...}) when a caller listens (a job)."""
+    each is also passed to on_event as a RunEvent of the stage the run is in."""
 
-    def __init__(self, on_event: Callable[[str, dict], None] | None = None) -> None:
+    def __init__(self, on_event: OnEvent | None = None) -> None:
         self.start = time.monotonic()
         self.on_event = on_event
+        self.stage = Stage.STARTED
 
-    def __call__(self, msg: str) -> None:
+    def __call__(self, msg: str, stage: Stage | None = None) -> None:
+        """Print msg; `stage` when the run enters a new stage."""
+        self.stage = stage or self.stage
         say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
         if self.on_event is not None:
-            self.on_event("step", {"message": msg})
+            self.on_event(RunEvent(self.stage, msg))
 
 
 def _output_dir(settings: Settings, plan: Plan) -> Path:
-    """Where the variant folder should go (checked before any work; reserved by _reserve)."""
+    """Where the variant folder should go (checked before any work; reserved by reserve_output)."""
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
         if out.exists():
@@ -143,7 +151,7 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
     return Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
 
 
-def _reserve(out: Path, numbered: bool) -> tuple[Path, Path]:
+def reserve_output(out: Path, numbered: bool) -> tuple[Path, Path]:
     """(folder, its staging folder), the staging folder created here and by no one else.
 
     Runs started in the same second with the same recipe want the same name; creating the
@@ -167,11 +175,11 @@ def _reserve(out: Path, numbered: bool) -> tuple[Path, Path]:
     raise RuntimeError(f"no free run folder name next to {out}")
 
 
-def run(cfg: DictConfig, progress: bool = True, on_event: Callable[[str, dict], None] | None = None) -> RunResult:
-    """on_event(name, data), when given, hears "started" (the registry run: variant_id,
-    run_number) and each "step" of the run: how a job reports its progress."""
-    from ..registry.recorder import RunRecorder
-
+def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True,
+        on_event: OnEvent | None = None) -> RunResult:
+    """Run the recipe in `cfg`. `recorder` keeps the record of the run (none by default);
+    `on_event` hears a RunEvent at each step (how a job reports its stage and progress)."""
+    recorder = recorder if recorder is not None else NullRecorder()
     step = Steps(on_event)
     settings = load_settings(cfg)
     device = local_device(settings)
@@ -183,15 +191,14 @@ def run(cfg: DictConfig, progress: bool = True, on_event: Callable[[str, dict], 
     say(render_plan(plan))
     out = _output_dir(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
-    recorder = RunRecorder(settings, plan, info.model_type, str(device), str(dtype).replace("torch.", ""))
-    if on_event is not None:
-        on_event("started", recorder.summary())
-    step(recorder.describe_start())
+    protocol = eval_protocol(settings, device, dtype)  # how it is measured: compare only runs measured alike
+    step(recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype), protocol)),
+         Stage.STARTED)
     staging, renamed = None, False
     try:
-        out, staging = _reserve(out, numbered=not settings.run.output_dir)
-        metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
-        recorder.log_outputs(staging, metrics, errors)
+        out, staging = reserve_output(out, numbered=not settings.run.output_dir)
+        metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol)
+        recorder.outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
         recorder.succeed(out.resolve(), metrics)
@@ -200,8 +207,13 @@ def run(cfg: DictConfig, progress: bool = True, on_event: Callable[[str, dict], 
         if staging is not None:
             shutil.rmtree(out if renamed else staging, ignore_errors=True)
         raise
+    step(f"done: {out.resolve()}", Stage.DONE)
     return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
                      extra=recorder.summary())
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _original_weights(settings: Settings) -> Path | None:
@@ -210,41 +222,45 @@ def _original_weights(settings: Settings) -> Path | None:
     return Path(loc.source) if loc.local and not loc.gguf_file else None
 
 
-def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path, recorder,
-             step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
+def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path,
+             recorder: Recorder, step: Steps, progress: bool,
+             protocol: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
     torch.manual_seed(settings.run.seed)
-    dtype_name = str(dtype).replace("torch.", "")
-    protocol = eval_protocol(settings, device, dtype)
-    step(f"loading {settings.model.name} ({dtype}, {device}) ...")
+    dtype_name = _dtype_name(dtype)
+    step(f"loading {settings.model.name} ({dtype}, {device}) ...", Stage.LOADING)
     model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     inputs = suite.prepare_inputs(settings, tokenizer)
-    step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device))
+    step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device),
+         Stage.BASELINE)
     base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
-    recorder.record_baseline(base.key, str(device), dtype_name, base.key_parts,
-                             {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
-                              "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder))
-    step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
+    recorder.baseline(BaselineRecord(base.key, str(device), dtype_name, base.key_parts,
+                                     {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
+                                      "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder)))
+    step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}", Stage.BASELINE)
+    # before quantizing: keeps a float copy of the baseline (interleaved timing) or times it now
     timer = suite.SpeedTimer(settings, inputs, model, device, step)
     try:
+        step("quantizing ...", Stage.QUANTIZING)
         report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
         backends = prepare_model(model)
-        step(f"quantized {report.layers} layers in {report.seconds:.1f}s")
+        step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the "
+             f"baseline ...", Stage.SCORING)
+        metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
+        step("timing ...", Stage.TIMING)
         speed = suite.measure_variant_speed(timer, model, step)
     finally:
         timer.release()
     used = backend_record(model, settings.target, device.type, device_label(device))
-    step("scoring the variant against the baseline ...")
-    metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
     method = peak_method(settings.eval.memory.method, device)
     if settings.run.save_checkpoint or method == "child":  # the child process loads the variant from it
-        step("writing checkpoint ...")
+        step("writing checkpoint ...", Stage.CHECKPOINT)
         save_checkpoint(model, tokenizer, plan, staging / "model")
     if method != "off":
-        step("peak memory of the variant ...")
+        step("peak memory of the variant ...", Stage.PEAK_MEMORY)
     peak = suite.measure_variant_peak(settings, device, model, staging / "model")
     if not settings.run.save_checkpoint:
         shutil.rmtree(staging / "model", ignore_errors=True)
-    step("per-layer error ...")
+    step("per-layer error ...", Stage.LAYER_ERROR)
     errors = layer_errors(model, _original_weights(settings))
     metrics.update(suite.memory_metrics(base, peak, weight_bytes(model), method))
     metrics.update(speed)

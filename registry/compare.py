@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from qrecipe.engine.plan.render import _table
+from qrecipe.engine.tables import text_table
 from qrecipe.engine.targets import Target, parse_target
 
 from .models import Variant
@@ -71,7 +71,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 
 def render_text(rows: list[dict[str, Any]]) -> str:
-    return _table(COLUMNS, [_cells(r) for r in rows])
+    return text_table(COLUMNS, [_cells(r) for r in rows])
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qrecipe.engine.config.settings import Settings
-from qrecipe.engine.plan.render import human_bytes
+from qrecipe.engine.tables import human_bytes
 
 from . import plots
 from .compare import legend, markdown_table, matrix_row, render_markdown, shipped_targets

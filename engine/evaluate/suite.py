@@ -26,8 +26,8 @@ import torch
 from ..config.settings import Settings, SpeedSpec
 from ..data import load_documents, token_windows
 from ..errors import ConfigError
-from ..plan.render import human_bytes
 from ..plan.roofline import roofline_metrics
+from ..tables import human_bytes
 from .baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline,
                              save_baseline)
 from .divergence import compare_pass, reference_pass
