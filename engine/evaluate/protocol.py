@@ -87,13 +87,13 @@ def describe_protocol(protocol: dict[str, Any] | None) -> str:
     1x8 at 256; cpu float32`."""
     if not protocol:
         return "not recorded (a run from before protocols were recorded)"
-    texts = ", ".join(f"{t['name']}" + (f" (sha256 {t['file']['sha256'][:8]})" if t.get("file") else "")
-                      for t in protocol["texts"])
-    parts = [f"{texts} {protocol['windows']}x{protocol['seq_len']} tokens"]
+    texts = ", ".join(f"{t.get('name', '?')}" + (f" (sha256 {t['file']['sha256'][:8]})" if t.get("file") else "")
+                      for t in protocol.get("texts", [])) or "no text"
+    parts = [f"{texts} {protocol.get('windows', '?')}x{protocol.get('seq_len', '?')} tokens"]
     tasks = protocol.get("tasks")
     parts.append(f"tasks {','.join(tasks['families'])} x{tasks['prompts']}" if tasks else "no tasks")
     s = protocol.get("speed")
     parts.append(f"speed prefill {s['batch_size']}x{s['prompt_len']}, decode {s['decode_batch_size']}x"
                  f"{s['new_tokens']} at {s['context_len']}" if s else "no speed")
-    parts.append(f"{protocol['device']} {protocol['dtype']}")
+    parts.append(f"{protocol.get('device', '?')} {protocol.get('dtype', '?')}")
     return "; ".join(parts)
