@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import metric_names as M
 from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
@@ -59,26 +60,29 @@ class RunResult:
         lines = [
             f"variant {x.get('variant_id') or self.plan.recipe} ({self.plan.recipe} of {self.plan.model_id} for "
             f"{self.plan.target}, {self.plan.scheme_mix()})",
-            f"  perplexity  {m['ppl']:.4f} vs baseline {m['ppl_baseline']:.4f} ({m['ppl_delta_pct']:+.2f}%) "
-            f"on {m['eval_tokens']:,} tokens of {m['eval_data']}",
-            f"  divergence  KL {m['kl_mean']:.4f} mean, {m['kl_p99']:.4f} p99; top-1 agreement "
-            f"{100 * m['top1_agreement']:.1f}%",
+            f"  perplexity  {m[M.PPL]:.4f} vs baseline {m[M.PPL_BASELINE]:.4f} ({m[M.PPL_DELTA_PCT]:+.2f}%) "
+            f"on {m[M.EVAL_TOKENS]:,} tokens of {m[M.EVAL_DATA]}",
+            f"  divergence  KL {m[M.KL_MEAN]:.4f} mean, {m[M.KL_P99]:.4f} p99; top-1 agreement "
+            f"{100 * m[M.TOP1_AGREEMENT]:.1f}%",
         ]
         families = sorted({k.split(".")[1] for k in m if k.startswith("task.") and k.count(".") == 2})
         if families:
-            lines.append("  tasks       " + "; ".join(
-                f"{f} {m[f'task.{f}.greedy_match']:.2f} match, {m[f'task.{f}.loglik_delta']:+.3f} loglik"
-                + (f", {m[f'task.{f}.valid_rate']:.2f} valid" if f"task.{f}.valid_rate" in m else "")
-                for f in families))
-        if "decode_speedup" in m:
-            lines.append(f"  speed       prefill {m['prefill_tokens_per_s']:,.0f} tok/s ({m['prefill_speedup']:.2f}x), "
-                         f"decode {m['decode_ms_per_token']:.1f} ms/token ({m['decode_speedup']:.2f}x) on "
-                         f"{m['speed_device']}")
-        lines.append(f"  weights     {human_bytes(m['weight_bytes'])} vs {human_bytes(m['weight_bytes_baseline'])} "
-                     f"({m['weight_reduction']:.2f}x smaller)")
-        if "peak_memory_bytes" in m:
-            lines.append(f"  peak memory {human_bytes(m['peak_memory_bytes'])} vs "
-                         f"{human_bytes(m['peak_memory_bytes_baseline'])} ({m['peak_memory_method']})")
+            def task(f: str) -> str:
+                valid = M.task_metric(f, M.VALID_RATE)
+                return (f"{f} {m[M.task_metric(f, M.GREEDY_MATCH)]:.2f} match, "
+                        f"{m[M.task_metric(f, M.LOGLIK_DELTA)]:+.3f} loglik"
+                        + (f", {m[valid]:.2f} valid" if valid in m else ""))
+            lines.append("  tasks       " + "; ".join(task(f) for f in families))
+        if M.DECODE_SPEEDUP in m:
+            lines.append(f"  speed       prefill {m[M.PREFILL_TOKENS_PER_S]:,.0f} tok/s ({m[M.PREFILL_SPEEDUP]:.2f}x), "
+                         f"decode {m[M.DECODE_MS_PER_TOKEN]:.1f} ms/token ({m[M.DECODE_SPEEDUP]:.2f}x) on "
+                         f"{m[M.SPEED_DEVICE]}")
+        lines.append(f"  weights     {human_bytes(m[M.WEIGHT_BYTES])} vs {human_bytes(m[M.WEIGHT_BYTES_BASELINE])} "
+                     f"({m[M.WEIGHT_REDUCTION]:.2f}x smaller)")
+        if M.PEAK_MEMORY_BYTES in m:
+            lines.append(f"  peak memory {human_bytes(m[M.PEAK_MEMORY_BYTES])} vs "
+                         f"{human_bytes(m[M.PEAK_MEMORY_BYTES_BASELINE])} ({m[M.PEAK_MEMORY_METHOD]})")
+        lines += [f"  note        {n}" for n in x.get("notes", [])]
         lines.append(f"  written to  {self.output_dir}")
         if x.get("mlflow_run_id"):
             lines.append(f"  MLflow run  {x['mlflow_run_id']} in {x['tracking_uri']} (browse: qrecipe ui)")
@@ -224,14 +228,14 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     metrics.update(suite.speed_and_memory_metrics(base, speed, peak, weight_bytes(model), method))
     metrics.update(summarize(errors))
     metrics.update({
-        "baseline_cached": base.cached, "quantize_seconds": report.seconds, "layers_quantized": report.layers,
-        "layers_emulated": sum(1 for lp in plan.layers if lp.emulated), "device": str(device), "dtype": dtype_name,
+        M.BASELINE_CACHED: base.cached, M.QUANTIZE_SECONDS: report.seconds, M.LAYERS_QUANTIZED: report.layers,
+        M.LAYERS_EMULATED: sum(1 for lp in plan.layers if lp.emulated), M.DEVICE: str(device), M.DTYPE: dtype_name,
     })
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees
         log.warning("backends differ from the plan for %d layers (e.g. %s)", len(mismatched), next(iter(mismatched)))
     if report.calibration_tokens:
-        metrics["calibration_tokens"] = report.calibration_tokens
+        metrics[M.CALIBRATION_TOKENS] = report.calibration_tokens
     _write(settings, plan, metrics, report.notes, errors, staging, calibrated=bool(report.calibration_tokens))
     return metrics, errors
 

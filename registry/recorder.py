@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.config.settings import Settings
 from qrecipe.engine.errors import QRecipeError
 from qrecipe.engine.plan import Plan
@@ -153,9 +154,9 @@ class RunRecorder:
         if self.mlflow is None:
             return
         self.mlflow.log_metrics(metrics)
-        self.mlflow.set_tags({"qrecipe.device": str(metrics.get("device", "")),
-                              "qrecipe.peak_memory_method": str(metrics.get("peak_memory_method", "-")),
-                              "qrecipe.worst_family": str(metrics.get("task.worst_family", "-"))})
+        self.mlflow.set_tags({"qrecipe.device": str(metrics.get(M.DEVICE, "")),
+                              "qrecipe.peak_memory_method": str(metrics.get(M.PEAK_MEMORY_METHOD, "-")),
+                              "qrecipe.worst_family": str(metrics.get(M.TASK_WORST_FAMILY, "-"))})
         for name in RUN_FILES:
             if (staging / name).is_file():
                 self.mlflow.log_artifact(staging / name)
@@ -170,7 +171,7 @@ class RunRecorder:
             points += [plots.point(f"{v.recipe_name}@{v.target}", v.metrics)
                        for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
                        if v.id != self.variant_id and v.metrics]
-        out.append(plots.quality_vs_memory(points, metrics.get("weight_bytes_baseline"),
+        out.append(plots.quality_vs_memory(points, metrics.get(M.WEIGHT_BYTES_BASELINE),
                                            folder / "quality_vs_memory.png",
                                            f"{self.plan.model_id}: quality vs weight memory"))
         if layer_errors:
