@@ -11,7 +11,6 @@ told the run failed.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 import time
@@ -40,7 +39,6 @@ from .planning import build_plan, local_device
 from .quantize import prepare_model, quantize_model
 from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,7 +165,7 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     staging, renamed = None, False
     try:
         out, staging = reserve_output(out, numbered=not settings.run.output_dir)
-        metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
+        metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
         recorder.outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
@@ -179,7 +177,7 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
         raise
     step(f"done: {out.resolve()}", Stage.DONE)
     return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
-                     extra=recorder.summary())
+                     extra={**recorder.summary(), "notes": notes})
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -193,7 +191,8 @@ def _original_weights(settings: Settings) -> Path | None:
 
 
 def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path,
-             recorder: Recorder, step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
+             recorder: Recorder, step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict], list[str]]:
+    """(metrics, per-layer errors, notes): the notes say every fallback the run took."""
     torch.manual_seed(settings.run.seed)
     dtype_name = _dtype_name(dtype)
     step(f"loading {settings.model.name} ({dtype}, {device}) ...", Stage.LOADING)
@@ -233,11 +232,16 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     })
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees
-        log.warning("backends differ from the plan for %d layers (e.g. %s)", len(mismatched), next(iter(mismatched)))
+        name, got = next(iter(mismatched.items()))
+        report.notes.append(f"{len(mismatched)} layers run on another backend than the plan says (e.g. {name}: "
+                            f"{got}, planned {plan.layer(name).backend})")
     if report.calibration_tokens:
         metrics[M.CALIBRATION_TOKENS] = report.calibration_tokens
-    _write(settings, plan, metrics, report.notes, errors, staging, calibrated=bool(report.calibration_tokens))
-    return metrics, errors
+    notes = list(dict.fromkeys(plan.notes + base.notes + report.notes))
+    for note in report.notes:
+        step(f"note: {note}")
+    _write(settings, plan, metrics, notes, errors, staging, calibrated=bool(report.calibration_tokens))
+    return metrics, errors, notes
 
 
 def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], errors: list[dict], staging: Path,

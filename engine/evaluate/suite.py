@@ -21,8 +21,8 @@ import torch
 from .. import metric_names as M
 from ..config.settings import Settings
 from ..data import load_documents, token_windows
-from .baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline,
-                             save_baseline)
+from .baseline_cache import (BaselineOutputs, UnreadableCache, baseline_key, baseline_key_parts, cache_folder,
+                             load_baseline, save_baseline)
 from .divergence import compare_pass, reference_pass
 from .memory import child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
 from .speed import SpeedResult, measure_speed, speed_tokens
@@ -51,6 +51,7 @@ class BaselineSide:
     weight_bytes: int
     speed: SpeedResult | None
     peak_bytes: int | None
+    notes: list[str] = dataclasses.field(default_factory=list)  # what did not go the usual way
 
 
 def prepare_inputs(settings: Settings, tokenizer) -> EvalInputs:
@@ -105,8 +106,19 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
     key = baseline_key(parts)
     folder = cache_folder(settings, key)
     sources = [it.source for it in inputs.items]
-    outputs = load_baseline(folder)
-    cached = outputs is not None and outputs.task_sources == sources and set(outputs.texts) == set(inputs.windows)
+    notes: list[str] = []
+    try:
+        outputs = load_baseline(folder)
+    except UnreadableCache as e:
+        outputs = None
+        notes.append(f"the cached baseline outputs in {folder} could not be used ({e}); recomputed and replaced")
+    stale = outputs is not None and (outputs.task_sources != sources or set(outputs.texts) != set(inputs.windows))
+    if stale:
+        notes.append(f"the cached baseline outputs in {folder} hold other texts or task prompts than this run's; "
+                     f"recomputed and replaced")
+    cached = outputs is not None and not stale
+    for note in notes:
+        say(f"note: {note}")
     if cached:
         say(f"baseline outputs: cached ({folder})")
     else:
@@ -115,8 +127,8 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
                  for name, w in inputs.windows.items()}
         tasks = baseline_tasks(model, tokenizer, inputs.items, ev.tasks, progress) if inputs.items else None
         outputs = BaselineOutputs(texts, tasks, sources)
-        save_baseline(folder, outputs, {"key": key, "parts": parts,
-                                        "ppl": {n: r.ppl for n, r in texts.items()}})
+        save_baseline(folder, outputs, {"key": key, "parts": parts, "ppl": {n: r.ppl for n, r in texts.items()}},
+                      replace=bool(notes))
     speed = None
     if ev.speed.enabled:
         say("timing the baseline ...")
@@ -125,7 +137,7 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
         say("peak memory of the baseline ...")
     peak = _peak(settings, device, model, {"model": dataclasses.asdict(settings.model),
                                            "cache": str(settings.paths.cache), "dtype": str(dtype).split(".")[-1]})
-    return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), speed, peak)
+    return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), speed, peak, notes)
 
 
 def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalInputs, base: BaselineSide,
