@@ -11,7 +11,6 @@ told the run failed.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import metric_names as M
 from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
@@ -42,7 +42,6 @@ from .planning import build_plan, local_device
 from .quantize import prepare_model, quantize_model
 from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,57 +61,66 @@ class RunResult:
         lines = [
             f"variant {x.get('variant_id') or self.plan.recipe} ({self.plan.recipe} of {self.plan.model_id} for "
             f"{self.plan.target}, {self.plan.scheme_mix()})",
-            f"  perplexity  {m['ppl']:.4f} vs baseline {m['ppl_baseline']:.4f} ({m['ppl_delta_pct']:+.2f}%) "
-            f"on {m['eval_tokens']:,} tokens of {m['eval_data']}",
-            f"  divergence  KL {m['kl_mean']:.4f} mean, {m['kl_p99']:.4f} p99; top-1 agreement "
-            f"{100 * m['top1_agreement']:.1f}%",
+            f"  perplexity  {m[M.PPL]:.4f} vs baseline {m[M.PPL_BASELINE]:.4f} ({m[M.PPL_DELTA_PCT]:+.2f}%) "
+            f"on {m[M.EVAL_TOKENS]:,} tokens of {m[M.EVAL_DATA]}",
+            f"  divergence  KL {m[M.KL_MEAN]:.4f} mean, {m[M.KL_P99]:.4f} p99; top-1 agreement "
+            f"{100 * m[M.TOP1_AGREEMENT]:.1f}%",
         ]
         families = sorted({k.split(".")[1] for k in m if k.startswith("task.") and k.count(".") == 2})
         if families:
-            lines.append("  tasks       " + "; ".join(
-                f"{f} {m[f'task.{f}.greedy_match']:.2f} match, {m[f'task.{f}.loglik_delta']:+.3f} loglik"
-                + (f", {m[f'task.{f}.valid_rate']:.2f} valid" if f"task.{f}.valid_rate" in m else "")
-                for f in families))
+            def task(f: str) -> str:
+                valid = M.task_metric(f, M.VALID_RATE)
+                return (f"{f} {m[M.task_metric(f, M.GREEDY_MATCH)]:.2f} match, "
+                        f"{m[M.task_metric(f, M.LOGLIK_DELTA)]:+.3f} loglik"
+                        + (f", {m[valid]:.2f} valid" if valid in m else ""))
+            lines.append("  tasks       " + "; ".join(task(f) for f in families))
         lines += _speed_lines(m)
-        lines.append(f"  weights     {human_bytes(m['weight_bytes'])} vs {human_bytes(m['weight_bytes_baseline'])} "
-                     f"({m['weight_reduction']:.2f}x smaller)")
-        if "peak_memory_bytes" in m:
-            lines.append(f"  peak memory {human_bytes(m['peak_memory_bytes'])} vs "
-                         f"{human_bytes(m['peak_memory_bytes_baseline'])} ({m['peak_memory_method']})")
-        if "eval_protocol" in m:
-            lines.append(f"  protocol    {m['eval_protocol']}: {m['eval_protocol_text']}")
+        lines.append(f"  weights     {human_bytes(m[M.WEIGHT_BYTES])} vs {human_bytes(m[M.WEIGHT_BYTES_BASELINE])} "
+                     f"({m[M.WEIGHT_REDUCTION]:.2f}x smaller)")
+        if M.PEAK_MEMORY_BYTES in m:
+            lines.append(f"  peak memory {human_bytes(m[M.PEAK_MEMORY_BYTES])} vs "
+                         f"{human_bytes(m[M.PEAK_MEMORY_BYTES_BASELINE])} ({m[M.PEAK_MEMORY_METHOD]})")
+        if M.EVAL_PROTOCOL in m:
+            lines.append(f"  protocol    {m[M.EVAL_PROTOCOL]}: {m[M.EVAL_PROTOCOL_TEXT]}")
+        lines += [f"  note        {n}" for n in x.get("notes", [])]
         lines.append(f"  written to  {self.output_dir}")
         if x.get("mlflow_run_id"):
             lines.append(f"  MLflow run  {x['mlflow_run_id']} in {x['tracking_uri']} (browse: qrecipe ui)")
         return "\n".join(lines)
 
 
-def _speedup(m: dict[str, Any], name: str) -> str:
-    text = f"{m[f'{name}_speedup']:.2f}x ({m[f'{name}_speedup_low']:.2f}-{m[f'{name}_speedup_high']:.2f})"
-    return text + (f" NOISY: {m[f'{name}_noise']}" if m.get(f"{name}_noisy") else "")
+_SIDES = {"prefill": (M.PREFILL_SPEEDUP, M.PREFILL_SPEEDUP_LOW, M.PREFILL_SPEEDUP_HIGH, M.PREFILL_NOISY,
+                      M.PREFILL_NOISE),
+          "decode": (M.DECODE_SPEEDUP, M.DECODE_SPEEDUP_LOW, M.DECODE_SPEEDUP_HIGH, M.DECODE_NOISY, M.DECODE_NOISE)}
+
+
+def _speedup(m: dict[str, Any], side: str) -> str:
+    value, low, high, noisy, noise = _SIDES[side]
+    return f"{m[value]:.2f}x ({m[low]:.2f}-{m[high]:.2f})" + (f" NOISY: {m[noise]}" if m.get(noisy) else "")
 
 
 def _speed_lines(m: dict[str, Any]) -> list[str]:
     """Measured speed with its interval and noise flags, what ran it, and the prediction."""
     lines = []
-    if "decode_speedup" in m:
-        lines += [f"  speed       measured on {m['speed_device_name']}, {m['speed_timing']}, {m['speed_repeats']} repeats "
-                  f"(speedup: median of paired ratios, interquartile range in brackets)",
-                  f"              prefill {m['prefill_tokens_per_s']:,.0f} tok/s, {_speedup(m, 'prefill')}",
-                  f"              decode  {m['decode_ms_per_token']:.3g} ms/token, {_speedup(m, 'decode')}"]
-        if m.get("speed_timing_note"):
-            lines.append(f"              timed sequentially: {m['speed_timing_note']}")
-        if m.get("speed_caveat"):
-            lines.append(f"              {m['speed_caveat']}")
-    if "predicted_decode_speedup" in m:
-        pred = f"decode {m['predicted_decode_ms_per_token']:.3g} ms/token ({m['predicted_decode_speedup']:.2f}x)"
-        if "predicted_prefill_speedup" in m:
-            pred += f", prefill {m['predicted_prefill_tokens_per_s']:,.0f} tok/s ({m['predicted_prefill_speedup']:.2f}x)"
-        lines.append(f"  predicted   on {m['predicted_for']} (roofline, not measured): {pred}")
-        if "decode_measured_over_predicted" in m:
-            ratio = f"decode {m['decode_measured_over_predicted']:.2f}"
-            if "prefill_measured_over_predicted" in m:
-                ratio += f", prefill {m['prefill_measured_over_predicted']:.2f}"
+    if M.DECODE_SPEEDUP in m:
+        lines += [f"  speed       measured on {m[M.SPEED_DEVICE_NAME]}, {m[M.SPEED_TIMING]}, {m[M.SPEED_REPEATS]} "
+                  f"repeats (speedup: median of paired ratios, interquartile range in brackets)",
+                  f"              prefill {m[M.PREFILL_TOKENS_PER_S]:,.0f} tok/s, {_speedup(m, 'prefill')}",
+                  f"              decode  {m[M.DECODE_MS_PER_TOKEN]:.3g} ms/token, {_speedup(m, 'decode')}"]
+        if m.get(M.SPEED_TIMING_NOTE):
+            lines.append(f"              timed sequentially: {m[M.SPEED_TIMING_NOTE]}")
+        if m.get(M.SPEED_CAVEAT):
+            lines.append(f"              {m[M.SPEED_CAVEAT]}")
+    if M.PREDICTED_DECODE_SPEEDUP in m:
+        pred = f"decode {m[M.PREDICTED_DECODE_MS_PER_TOKEN]:.3g} ms/token ({m[M.PREDICTED_DECODE_SPEEDUP]:.2f}x)"
+        if M.PREDICTED_PREFILL_SPEEDUP in m:
+            pred += (f", prefill {m[M.PREDICTED_PREFILL_TOKENS_PER_S]:,.0f} tok/s "
+                     f"({m[M.PREDICTED_PREFILL_SPEEDUP]:.2f}x)")
+        lines.append(f"  predicted   on {m[M.PREDICTED_FOR]} (roofline, not measured): {pred}")
+        if M.DECODE_MEASURED_OVER_PREDICTED in m:
+            ratio = f"decode {m[M.DECODE_MEASURED_OVER_PREDICTED]:.2f}"
+            if M.PREFILL_MEASURED_OVER_PREDICTED in m:
+                ratio += f", prefill {m[M.PREFILL_MEASURED_OVER_PREDICTED]:.2f}"
             lines.append(f"              measured / predicted throughput on the target's GPU: {ratio}")
     return lines
 
@@ -197,7 +205,7 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     staging, renamed = None, False
     try:
         out, staging = reserve_output(out, numbered=not settings.run.output_dir)
-        metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol)
+        metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol)
         recorder.outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
@@ -209,7 +217,7 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
         raise
     step(f"done: {out.resolve()}", Stage.DONE)
     return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
-                     extra=recorder.summary())
+                     extra={**recorder.summary(), "notes": notes})
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -224,7 +232,8 @@ def _original_weights(settings: Settings) -> Path | None:
 
 def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path,
              recorder: Recorder, step: Steps, progress: bool,
-             protocol: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
+             protocol: dict[str, Any]) -> tuple[dict[str, Any], list[dict], list[str]]:
+    """(metrics, per-layer errors, notes): the notes say every fallback the run took."""
     torch.manual_seed(settings.run.seed)
     dtype_name = _dtype_name(dtype)
     step(f"loading {settings.model.name} ({dtype}, {device}) ...", Stage.LOADING)
@@ -265,20 +274,26 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     metrics.update(suite.memory_metrics(base, peak, weight_bytes(model), method))
     metrics.update(speed)
     metrics.update(used)
-    metrics.update(suite.prediction_metrics(plan.roofline, speed, bool(used["speed_on_target"])))
+    metrics.update(suite.prediction_metrics(plan.roofline, speed, bool(used[M.SPEED_ON_TARGET])))
     metrics.update(summarize(errors))
     metrics.update({
-        "baseline_cached": base.cached, "quantize_seconds": report.seconds, "layers_quantized": report.layers,
-        "device": str(device), "dtype": dtype_name, "eval_protocol": protocol_hash(protocol),
-        "eval_protocol_text": describe_protocol(protocol),
+        M.BASELINE_CACHED: base.cached, M.QUANTIZE_SECONDS: report.seconds, M.LAYERS_QUANTIZED: report.layers,
+        M.DEVICE: str(device), M.DTYPE: dtype_name, M.EVAL_PROTOCOL: protocol_hash(protocol),
+        M.EVAL_PROTOCOL_TEXT: describe_protocol(protocol),
     })
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees
-        log.warning("backends differ from the plan for %d layers (e.g. %s)", len(mismatched), next(iter(mismatched)))
+        name, got = next(iter(mismatched.items()))
+        report.notes.append(f"{len(mismatched)} layers run on another backend than the plan says (e.g. {name}: "
+                            f"{got}, planned {plan.layer(name).backend})")
     if report.calibration_tokens:
-        metrics["calibration_tokens"] = report.calibration_tokens
-    _write(settings, plan, metrics, report.notes, errors, staging, protocol, calibrated=bool(report.calibration_tokens))
-    return metrics, errors
+        metrics[M.CALIBRATION_TOKENS] = report.calibration_tokens
+    speed_notes = [f"speed timed sequentially: {speed[M.SPEED_TIMING_NOTE]}"] if M.SPEED_TIMING_NOTE in speed else []
+    notes = list(dict.fromkeys(plan.notes + base.notes + report.notes + speed_notes))
+    for note in report.notes + speed_notes:
+        step(f"note: {note}")
+    _write(settings, plan, metrics, notes, errors, staging, protocol, calibrated=bool(report.calibration_tokens))
+    return metrics, errors, notes
 
 
 def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], errors: list[dict], staging: Path,

@@ -21,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.errors import ConfigError, QRecipeError
 
 from .promotion_commands import add_promotion_commands
@@ -86,8 +87,8 @@ def cmd_list(args) -> int:
     for v in variants:
         m = v.metrics or {}
         rows.append([v.id, v.base_model.name, v.recipe_name, v.target, v.status, str(v.runs_count),
-                     _fmt(m.get("ppl_delta_pct"), "+.2f"), _fmt(m.get("kl_mean"), ".4f"),
-                     _fmt(m.get("weight_reduction"), ".2f"), v.scheme_mix, str(v.updated_at)[:19]])
+                     _fmt(m.get(M.PPL_DELTA_PCT), "+.2f"), _fmt(m.get(M.KL_MEAN), ".4f"),
+                     _fmt(m.get(M.WEIGHT_REDUCTION), ".2f"), v.scheme_mix, str(v.updated_at)[:19]])
     print(text_table(["variant", "model", "recipe", "target", "status", "runs", "ppl %", "KL", "memory x", "schemes",
                   "updated"], rows))
     return 0

@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.tables import text_table
 from qrecipe.engine.targets import Target, parse_target
 
@@ -54,10 +55,10 @@ def matrix_row(row: Measured, targets: list[Target]) -> dict[str, Any]:
     variant, m = row.variant, row.metrics
     out: dict[str, Any] = {
         "variant": variant.id, "model": variant.base_model.name, "recipe": variant.recipe_name,
-        "target": variant.target, "run_number": row.run.run_number, "eval_protocol": row.protocol,
-        "serves_on": serves_on(variant.requires or [], m.get("weight_bytes"), targets),
+        "target": variant.target, "run_number": row.run.run_number, M.EVAL_PROTOCOL: row.protocol,
+        "serves_on": serves_on(variant.requires or [], m.get(M.WEIGHT_BYTES), targets),
         "scheme_mix": variant.scheme_mix, "status": variant.status, "runs": variant.runs_count,
-        "worst_family": m.get("task.worst_family"), "worst_family_match": m.get("task.worst_greedy_match"),
+        "worst_family": m.get(M.TASK_WORST_FAMILY), "worst_family_match": m.get(M.TASK_WORST_GREEDY_MATCH),
     }
     out.update({k: m.get(k) for k in MATRIX_METRICS})
     return out
@@ -65,12 +66,12 @@ def matrix_row(row: Measured, targets: list[Target]) -> dict[str, Any]:
 
 # The run metrics a row carries (names as in metrics.json; README "Tracking and registry").
 MATRIX_METRICS = (
-    "weight_reduction", "ppl_delta_pct", "kl_mean", "top1_agreement",
-    "decode_speedup", "decode_speedup_low", "decode_speedup_high", "decode_noisy", "decode_noise",
-    "prefill_speedup", "prefill_speedup_low", "prefill_speedup_high", "prefill_noisy", "prefill_noise",
-    "speed_device_name", "speed_timing", "speed_production", "speed_caveat", "layers_on_fallback", "layers_emulated",
-    "predicted_for", "predicted_decode_speedup", "predicted_prefill_speedup",
-    "decode_measured_over_predicted", "prefill_measured_over_predicted",
+    M.WEIGHT_REDUCTION, M.PPL_DELTA_PCT, M.KL_MEAN, M.TOP1_AGREEMENT,
+    M.DECODE_SPEEDUP, M.DECODE_SPEEDUP_LOW, M.DECODE_SPEEDUP_HIGH, M.DECODE_NOISY, M.DECODE_NOISE,
+    M.PREFILL_SPEEDUP, M.PREFILL_SPEEDUP_LOW, M.PREFILL_SPEEDUP_HIGH, M.PREFILL_NOISY, M.PREFILL_NOISE,
+    M.SPEED_DEVICE_NAME, M.SPEED_TIMING, M.SPEED_PRODUCTION, M.SPEED_CAVEAT, M.LAYERS_ON_FALLBACK, M.LAYERS_EMULATED,
+    M.PREDICTED_FOR, M.PREDICTED_DECODE_SPEEDUP, M.PREDICTED_PREFILL_SPEEDUP,
+    M.DECODE_MEASURED_OVER_PREDICTED, M.PREFILL_MEASURED_OVER_PREDICTED,
 )
 
 
@@ -89,10 +90,10 @@ def speedup_cell(row: dict[str, Any], side: str) -> str:
 
 
 def measured_on(row: dict[str, Any]) -> str:
-    if row.get("speed_device_name") is None:
+    if row.get(M.SPEED_DEVICE_NAME) is None:
         return "-"
-    how = [k for k, key in (("fallback", "layers_on_fallback"), ("emulated", "layers_emulated")) if row.get(key)]
-    return row["speed_device_name"] + (f" ({', '.join(how)})" if how else "")
+    how = [k for k, key in (("fallback", M.LAYERS_ON_FALLBACK), ("emulated", M.LAYERS_EMULATED)) if row.get(key)]
+    return row[M.SPEED_DEVICE_NAME] + (f" ({', '.join(how)})" if how else "")
 
 
 def _pair(row: dict[str, Any], decode: str, prefill: str, spec: str, suffix: str = "") -> str:
@@ -103,14 +104,14 @@ def _pair(row: dict[str, Any], decode: str, prefill: str, spec: str, suffix: str
 
 def _cells(row: dict[str, Any]) -> list[str]:
     worst = "-" if row["worst_family"] is None else f"{row['worst_family']} {row['worst_family_match']:.2f}"
-    predicted = _pair(row, "predicted_decode_speedup", "predicted_prefill_speedup", ".2f", "x")
+    predicted = _pair(row, M.PREDICTED_DECODE_SPEEDUP, M.PREDICTED_PREFILL_SPEEDUP, ".2f", "x")
     if predicted != "-":
         predicted += f" on {row['predicted_for']}"
-    return [row["variant"], row["recipe"], row["target"], _fmt(row["weight_reduction"], ".2f", "x"),
+    return [row["variant"], row["recipe"], row["target"], _fmt(row[M.WEIGHT_REDUCTION], ".2f", "x"),
             speedup_cell(row, "decode"), speedup_cell(row, "prefill"), measured_on(row), predicted,
-            _pair(row, "decode_measured_over_predicted", "prefill_measured_over_predicted", ".2f"),
-            _fmt(row["ppl_delta_pct"], "+.2f", "%"), _fmt(row["kl_mean"], ".4f"),
-            _fmt(None if row["top1_agreement"] is None else 100 * row["top1_agreement"], ".1f", "%"), worst,
+            _pair(row, M.DECODE_MEASURED_OVER_PREDICTED, M.PREFILL_MEASURED_OVER_PREDICTED, ".2f"),
+            _fmt(row[M.PPL_DELTA_PCT], "+.2f", "%"), _fmt(row[M.KL_MEAN], ".4f"),
+            _fmt(None if row[M.TOP1_AGREEMENT] is None else 100 * row[M.TOP1_AGREEMENT], ".1f", "%"), worst,
             ", ".join(row["serves_on"]) or "-"]
 
 
@@ -140,9 +141,9 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
         for side in ("decode", "prefill"):
             if r.get(f"{side}_noise"):
                 out.append(f"{r['variant']} {side} is noisy: {r[f'{side}_noise']}")
-        if r.get("speed_caveat"):
+        if r.get(M.SPEED_CAVEAT):
             out.append(f"{r['variant']}: {r['speed_caveat']}")
-        if r.get("speed_timing") == "sequential":
+        if r.get(M.SPEED_TIMING) == "sequential":
             out.append(f"{r['variant']}: baseline and variant were timed sequentially, not interleaved")
     return out
 

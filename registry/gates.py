@@ -30,18 +30,19 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.errors import ConfigError
 
 # gate -> (metric, comparison)
 _SCALAR_GATES = {
-    "max_ppl_increase_pct": ("ppl_delta_pct", "<="),
-    "max_kl_mean": ("kl_mean", "<="),
-    "min_top1_agreement": ("top1_agreement", ">="),
-    "min_decode_speedup": ("decode_speedup", ">="),
-    "min_prefill_speedup": ("prefill_speedup", ">="),
+    "max_ppl_increase_pct": (M.PPL_DELTA_PCT, "<="),
+    "max_kl_mean": (M.KL_MEAN, "<="),
+    "min_top1_agreement": (M.TOP1_AGREEMENT, ">="),
+    "min_decode_speedup": (M.DECODE_SPEEDUP, ">="),
+    "min_prefill_speedup": (M.PREFILL_SPEEDUP, ">="),
 }
 # speed gates: the run's flag that the figure is noisy, and why
-_NOISE = {"decode_speedup": ("decode_noisy", "decode_noise"), "prefill_speedup": ("prefill_noisy", "prefill_noise")}
+_NOISE = {M.DECODE_SPEEDUP: (M.DECODE_NOISY, M.DECODE_NOISE), M.PREFILL_SPEEDUP: (M.PREFILL_NOISY, M.PREFILL_NOISE)}
 _PROTOCOL_KEYS = ("protocol", "any_protocol")  # top level only
 _LAYERS = ("models", "recipes")
 
@@ -186,7 +187,7 @@ def check_gates(thresholds: Thresholds, metrics: Mapping[str, Any]) -> list[Gate
     for family in sorted(thresholds.min_task_agreement):
         threshold = thresholds.min_task_agreement[family]
         if threshold is not None:
-            metric = f"task.{family}.greedy_match"
+            metric = M.task_metric(family, M.GREEDY_MATCH)
             checks.append(GateCheck(f"min_task_agreement.{family}", metric, ">=", float(threshold),
                                     _number(metrics.get(metric))))
     return checks

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.config.settings import Settings
 from qrecipe.engine.errors import QRecipeError
 from qrecipe.engine.evaluate.protocol import describe_protocol, protocol_hash
@@ -114,11 +115,11 @@ def speed_tags(metrics: dict[str, Any]) -> dict[str, str]:
     """How far the measured speed can be trusted, as tags the runs table can filter on."""
     tags = {f"qrecipe.{side}_noisy": str(bool(metrics[f"{side}_noisy"])).lower()
             for side in ("prefill", "decode") if f"{side}_noisy" in metrics}
-    for key in ("speed_timing", "speed_device_name", "speed_caveat", "prefill_noise", "decode_noise"):
+    for key in (M.SPEED_TIMING, M.SPEED_DEVICE_NAME, M.SPEED_CAVEAT, M.PREFILL_NOISE, M.DECODE_NOISE):
         if metrics.get(key):
             tags[f"qrecipe.{key}"] = str(metrics[key])[:5000]
-    if "speed_production" in metrics:
-        tags["qrecipe.speed_production"] = str(bool(metrics["speed_production"])).lower()
+    if M.SPEED_PRODUCTION in metrics:
+        tags["qrecipe.speed_production"] = str(bool(metrics[M.SPEED_PRODUCTION])).lower()
     return tags
 
 
@@ -192,9 +193,9 @@ class RunRecorder:
         if self.mlflow is None:
             return
         self.mlflow.log_metrics(metrics)
-        self.mlflow.set_tags({"qrecipe.device": str(metrics.get("device", "")),
-                              "qrecipe.peak_memory_method": str(metrics.get("peak_memory_method", "-")),
-                              "qrecipe.worst_family": str(metrics.get("task.worst_family", "-")),
+        self.mlflow.set_tags({"qrecipe.device": str(metrics.get(M.DEVICE, "")),
+                              "qrecipe.peak_memory_method": str(metrics.get(M.PEAK_MEMORY_METHOD, "-")),
+                              "qrecipe.worst_family": str(metrics.get(M.TASK_WORST_FAMILY, "-")),
                               **speed_tags(metrics)})
         for name in RUN_FILES:
             if (staging / name).is_file():
@@ -209,10 +210,10 @@ class RunRecorder:
         if self.engine is not None:  # the model's other variants, measured under this run's protocol
             others = [v for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
                       if v.id != self.variant_id]
-            chosen = select_runs(self.engine, others, metrics.get("eval_protocol") or UNRECORDED).rows
+            chosen = select_runs(self.engine, others, metrics.get(M.EVAL_PROTOCOL) or UNRECORDED).rows
             points += [plots.point(f"{r.variant.recipe_name}@{r.variant.target} {r.variant.id[:6]}", r.metrics)
                        for r in chosen]
-        out.append(plots.quality_vs_memory(points, metrics.get("weight_bytes_baseline"),
+        out.append(plots.quality_vs_memory(points, metrics.get(M.WEIGHT_BYTES_BASELINE),
                                            folder / "quality_vs_memory.png",
                                            f"{self.plan.model_id}: quality vs weight memory"))
         if layer_errors:

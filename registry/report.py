@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.config.settings import Settings
 from qrecipe.engine.tables import human_bytes
 
@@ -36,13 +37,14 @@ def _task_table(rows: list[Measured], families: list[str]) -> str:
         m = r.metrics
         cells = [r.variant.id, r.variant.recipe_name]
         for f in families:
-            if f"task.{f}.greedy_match" not in m:
+            if M.task_metric(f, M.GREEDY_MATCH) not in m:
                 cells.append("-")
                 continue
-            cell = (f"{m[f'task.{f}.greedy_match']:.2f} / {m[f'task.{f}.prefix_match']:.2f} / "
-                    f"{m[f'task.{f}.loglik_delta']:+.3f}")
-            if f"task.{f}.valid_rate" in m:
-                cell += f" (valid {m[f'task.{f}.valid_rate']:.2f} vs {m[f'task.{f}.valid_rate_baseline']:.2f})"
+            cell = (f"{m[M.task_metric(f, M.GREEDY_MATCH)]:.2f} / {m[M.task_metric(f, M.PREFIX_MATCH)]:.2f} / "
+                    f"{m[M.task_metric(f, M.LOGLIK_DELTA)]:+.3f}")
+            if M.task_metric(f, M.VALID_RATE) in m:
+                cell += (f" (valid {m[M.task_metric(f, M.VALID_RATE)]:.2f} vs "
+                         f"{m[M.task_metric(f, M.VALID_RATE_BASELINE)]:.2f})")
             cells.append(cell)
         table.append(cells)
     return markdown_table(header, table)
@@ -61,29 +63,29 @@ def _absolute_table(rows: list[Measured]) -> str:
         def pair(key: str, fmt) -> str:
             if key not in m:
                 return "-"
-            return f"{fmt(m[key])} ({fmt(m[key + '_baseline'])})"
+            return f"{fmt(m[key])} ({fmt(m[M.baseline_of(key)])})"
 
-        pred = (f"{m['decode_measured_over_predicted']:.2f}, "
-                f"{m['prefill_measured_over_predicted']:.2f}" if "decode_measured_over_predicted" in m and
-                "prefill_measured_over_predicted" in m else
-                f"{m['decode_measured_over_predicted']:.2f}, -" if "decode_measured_over_predicted" in m else
-                "- (not measured on the target's GPU)" if "predicted_for" in m else "-")
+        pred = (f"{m[M.DECODE_MEASURED_OVER_PREDICTED]:.2f}, "
+                f"{m[M.PREFILL_MEASURED_OVER_PREDICTED]:.2f}" if M.DECODE_MEASURED_OVER_PREDICTED in m and
+                M.PREFILL_MEASURED_OVER_PREDICTED in m else
+                f"{m[M.DECODE_MEASURED_OVER_PREDICTED]:.2f}, -" if M.DECODE_MEASURED_OVER_PREDICTED in m else
+                "- (not measured on the target's GPU)" if M.PREDICTED_FOR in m else "-")
         on = "-"
-        if "speed_device_name" in m:
-            on = f"{m['speed_device_name']}, {m.get('speed_timing', '?')}" + \
-                ("" if m.get("speed_production") else " (not the production kernel)")
-        table.append([r.variant.id, r.variant.recipe_name, f"#{r.run.run_number}", pair("ppl", lambda x: f"{x:.3f}"),
-                      pair("weight_bytes", human_bytes), pair("peak_memory_bytes", human_bytes),
-                      pair("prefill_tokens_per_s", lambda x: f"{x:,.0f}"),
-                      pair("decode_ms_per_token", lambda x: f"{x:.3g}"), on,
-                      pair("predicted_prefill_tokens_per_s", lambda x: f"{x:,.0f}"),
-                      pair("predicted_decode_ms_per_token", lambda x: f"{x:.3g}"), pred])
+        if M.SPEED_DEVICE_NAME in m:
+            on = f"{m[M.SPEED_DEVICE_NAME]}, {m.get('speed_timing', '?')}" + \
+                ("" if m.get(M.SPEED_PRODUCTION) else " (not the production kernel)")
+        table.append([r.variant.id, r.variant.recipe_name, f"#{r.run.run_number}", pair(M.PPL, lambda x: f"{x:.3f}"),
+                      pair(M.WEIGHT_BYTES, human_bytes), pair(M.PEAK_MEMORY_BYTES, human_bytes),
+                      pair(M.PREFILL_TOKENS_PER_S, lambda x: f"{x:,.0f}"),
+                      pair(M.DECODE_MS_PER_TOKEN, lambda x: f"{x:.3g}"), on,
+                      pair(M.PREDICTED_PREFILL_TOKENS_PER_S, lambda x: f"{x:,.0f}"),
+                      pair(M.PREDICTED_DECODE_MS_PER_TOKEN, lambda x: f"{x:.3g}"), pred])
     return markdown_table(header, table)
 
 
 def _plots(model: str, rows: list[Measured], out: Path, suffix: str) -> list[Path]:
     points = [plots.point(f"{r.variant.recipe_name}@{r.variant.target} {r.variant.id[:6]}", r.metrics) for r in rows]
-    baseline_bytes = next((r.metrics.get("weight_bytes_baseline") for r in rows), None)
+    baseline_bytes = next((r.metrics.get(M.WEIGHT_BYTES_BASELINE) for r in rows), None)
     pngs = [plots.quality_vs_memory(points, baseline_bytes, out / f"quality_vs_memory{suffix}.png",
                                     f"{model}: quality vs weight memory")]
     families = _families(rows)

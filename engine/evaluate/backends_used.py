@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import metric_names as M
 from ..backends import EMULATED, FALLBACK, KERNEL
 from ..modules import QuantLinear
 from ..targets import Target
@@ -33,10 +34,10 @@ def backend_record(model: nn.Module, target: Target, device_type: str, device_na
             how[f"{backend.name}: {backend.describe(module.format)}"] = kind
     on_target = target.is_device(device_type, device_name)
     total = sum(kinds.values())
-    m: dict[str, Any] = {f"backend.{name}": n for name, n in sorted(counts.items())}
-    m.update({"layers_on_kernel": kinds[KERNEL], "layers_on_fallback": kinds[FALLBACK],
-              "layers_emulated": kinds[EMULATED], "speed_on_target": on_target,
-              "speed_production": on_target and kinds[KERNEL] == total})
+    m: dict[str, Any] = {M.backend_metric(name): n for name, n in sorted(counts.items())}
+    m.update({M.LAYERS_ON_KERNEL: kinds[KERNEL], M.LAYERS_ON_FALLBACK: kinds[FALLBACK],
+              M.LAYERS_EMULATED: kinds[EMULATED], M.SPEED_ON_TARGET: on_target,
+              M.SPEED_PRODUCTION: on_target and kinds[KERNEL] == total})
     reasons = []
     if kinds[FALLBACK] or kinds[EMULATED]:
         off = kinds[FALLBACK] + kinds[EMULATED]
@@ -45,5 +46,5 @@ def backend_record(model: nn.Module, target: Target, device_type: str, device_na
         where = target.gpu or target.device
         reasons.append(f"it was measured on {device_name}, not on target {target.name}'s {where}")
     if reasons:
-        m["speed_caveat"] = "not the production kernel's speed: " + "; ".join(reasons)
+        m[M.SPEED_CAVEAT] = "not the production kernel's speed: " + "; ".join(reasons)
     return m

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .. import metric_names as M
 from ..config.settings import SpeedSpec
 from .forward import device_label, model_device
 from .spread import Spread, noise_reasons, paired_speedup, spread
@@ -146,29 +147,36 @@ def measure_one(model, tokens: torch.Tensor, spec: SpeedSpec, clock: Clock = tim
     return _measure([model], tokens, spec, clock)[0]
 
 
+# per measurement: (speedup, low, high, noisy, noise, variant rel IQR, baseline rel IQR)
+_SIDES = {"prefill": (M.PREFILL_SPEEDUP, M.PREFILL_SPEEDUP_LOW, M.PREFILL_SPEEDUP_HIGH, M.PREFILL_NOISY,
+                      M.PREFILL_NOISE, M.PREFILL_REL_IQR, M.PREFILL_REL_IQR_BASELINE),
+          "decode": (M.DECODE_SPEEDUP, M.DECODE_SPEEDUP_LOW, M.DECODE_SPEEDUP_HIGH, M.DECODE_NOISY, M.DECODE_NOISE,
+                     M.DECODE_REL_IQR, M.DECODE_REL_IQR_BASELINE)}
+
+
 def _side(name: str, base: Spread, var: Spread, speedup: Spread, max_rel_iqr: float) -> dict[str, Any]:
+    value, low, high, noisy, noise, rel_iqr, rel_iqr_baseline = _SIDES[name]
     reasons = noise_reasons(speedup, base, max_rel_iqr)
-    out: dict[str, Any] = {f"{name}_speedup": speedup.median, f"{name}_speedup_low": speedup.q1,
-                           f"{name}_speedup_high": speedup.q3, f"{name}_noisy": bool(reasons),
-                           f"{name}_rel_iqr": var.rel_iqr, f"{name}_rel_iqr_baseline": base.rel_iqr}
+    out: dict[str, Any] = {value: speedup.median, low: speedup.q1, high: speedup.q3, noisy: bool(reasons),
+                           rel_iqr: var.rel_iqr, rel_iqr_baseline: base.rel_iqr}
     if reasons:
-        out[f"{name}_noise"] = "; ".join(reasons)
+        out[noise] = "; ".join(reasons)
     return out
 
 
 def speed_metrics(base: SpeedSamples, var: SpeedSamples, spec: SpeedSpec, timing: str,
                   timing_note: str | None = None) -> dict[str, Any]:
-    """The flat speed metrics of a run (names in README "Tracking and registry")."""
+    """The flat speed metrics of a run (engine/metric_names.py)."""
     bp, vp = spread(base.prefill_s), spread(var.prefill_s)
     bd, vd = spread(base.decode_step_s), spread(var.decode_step_s)
     m: dict[str, Any] = {
-        "prefill_tokens_per_s": var.prefill_tokens_per_s, "prefill_tokens_per_s_baseline": base.prefill_tokens_per_s,
-        "decode_ms_per_token": 1000 * vd.median, "decode_ms_per_token_baseline": 1000 * bd.median,
-        "speed_device": var.device, "speed_device_name": var.device_name, "speed_repeats": spec.repeats,
-        "speed_timing": timing,
+        M.PREFILL_TOKENS_PER_S: var.prefill_tokens_per_s, M.PREFILL_TOKENS_PER_S_BASELINE: base.prefill_tokens_per_s,
+        M.DECODE_MS_PER_TOKEN: 1000 * vd.median, M.DECODE_MS_PER_TOKEN_BASELINE: 1000 * bd.median,
+        M.SPEED_DEVICE: var.device, M.SPEED_DEVICE_NAME: var.device_name, M.SPEED_REPEATS: spec.repeats,
+        M.SPEED_TIMING: timing,
     }
     m.update(_side("prefill", bp, vp, paired_speedup(base.prefill_s, var.prefill_s), spec.max_rel_iqr))
     m.update(_side("decode", bd, vd, paired_speedup(base.decode_step_s, var.decode_step_s), spec.max_rel_iqr))
     if timing_note:
-        m["speed_timing_note"] = timing_note
+        m[M.SPEED_TIMING_NOTE] = timing_note
     return m

@@ -23,13 +23,14 @@ from typing import Any, Callable
 
 import torch
 
+from .. import metric_names as M
 from ..config.settings import Settings, SpeedSpec
 from ..data import load_documents, token_windows
 from ..errors import ConfigError
 from ..plan.roofline import roofline_metrics
 from ..tables import human_bytes
-from .baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline,
-                             save_baseline)
+from .baseline_cache import (BaselineOutputs, UnreadableCache, baseline_key, baseline_key_parts, cache_folder,
+                             load_baseline, save_baseline)
 from .divergence import compare_pass, reference_pass
 from .memory import available_bytes, child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
 from .speed import INTERLEAVED, SEQUENTIAL, SpeedSamples, measure_one, measure_pair, speed_metrics, speed_tokens, \
@@ -58,6 +59,7 @@ class BaselineSide:
     key_parts: dict[str, Any]
     weight_bytes: int
     peak_bytes: int | None
+    notes: list[str] = dataclasses.field(default_factory=list)  # what did not go the usual way
 
 
 def prepare_inputs(settings: Settings, tokenizer) -> EvalInputs:
@@ -114,8 +116,19 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
     key = baseline_key(parts)
     folder = cache_folder(settings, key)
     sources = [it.source for it in inputs.items]
-    outputs = load_baseline(folder)
-    cached = outputs is not None and outputs.task_sources == sources and set(outputs.texts) == set(inputs.windows)
+    notes: list[str] = []
+    try:
+        outputs = load_baseline(folder)
+    except UnreadableCache as e:
+        outputs = None
+        notes.append(f"the cached baseline outputs in {folder} could not be used ({e}); recomputed and replaced")
+    stale = outputs is not None and (outputs.task_sources != sources or set(outputs.texts) != set(inputs.windows))
+    if stale:
+        notes.append(f"the cached baseline outputs in {folder} hold other texts or task prompts than this run's; "
+                     f"recomputed and replaced")
+    cached = outputs is not None and not stale
+    for note in notes:
+        say(f"note: {note}")
     if cached:
         say(f"baseline outputs: cached ({folder})")
     else:
@@ -124,13 +137,13 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
                  for name, w in inputs.windows.items()}
         tasks = baseline_tasks(model, tokenizer, inputs.items, ev.tasks, progress) if inputs.items else None
         outputs = BaselineOutputs(texts, tasks, sources)
-        save_baseline(folder, outputs, {"key": key, "parts": parts,
-                                        "ppl": {n: r.ppl for n, r in texts.items()}})
+        save_baseline(folder, outputs, {"key": key, "parts": parts, "ppl": {n: r.ppl for n, r in texts.items()}},
+                      replace=bool(notes))
     if settings.eval.memory.method != "off":
         say("peak memory of the baseline ...")
     peak = _peak(settings, device, model, {"model": dataclasses.asdict(settings.model),
                                            "cache": str(settings.paths.cache), "dtype": str(dtype).split(".")[-1]})
-    return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), peak)
+    return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), peak, notes)
 
 
 def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalInputs, base: BaselineSide,
@@ -142,25 +155,25 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
     for name, windows in inputs.windows.items():
         ref = base.outputs.texts[name]
         q = compare_pass(model, windows, ref, ev.batch_size, f"variant {name}", progress)
-        values = {"ppl": q.ppl, "ppl_baseline": ref.ppl, "ppl_delta_pct": 100 * (q.ppl / ref.ppl - 1),
-                  "nll": q.nll, "nll_baseline": ref.nll, "kl_mean": q.kl_mean, "kl_p99": q.kl_p99,
-                  "top1_agreement": q.top1_agreement}
+        values = {M.PPL: q.ppl, M.PPL_BASELINE: ref.ppl, M.PPL_DELTA_PCT: 100 * (q.ppl / ref.ppl - 1),
+                  M.NLL: q.nll, M.NLL_BASELINE: ref.nll, M.KL_MEAN: q.kl_mean, M.KL_P99: q.kl_p99,
+                  M.TOP1_AGREEMENT: q.top1_agreement}
         if name == primary:
             metrics.update(values)
-            metrics.update({"eval_tokens": q.tokens, "eval_data": name})
+            metrics.update({M.EVAL_TOKENS: q.tokens, M.EVAL_DATA: name})
         else:
-            metrics.update({f"text.{name}.{k}": v for k, v in values.items()})
+            metrics.update({M.text_metric(name, k): v for k, v in values.items()})
     if inputs.items and base.outputs.tasks is not None:
         metrics.update(variant_tasks(model, tokenizer, inputs.items, base.outputs.tasks, ev.tasks, progress))
     return metrics
 
 
 def memory_metrics(base: BaselineSide, peak: int | None, variant_weight_bytes: int, method: str) -> dict[str, Any]:
-    m: dict[str, Any] = {"weight_bytes": variant_weight_bytes, "weight_bytes_baseline": base.weight_bytes,
-                         "weight_reduction": base.weight_bytes / variant_weight_bytes}
+    m: dict[str, Any] = {M.WEIGHT_BYTES: variant_weight_bytes, M.WEIGHT_BYTES_BASELINE: base.weight_bytes,
+                         M.WEIGHT_REDUCTION: base.weight_bytes / variant_weight_bytes}
     if peak is not None and base.peak_bytes is not None:
-        m.update({"peak_memory_bytes": peak, "peak_memory_bytes_baseline": base.peak_bytes,
-                  "peak_memory_reduction": base.peak_bytes / peak, "peak_memory_method": method})
+        m.update({M.PEAK_MEMORY_BYTES: peak, M.PEAK_MEMORY_BYTES_BASELINE: base.peak_bytes,
+                  M.PEAK_MEMORY_REDUCTION: base.peak_bytes / peak, M.PEAK_MEMORY_METHOD: method})
     return m
 
 
@@ -235,8 +248,21 @@ def prediction_metrics(roofline: dict[str, Any], speed: dict[str, Any], on_targe
     """The roofline's predictions (predicted_*) and, where the speed was measured on the
     target's own kind of hardware, measured over predicted throughput (1.0: at the roofline)."""
     m = roofline_metrics(roofline)
-    if not m or not on_target or "decode_ms_per_token" not in speed:
+    if not m or not on_target or M.DECODE_MS_PER_TOKEN not in speed:
         return m
+    base = M.baseline_of
+    pairs = [(M.DECODE_MEASURED_OVER_PREDICTED, M.PREDICTED_DECODE_MS_PER_TOKEN, M.DECODE_MS_PER_TOKEN),
+             (base(M.DECODE_MEASURED_OVER_PREDICTED), base(M.PREDICTED_DECODE_MS_PER_TOKEN),
+              M.DECODE_MS_PER_TOKEN_BASELINE)]
+    for ratio, predicted, measured in pairs:  # time: predicted over measured is throughput measured over predicted
+        m[ratio] = m[predicted] / speed[measured]
+    pairs = [(M.PREFILL_MEASURED_OVER_PREDICTED, M.PREDICTED_PREFILL_TOKENS_PER_S, M.PREFILL_TOKENS_PER_S),
+             (base(M.PREFILL_MEASURED_OVER_PREDICTED), base(M.PREDICTED_PREFILL_TOKENS_PER_S),
+              M.PREFILL_TOKENS_PER_S_BASELINE)]
+    for ratio, predicted, measured in pairs:
+        if predicted in m:
+            m[ratio] = speed[measured] / m[predicted]
+    return m
     for side in ("", "_baseline"):
         m[f"decode_measured_over_predicted{side}"] = (m[f"predicted_decode_ms_per_token{side}"]
                                                       / speed[f"decode_ms_per_token{side}"])

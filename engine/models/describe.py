@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .families import fused_shards
+from .families import LLAMA_STYLE_SHARDS, fused_shards
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class ModelInfo:
     tied_lm_head: str | None  # name of the output linear that shares the input embeddings
     other_params: int  # parameters outside the linear layers (embeddings, norms, biases)
     fused_groups: tuple[tuple[str, ...], ...]  # full names of layers a serving engine fuses
+    notes: tuple[str, ...] = ()  # assumptions made about this model (shown with the plan)
 
     def linear(self, name: str) -> LinearInfo:
         return next(li for li in self.linears if li.name == name)
@@ -80,7 +81,15 @@ def describe(model: nn.Module, config, model_id: str) -> ModelInfo:
 
     names = {li.name for li in linears}
     groups = []
-    for shard_names in fused_shards(getattr(cfg, "model_type", "")):
+    model_type = str(getattr(cfg, "model_type", "unknown"))
+    shards = fused_shards(model_type)
+    notes = []
+    if shards is None:
+        shards = LLAMA_STYLE_SHARDS
+        notes.append(f"model type {model_type!r} is not in engine/models/families.py FUSED_SHARDS: assumed that "
+                     f"serving engines fuse {' and '.join('/'.join(g) for g in shards)} as in Llama, where its "
+                     f"layers have those names")
+    for shard_names in shards:
         for li in linears:
             prefix, _, leaf = li.name.rpartition(".")
             if leaf == shard_names[0]:
@@ -89,7 +98,7 @@ def describe(model: nn.Module, config, model_id: str) -> ModelInfo:
                     groups.append(members)
     return ModelInfo(
         model_id=model_id,
-        model_type=str(getattr(cfg, "model_type", "unknown")),
+        model_type=model_type,
         num_layers=int(getattr(cfg, "num_hidden_layers", 0) or 0),
         hidden_size=hidden,
         num_heads=num_heads,
@@ -100,6 +109,7 @@ def describe(model: nn.Module, config, model_id: str) -> ModelInfo:
         tied_lm_head=tied,
         other_params=other,
         fused_groups=tuple(groups),
+        notes=tuple(notes),
     )
 
 

@@ -27,8 +27,9 @@ FUSED_SHARDS: dict[str, tuple[tuple[str, ...], ...]] = {
 BLOCK_LISTS: tuple[str, ...] = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers")
 
 
-def fused_shards(model_type: str) -> tuple[tuple[str, ...], ...]:
-    return FUSED_SHARDS.get(model_type, LLAMA_STYLE_SHARDS)
+def fused_shards(model_type: str) -> tuple[tuple[str, ...], ...] | None:
+    """The model type's fused sibling projections, or None when the type is not listed here."""
+    return FUSED_SHARDS.get(model_type)
 
 
 @dataclass(frozen=True)

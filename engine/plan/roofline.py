@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import metric_names as M
 from ..config.settings import SpeedSpec
 from ..models.describe import ModelInfo, dtype_bytes
 from ..schemes import SCHEMES
@@ -127,14 +128,14 @@ def roofline_metrics(report: dict[str, Any]) -> dict[str, Any]:
     if not report.get("available"):
         return {}
     b, v = report["baseline"], report["variant"]
-    m: dict[str, Any] = {"predicted_for": report["target"],
-                         "predicted_decode_ms_per_token": v["decode_ms_per_token"],
-                         "predicted_decode_ms_per_token_baseline": b["decode_ms_per_token"],
-                         "predicted_decode_speedup": report["decode_speedup"]}
+    m: dict[str, Any] = {M.PREDICTED_FOR: report["target"],
+                         M.PREDICTED_DECODE_MS_PER_TOKEN: v["decode_ms_per_token"],
+                         M.PREDICTED_DECODE_MS_PER_TOKEN_BASELINE: b["decode_ms_per_token"],
+                         M.PREDICTED_DECODE_SPEEDUP: report["decode_speedup"]}
     if "prefill_speedup" in report:
-        m.update({"predicted_prefill_tokens_per_s": v["prefill_tokens_per_s"],
-                  "predicted_prefill_tokens_per_s_baseline": b["prefill_tokens_per_s"],
-                  "predicted_prefill_speedup": report["prefill_speedup"]})
+        m.update({M.PREDICTED_PREFILL_TOKENS_PER_S: v["prefill_tokens_per_s"],
+                  M.PREDICTED_PREFILL_TOKENS_PER_S_BASELINE: b["prefill_tokens_per_s"],
+                  M.PREDICTED_PREFILL_SPEEDUP: report["prefill_speedup"]})
     return m
 
 

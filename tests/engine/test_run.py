@@ -61,6 +61,17 @@ def test_without_a_recorder_a_run_records_nothing(w8_and_w4):
     assert w8_and_w4[0].summary()["output_dir"] and "variant_id" not in w8_and_w4[0].summary()
 
 
+def test_every_recorded_metric_is_named_once_in_metric_names(w8_and_w4):
+    from qrecipe.engine import metric_names as M
+
+    for result in w8_and_w4:
+        unnamed = [k for k in result.metrics
+                   if k not in M.METRICS and not (k.startswith("task.") and k.rsplit(".", 1)[-1] in M.TASK_KINDS)
+                   and k != M.backend_metric(k.split(".", 1)[-1])]
+        assert unnamed == []
+    assert all(m.better in (None, "lower", "higher") for m in M.METRICS.values())
+
+
 def test_w8a16_is_within_one_percent_of_baseline(w8_and_w4):
     m = w8_and_w4[0].metrics
     assert abs(m["ppl"] / m["ppl_baseline"] - 1) < 0.01
