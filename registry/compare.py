@@ -5,7 +5,7 @@ Each table holds variants measured under one eval protocol (registry/protocols.p
     decode      measured decode speedup (baseline ms/token / variant ms/token, timed interleaved
                 in one process on one device): the median over repeats of the paired ratio, its
                 interquartile range in brackets; `noisy` when that range includes 1.0 or the
-                baseline's repeats spread more than eval.speed.max_rel_iqr
+                baseline's or the variant's repeats spread more than eval.speed.max_rel_iqr
     prefill     measured prefill speedup (variant tokens/s / baseline tokens/s), the same way
     measured on the device that timed them; `(fallback)` when quantized layers ran no kernel of
                 their format there (e.g. dequantize-then-matmul on a CPU), `(emulated)` likewise

@@ -14,7 +14,7 @@ top level). Each gate compares one metric from metrics.json:
 
 A gate whose metric was not measured fails: an unmeasured number cannot clear a bar. A speed
 gate also fails on a speedup the run flagged noisy (its interval includes 1.0, or the
-baseline's timings spread too much: engine/evaluate/spread.py): a noisy figure cannot clear a
+baseline's or variant's timings spread too much: engine/evaluate/spread.py): a noisy figure cannot clear a
 bar either, whatever its median.
 
 Gates judge a variant's latest successful run under one eval protocol (how it was measured;

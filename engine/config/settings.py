@@ -70,7 +70,7 @@ class SpeedSpec:
     new_tokens: int = 8
     warmup: int = 1
     repeats: int = 5
-    max_rel_iqr: float = 0.10  # the baseline's IQR / median above which its speedups are noisy
+    max_rel_iqr: float = 0.10  # a model's IQR / median of repeats above which its speedups are noisy
     timing: str = "auto"  # auto | interleaved | sequential (see engine/evaluate/speed.py)
 
 

@@ -156,7 +156,7 @@ _SIDES = {"prefill": (M.PREFILL_SPEEDUP, M.PREFILL_SPEEDUP_LOW, M.PREFILL_SPEEDU
 
 def _side(name: str, base: Spread, var: Spread, speedup: Spread, max_rel_iqr: float) -> dict[str, Any]:
     value, low, high, noisy, noise, rel_iqr, rel_iqr_baseline = _SIDES[name]
-    reasons = noise_reasons(speedup, base, max_rel_iqr)
+    reasons = noise_reasons(speedup, base, var, max_rel_iqr)
     out: dict[str, Any] = {value: speedup.median, low: speedup.q1, high: speedup.q3, noisy: bool(reasons),
                            rel_iqr: var.rel_iqr, rel_iqr_baseline: base.rel_iqr}
     if reasons:

@@ -8,7 +8,8 @@
                   machine's speed between repeats cancels in the ratio); its interval is the
                   interquartile range of those ratios
     noisy         the interval includes 1.0 (the repeats do not agree on which model is
-                  faster), or the baseline's repeats spread more than the limit (rel_iqr)
+                  faster), or the baseline's or the variant's own repeats spread more than the
+                  limit (rel_iqr): the machine was too busy for the figure to mean much
 
 The interval is a spread of the paired ratios, not a confidence interval of their median: with
 5 repeats it is the 2nd to 4th smallest ratio, which needs no distribution assumption and no
@@ -54,12 +55,13 @@ def paired_speedup(baseline_times: Sequence[float], variant_times: Sequence[floa
     return spread([b / v for b, v in zip(baseline_times, variant_times)])
 
 
-def noise_reasons(speedup: Spread, baseline: Spread, max_rel_iqr: float) -> list[str]:
-    """Why a speedup cannot be trusted to say which model is faster; [] when it can."""
+def noise_reasons(speedup: Spread, baseline: Spread, variant: Spread, max_rel_iqr: float) -> list[str]:
+    """Why a speedup cannot be trusted; [] when it can."""
     reasons = []
     if speedup.includes(1.0):
         reasons.append(f"its interval {speedup.q1:.2f}-{speedup.q3:.2f}x includes 1.0")
-    if baseline.rel_iqr > max_rel_iqr:
-        reasons.append(f"the baseline's repeats spread {100 * baseline.rel_iqr:.0f}% (IQR/median), more than "
-                       f"eval.speed.max_rel_iqr={max_rel_iqr:g}")
+    for who, s in (("baseline", baseline), ("variant", variant)):
+        if s.rel_iqr > max_rel_iqr:
+            reasons.append(f"the {who}'s repeats spread {100 * s.rel_iqr:.0f}% (IQR/median), more than "
+                           f"eval.speed.max_rel_iqr={max_rel_iqr:g}")
     return reasons
