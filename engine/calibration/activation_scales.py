@@ -24,14 +24,15 @@ def assign_static_scales(tasks: list[LayerTask], results: dict[str, QuantizedWei
                          context: BlockContext) -> list[str]:
     """Set `input_scale` on the results of static-activation tasks; notes for fallbacks.
 
-    A layer no calibration token reached takes the largest scale of the block's other
-    static layers (their inputs live at the same depth), or 1.0 if there is none."""
+    A layer no calibration token reached (an expert: fewer than calib.min_expert_tokens) takes
+    the largest scale of the block's other static layers (their inputs live at the same depth),
+    or 1.0 if there is none."""
     notes, unseen, measured = [], [], []
     for t in tasks:
         if not needs_static_scale(t):
             continue
         stats = context.stats.get(t.name)
-        if stats is None or stats.tokens == 0:
+        if t.too_few_tokens(stats):
             unseen.append(t)
             continue
         typical = context.window_absmax(t.name).amax(dim=1).mean()
@@ -41,7 +42,8 @@ def assign_static_scales(tasks: list[LayerTask], results: dict[str, QuantizedWei
     for t in unseen:
         scale = torch.stack(measured).max().reshape(1) if measured else torch.ones(1)
         results[t.name].input_scale = scale
-        notes.append(f"static activation scale: {t.name} saw no calibration tokens; input_scale={scale.item():.4g} "
+        notes.append(f"static activation scale: {t.name} {t.too_few_tokens(context.stats.get(t.name))}; "
+                     f"input_scale={scale.item():.4g} "
                      f"({'largest of its block' if measured else 'default'}); set activation=dynamic for it "
                      f"if its inputs may be larger")
     return notes
