@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ...kernels import QuantParams, get_format
+from ...kernels import QuantParams
 from ..plan import Plan
 from ..schemes import SCHEMES
 from ..models.families import moe_layout
@@ -67,13 +67,13 @@ def quantization_args(spec: LayerSpec):
     """(weights, input_activations) QuantizationArgs of a layer's scheme."""
     from compressed_tensors.quantization import QuantizationArgs
 
-    scheme = SCHEMES[spec.scheme]
+    fmt = SCHEMES[spec.scheme].weight_format
     p = spec.params
-    kind = "float" if scheme.activation == "fp8" else "int"
-    weights = QuantizationArgs(num_bits=scheme.weight_bits, type=kind, symmetric=p.symmetric,
+    kind = "float" if fmt.float_codes else "int"
+    weights = QuantizationArgs(num_bits=fmt.weight_bits, type=kind, symmetric=p.symmetric,
                                strategy="channel" if p.group_size is None else "group", group_size=p.group_size,
                                dynamic=False)
-    if scheme.activation == "float":
+    if fmt.weight_only:
         return weights, None
     dynamic = p.activation == "dynamic"  # per token at run time; static: one calibrated scale per tensor
     inputs = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="token" if dynamic else "tensor",
@@ -111,14 +111,14 @@ def _check_fused(plan: Plan, group_of: dict[str, str]) -> None:
 
 def _buffers(f, spec: LayerSpec) -> dict[str, torch.Tensor]:
     """The packed buffers of a layer (an expert tensor's: stacked per expert)."""
-    fmt = get_format(SCHEMES[spec.scheme].format)
+    fmt = SCHEMES[spec.scheme].weight_format
     return {n: f.get_tensor(f"{spec.name}.{n}") for n in fmt.buffer_specs(spec.out_features, spec.in_features,
                                                                           spec.params)}
 
 
 def _module_state(buffers: dict[str, torch.Tensor], spec: LayerSpec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The layer as compressed-tensors' compressors take it: float weight, scale, zero point."""
-    fmt = get_format(SCHEMES[spec.scheme].format)
+    fmt = SCHEMES[spec.scheme].weight_format
     packed = fmt.unpack(buffers, spec.params)
     state = {"weight": fmt.dequantize(buffers, spec.params, torch.float32),  # exact: codes times scales
              "weight_scale": packed.scale.reshape(spec.out_features, -1).to(dtype)}
@@ -214,7 +214,7 @@ def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = F
                         state[f"{module}.{key}"] = t.contiguous()
         _check_fused(plan, group_of)
         packed_buffers = {f"{s.name}.{n}" for s in specs + expert_specs
-                          for n in get_format(SCHEMES[s.scheme].format).buffer_specs(s.out_features, s.in_features,
+                          for n in SCHEMES[s.scheme].weight_format.buffer_specs(s.out_features, s.in_features,
                                                                                      s.params)}
         moe = {x.block: x for x, _ in experts.values()}
         ignore = []

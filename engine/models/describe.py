@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .families import fused_shards, moe_layout
+from .families import LLAMA_STYLE_SHARDS, fused_shards, moe_layout
 
 LINEAR, EXPERTS, ROUTER = "linear", "experts", "router"
 
@@ -59,6 +59,7 @@ class ModelInfo:
     tied_lm_head: str | None  # name of the output linear that shares the input embeddings
     other_params: int  # parameters outside the units (embeddings, norms)
     fused_groups: tuple[tuple[str, ...], ...]  # full names of units a serving engine fuses
+    notes: tuple[str, ...] = ()  # assumptions made about this model (shown with the plan)
     experts_per_token: int = 0  # the router's top-k (0: no mixture of experts)
     input_embedding_params: int = 0  # the input embedding table (read one row per token)
 
@@ -144,7 +145,14 @@ def describe(model: nn.Module, config, model_id: str) -> ModelInfo:
 
     names = {u.name for u in units}
     groups = []
-    for shard_names in fused_shards(model_type):
+    shards = fused_shards(model_type)
+    notes = []
+    if shards is None:
+        shards = LLAMA_STYLE_SHARDS
+        notes.append(f"model type {model_type!r} is not in engine/models/families.py FUSED_SHARDS: assumed that "
+                     f"serving engines fuse {' and '.join('/'.join(g) for g in shards)} as in Llama, where its "
+                     f"layers have those names")
+    for shard_names in shards:
         for u in units:
             prefix, _, leaf = u.name.rpartition(".")
             if u.kind == LINEAR and leaf == shard_names[0]:
@@ -170,6 +178,7 @@ def describe(model: nn.Module, config, model_id: str) -> ModelInfo:
         tied_lm_head=tied,
         other_params=other,
         fused_groups=tuple(groups),
+        notes=tuple(notes),
         experts_per_token=top_k,
         input_embedding_params=emb_params,
     )

@@ -18,9 +18,12 @@ LLAMA_STYLE_SHARDS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"
 FUSED_SHARDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "llama": LLAMA_STYLE_SHARDS,
     "mistral": LLAMA_STYLE_SHARDS,
-    "mixtral": (("q_proj", "k_proj", "v_proj"), ("w1", "w3")),
+    # transformers 5 fuses Mixtral's experts (w1/w3 are halves of experts.gate_up_proj): only q/k/v
+    # are separate linears; an MoE layer's expert tensors are fused groups of their own (describe.py)
+    "mixtral": (("q_proj", "k_proj", "v_proj"),),
     "qwen2": LLAMA_STYLE_SHARDS,
     "qwen3": LLAMA_STYLE_SHARDS,
+    "qwen3_moe": LLAMA_STYLE_SHARDS,  # gate/up: its dense-MLP layers (mlp_only_layers)
     "gemma": LLAMA_STYLE_SHARDS,
     "gemma2": LLAMA_STYLE_SHARDS,
     "phi3": (),  # already fused: qkv_proj, gate_up_proj
@@ -29,8 +32,9 @@ FUSED_SHARDS: dict[str, tuple[tuple[str, ...], ...]] = {
 BLOCK_LISTS: tuple[str, ...] = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers")
 
 
-def fused_shards(model_type: str) -> tuple[tuple[str, ...], ...]:
-    return FUSED_SHARDS.get(model_type, LLAMA_STYLE_SHARDS)
+def fused_shards(model_type: str) -> tuple[tuple[str, ...], ...] | None:
+    """The model type's fused sibling projections, or None when the type is not listed here."""
+    return FUSED_SHARDS.get(model_type)
 
 
 @dataclass(frozen=True)

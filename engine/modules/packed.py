@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...kernels import QuantParams, get_format
+from ...kernels import QuantParams
 from ..backends import Backend, select_backend
 from ..schemes import SCHEMES
 
@@ -24,7 +24,7 @@ class PackedWeights(nn.Module):
         self.scheme = scheme
         self.params = params
         self.experts = experts
-        self.format = get_format(SCHEMES[scheme].format)
+        self.format = SCHEMES[scheme].weight_format
         self._buffer_names = tuple(self.format.buffer_specs(out_features, in_features, params))
         lead = () if experts is None else (experts,)
         for name, (shape, dt) in self.format.buffer_specs(out_features, in_features, params).items():

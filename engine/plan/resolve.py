@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 
 from ...kernels import QuantParams, get_format
+from ..algorithms import get_algorithm
 from ..backends import select_backend
 from ..errors import RecipeError
 from ..models.describe import EXPERTS, ROUTER, ModelInfo, UnitInfo, dtype_bytes
@@ -53,14 +54,30 @@ def _group_from(recipe: Recipe, rule: Rule) -> str:
         f"recipe.base (inherited by rule {rule.name})"
 
 
-def _params_for(scheme_name: str, policy: Policy) -> QuantParams:
+def _params_for(scheme_name: str, policy: Policy) -> tuple[QuantParams, list[str]]:
+    """The layer's parameters under `scheme_name`, and what had to change from the rule's to fit
+    it (only a fallback scheme can differ: the recipe's own scheme was validated against them)."""
     scheme = SCHEMES[scheme_name]
     group = policy.group_size
     if group is not None and group not in scheme.group_sizes:
-        group = scheme.default_group_size  # a fallback scheme may not take the rule's group size
+        group = scheme.default_group_size
     activation = policy.activation if policy.activation in scheme.activation_modes else scheme.default_activation
     symmetric = policy.symmetric if scheme.asymmetric_ok else True
-    return QuantParams(group_size=group, symmetric=symmetric, activation=activation)
+    changed = []
+    if group != policy.group_size:
+        changed.append(f"group size {_group_text(policy.group_size)} -> {_group_text(group)}")
+    if symmetric != policy.symmetric:
+        changed.append("asymmetric -> symmetric")
+    if activation != policy.activation:
+        def name(a: str) -> str:
+            return "float" if a == "none" else a
+
+        changed.append(f"{name(policy.activation)} activations -> {name(activation)}")
+    return QuantParams(group_size=group, symmetric=symmetric, activation=activation), changed
+
+
+def _group_text(group: int | None) -> str:
+    return "channel" if group is None else str(group)
 
 
 def _apply(rule: Rule, li: UnitInfo, target: Target) -> tuple[str, str, str, QuantParams | None]:
@@ -71,7 +88,7 @@ def _apply(rule: Rule, li: UnitInfo, target: Target) -> tuple[str, str, str, Qua
         return KEPT, f"rule {rule.name} keeps it in {scheme.name}", scheme.name, None
     missing = target.lacks(tuple(policy.requires) + tuple(scheme.requires))
     if not missing:
-        return QUANTIZED, f"rule {rule.name}", scheme.name, _params_for(scheme.name, policy)
+        return QUANTIZED, f"rule {rule.name}", scheme.name, _params_for(scheme.name, policy)[0]
     if policy.fallback is None:
         raise RecipeError(
             f"recipe.rules.{rule.name}: {scheme.name} needs {', '.join(missing)}, which target {target.name} lacks; "
@@ -84,8 +101,10 @@ def _apply(rule: Rule, li: UnitInfo, target: Target) -> tuple[str, str, str, Qua
     if fallback.keeps_float:
         return KEPT, f"rule {rule.name}: target {target.name} lacks {', '.join(missing)}; kept in {fallback.name}", \
             fallback.name, None
+    params, changed = _params_for(fallback.name, policy)
+    fits = f" ({', '.join(changed)}, as {fallback.name} takes)" if changed else ""
     return FALLBACK, f"rule {rule.name}: target {target.name} lacks {', '.join(missing)}, so {fallback.name} " \
-                     f"instead of {scheme.name}", fallback.name, _params_for(fallback.name, policy)
+                     f"instead of {scheme.name}{fits}", fallback.name, params
 
 
 def _check_unmatched(recipe: Recipe, info: ModelInfo) -> None:
@@ -216,6 +235,8 @@ def resolve_plan(recipe: Recipe, info: ModelInfo, target: Target, device: torch.
                     lp = replace(lp, scheme=scheme_name, algorithm=rule.policy.algorithm,
                                  group_size=params.group_size, symmetric=params.symmetric,
                                  activation=params.activation, args=rule.policy.args_dict(),
+                                 calibrates=get_algorithm(rule.policy.algorithm).needs_calibration
+                                 or params.activation == "static",
                                  backend=backend.name, emulated=backend.emulated,
                                  bytes_after=(_bytes_after(fmt, lp, params) + bias_bytes) if ok else before)
                 else:
@@ -224,7 +245,7 @@ def resolve_plan(recipe: Recipe, info: ModelInfo, target: Target, device: torch.
     by_name = {lp.name: lp for lp in layers}
     _check_group_sizes(recipe, layers, won_by)
     _check_fused(info, by_name)
-    notes = []
+    notes = list(info.notes)
     if any(lp.emulated for lp in layers):
         notes.append(f"layers marked emulated run this format's reference numerics on {device.type}: "
                      f"quality is measured faithfully, speed is not the target's")

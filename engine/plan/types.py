@@ -40,6 +40,10 @@ class LayerPlan:
     fused_group: str | None = None
     kind: str = "linear"  # linear | experts (a fused 3-D expert tensor) | router (always kept)
     num_experts: int = 1  # experts in the tensor; in_features / out_features are per expert
+    # Whether quantizing this layer needs calibration data: its algorithm does (AWQ, GPTQ,
+    # SmoothQuant) or its activations use a static calibrated scale. Decided once, at resolve
+    # time; the calibration driver, the variant's identity and job submission all read it here.
+    calibrates: bool = False
 
     @property
     def is_quantized(self) -> bool:
@@ -89,6 +93,11 @@ class Plan:
         routers = sum(lp.bytes_after for lp in self.layers if lp.kind == "router")
         kept = sum(lp.bytes_after for lp in self.layers if lp.kind != "router" and not lp.is_quantized)
         return {"embeddings_and_norms": self.other_bytes, "routers": routers, "kept_layers": kept}
+    @property
+    def calibrates(self) -> bool:
+        """Whether any layer needs calibration data (then the calibration settings are part of
+        the variant)."""
+        return any(lp.calibrates for lp in self.quantized())
 
     def totals(self) -> dict[str, Any]:
         before = self.other_bytes + sum(lp.bytes_before for lp in self.layers)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from conftest import STORIES, settings_for
-from moe_models import ARCHS, load_moe, moe_dirs  # noqa: F401  (fixture)
+from moe_models import load_moe, moe_dirs  # noqa: F401  (fixture)
 
 from qrecipe.engine.checkpoint import save_checkpoint
 from qrecipe.engine.export import ExportError, export_checkpoint

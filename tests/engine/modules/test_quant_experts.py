@@ -66,7 +66,7 @@ def routing(seed: int = 1):
 
 def reference(q: QuantExperts, m: nn.Module, x, index, weights) -> torch.Tensor:
     gate_up, down = q.gate_up_proj, q.down_proj
-    if gate_up.format.activation_dtype == "float":
+    if gate_up.format.weight_only:
         with torch.no_grad():
             m.gate_up_proj.copy_(gate_up.dequantized_weight())
             m.down_proj.copy_(down.dequantized_weight())
