@@ -7,7 +7,8 @@ which re-derives the same integer (or fp8) codes from them; the quantization_con
 writes into config.json has one config group per distinct scheme whose targets are the exact
 module names from the plan (no regex for a loader to re-match), and an ignore list of every
 linear layer the plan kept in float. Fused shards (q/k/v, gate/up) land in one group or are
-ignored together, as vLLM requires.
+ignored together, as vLLM requires. Mixture-of-experts layers are written per expert in the
+hub's layout, one `re:` target per MoE layer, routers ignored (engine/export/moe.py).
 
 Conventions of the format, and what they mean for the numbers:
 - Scales are stored in the model's dtype (loaders create them so). W4A16/W8A16 group scales

@@ -6,8 +6,8 @@ Error against the float model: mean KL(float || quantized) per token over the fi
 windows of 256 tokens of tinystories_val.txt; calibration on 16 windows of 256 tokens of its
 second half (tests/tiny_quant.py), so they share no token. Only the expert tensors are
 quantized (W4A16 group 64), so the comparison is the experts'. Seen on this machine (2-core
-CPU, fp32): Mixtral RTN 0.0426, AWQ 0.0325, GPTQ 0.0323; Qwen3-MoE RTN 0.0390, AWQ 0.0283,
-GPTQ 0.0227 (32 windows). The models are synthetic: their float outputs are the target, not a
+CPU, fp32): Mixtral RTN 0.0426, AWQ 0.0325, GPTQ 0.0323; Qwen3-MoE RTN 0.0391, AWQ 0.0292,
+GPTQ 0.0268. The models are synthetic: their float outputs are the target, not a
 measure of a real MoE's quality.
 """
 
