@@ -157,8 +157,8 @@ class Units:
 def _tokens_note(name: str, tokens: list[int], minimum: int) -> str:
     low = [str(e) for e, t in enumerate(tokens) if t < minimum]
     ordered = sorted(tokens)
-    where = f"; {len(low)} below calib.min_expert_tokens={minimum} (experts {', '.join(low)}) took rtn" if low else \
-        f"; none below calib.min_expert_tokens={minimum}"
+    where = f"; below calib.min_expert_tokens={minimum}: experts {', '.join(low)} (each one's fallback is noted)" \
+        if low else f"; none below calib.min_expert_tokens={minimum}"
     return (f"{name}: its {len(tokens)} experts saw {ordered[0]:,} to {ordered[-1]:,} calibration tokens "
             f"(median {ordered[len(ordered) // 2]:,}){where}")
 

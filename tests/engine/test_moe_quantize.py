@@ -120,7 +120,7 @@ def test_an_expert_below_the_minimum_falls_back_to_rtn_in_the_notes(by_algorithm
     name = f"model.layers.0.mlp.experts.{starved}"
     assert f"gptq: {name}.gate_proj+{name}.up_proj saw {counts[starved]} calibration tokens (fewer than " \
            f"calib.min_expert_tokens={minimum}); quantized with rtn" in report.notes
-    assert any(n.startswith("model.layers.0.mlp.experts:") and f"(experts {starved}) took rtn" in n
+    assert any(n.startswith("model.layers.0.mlp.experts:") and f"min_expert_tokens={minimum}: experts {starved} (" in n
                for n in report.notes), report.notes
     # its weights are exactly RTN's of the float expert; the others' are GPTQ's
     fused = load_moe(moe_dirs[arch]).model.layers[0].mlp.experts.down_proj.data
@@ -165,3 +165,19 @@ def test_a_run_records_the_experts_token_counts(moe_dirs, calib_text):
     assert result.metrics["weight_bytes"] < result.metrics["weight_bytes_baseline"] / 3
     plan_text = (result.output_dir / "plan.txt").read_text()
     assert "model.layers.1.mlp.experts.down_proj" in plan_text and "MoE router" in plan_text
+
+
+def test_a_starved_expert_takes_its_peers_static_activation_scale(by_algorithm, moe_dirs, calib_text):
+    arch = "mixtral-tiny"
+    counts = by_algorithm[arch]["gptq"][2].expert_tokens["model.layers.0.mlp.experts"]
+    starved = min(range(4), key=counts.__getitem__)
+    model, _, report = _quantize(moe_dirs[arch], calib_text, "recipe=w8a8", "recipe.base.activation=static",
+                                 f"recipe.rules.linears.match=class:{EXPERTS_CLASS[arch]}",
+                                 f"calib.min_expert_tokens={counts[starved] + 1}")
+    experts = model.model.layers[0].mlp.experts
+    for tensor in (experts.gate_up_proj, experts.down_proj):
+        scales = tensor.input_scale.flatten()
+        others = [scales[e] for e in range(4) if e != starved]
+        assert scales[starved] == max(others) and len(set(scales.tolist())) > 1
+    assert any(f"experts.{starved}.down_proj saw {counts[starved]} calibration tokens" in n and
+               "largest of its layer's other experts" in n for n in report.notes), report.notes
