@@ -78,9 +78,12 @@ def _text_config(config):
 
 
 def _expert_units(model: nn.Module, classes_of: dict[str, tuple[str, ...]]) -> list[tuple[str, UnitInfo]]:
-    """(module name, unit) for every 3-D parameter held directly by a module."""
+    """(module name, unit) for every 3-D parameter held directly by a module (convolutions'
+    kernels aside)."""
     out = []
     for name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            continue
         for pname, p in module.named_parameters(recurse=False):
             if p.dim() == 3:
                 e, n, k = p.shape
