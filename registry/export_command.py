@@ -12,14 +12,18 @@ import logging
 from pathlib import Path
 
 from qrecipe.engine.errors import ConfigError
-from qrecipe.engine.export import WRITERS, export_checkpoint
-from qrecipe.engine.export.compressed_tensors import ExportError
+
+# The formats `--format` takes (engine/export WRITERS; a test keeps the two in step). Named here
+# so that building the command line does not import torch and compressed-tensors.
+FORMATS = ("compressed-tensors",)
 
 log = logging.getLogger(__name__)
 
 
 def _variant_checkpoint(ref: str, overrides: list[str]):
     """(checkpoint folder, variant, settings) of a registered variant."""
+    from qrecipe.engine.export.compressed_tensors import ExportError
+
     from .artifacts import checkpoint_dir
     from .commands import open_for, settings_for
     from .queries import find_variant
@@ -46,6 +50,8 @@ def _record_on_run(settings, variant, fmt: str, out: str) -> None:
 
 
 def cmd_export(args) -> int:
+    from qrecipe.engine.export import export_checkpoint
+
     if "=" in args.source or "=" in args.out:
         raise ConfigError("export: give SOURCE and OUT_DIR first, then KEY=VALUE overrides, e.g. "
                           "qrecipe export 3f9a out/3f9a-ct registry.url=...")
@@ -75,7 +81,7 @@ def cmd_export(args) -> int:
 def add_export_command(sub, common_flags) -> None:
     p = sub.add_parser("export", help="write a variant's checkpoint in a format serving engines load (vLLM, "
                                       "transformers)")
-    p.add_argument("--format", default="compressed-tensors", choices=sorted(WRITERS),
+    p.add_argument("--format", default="compressed-tensors", choices=FORMATS,
                    help="compressed-tensors: safetensors + quantization_config that vLLM and transformers read")
     p.add_argument("--json", action="store_true", help="print the provenance record as JSON")
     common_flags(p)

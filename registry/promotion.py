@@ -40,8 +40,7 @@ from .models import MEASURED, Promotion, StagePointer, Variant, utcnow
 from .promotion_history import PROMOTE, ROLLBACK, base_model_id, serving_stack
 from .queries import find_variant
 from .record import write_with_retry
-
-STAGES = ("production", "staging")
+from .stages import STAGES
 
 
 class PromotionError(QRecipeError):

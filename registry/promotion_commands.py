@@ -150,7 +150,7 @@ def catch_up_mirror(settings, engine) -> None:
 
 def add_promotion_commands(vsub, common_flags) -> None:
     """Register promote, rollback, history and sync under `qrecipe variants`."""
-    from .promotion import STAGES
+    from .stages import STAGES
 
     def items(q, metavar: str) -> None:
         common_flags(q)
