@@ -28,3 +28,13 @@ def test_calibration_data_is_part_of_the_variant_exactly_when_the_plan_calibrate
     c, _ = _variant(settings, *recipe, "data@calib.data=tinystories", "calib.seed=1")
     assert a_calibrates is b_calibrates is calibrates
     assert (a != b and a != c) if calibrates else (a == b == c)
+
+
+def test_the_expert_token_minimum_is_part_of_the_variant_only_for_models_with_experts(settings):
+    from pathlib import Path
+
+    moe = Path(__file__).parents[1] / "fixtures" / "moe" / "qwen3-moe-tiny"  # a config: plans need no weights
+    dense = ("recipe=gptq", "recipe.base.group_size=64")
+    experts = (*dense, "model=hf", f"model.path={moe}")
+    assert _variant(settings, *dense)[0] == _variant(settings, *dense, "calib.min_expert_tokens=1")[0]
+    assert _variant(settings, *experts)[0] != _variant(settings, *experts, "calib.min_expert_tokens=1")[0]
