@@ -292,12 +292,14 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     notes = list(dict.fromkeys(plan.notes + base.notes + report.notes + speed_notes))
     for note in report.notes + speed_notes:
         step(f"note: {note}")
-    _write(settings, plan, metrics, notes, errors, staging, protocol, calibrated=bool(report.calibration_tokens))
+    _write(settings, plan, metrics, notes, errors, staging, protocol, calibrated=bool(report.calibration_tokens),
+           expert_tokens=report.expert_tokens)
     return metrics, errors, notes
 
 
 def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], errors: list[dict], staging: Path,
-           protocol: dict[str, Any], calibrated: bool = False) -> None:
+           protocol: dict[str, Any], calibrated: bool = False,
+           expert_tokens: dict[str, list[int]] | None = None) -> None:
     (staging / "config.yaml").write_text(settings.resolved_yaml())
     (staging / "recipe.yaml").write_text(OmegaConf.to_yaml(settings.raw.recipe, resolve=True))
     (staging / "plan.json").write_text(plan.to_json())
@@ -307,5 +309,7 @@ def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], erro
         c = settings.calib
         record["calibration"] = {"data": c.data.name, "path": c.data.path, "split": c.data.split,
                                  "samples": c.samples, "seq_len": c.seq_len, "seed": c.seed}
+        if expert_tokens:  # tokens the router sent each calibrated expert, per experts module
+            record["calibration"].update(min_expert_tokens=c.min_expert_tokens, expert_tokens=expert_tokens)
     (staging / "metrics.json").write_text(json.dumps(record, indent=2))
     (staging / "layer_errors.json").write_text(json.dumps(errors, indent=2))

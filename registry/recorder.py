@@ -59,6 +59,9 @@ def recipe_hash(settings: Settings, plan: Plan) -> str:
     payload: dict[str, Any] = {"recipe": recipe}
     if plan.calibrates:
         payload["calib"] = OmegaConf.to_container(settings.raw.calib, resolve=True)
+        if not any(lp.kind == "experts" for lp in plan.quantized()):
+            # it changes only experts' weights: dense variants keep the identity they had before it
+            payload["calib"].pop("min_expert_tokens", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

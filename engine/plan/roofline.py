@@ -3,16 +3,18 @@ should decode and prefill on one device of the target. These are predictions fro
 figures (conf/target/), never measurements; the workload is the one `qrecipe run` times
 (eval.speed), so a measurement on the target's own GPU can be set against them.
 
-    weight bytes read per forward   every linear layer's bytes (bytes_after for the variant,
-                                    bytes_before for the baseline) + the norms; the input
-                                    embedding is gathered one row per token, so it counts only
-                                    where a kept, tied lm_head reads all of it
+    weight bytes read per forward   plan/capacity.py's decode_bytes_per_token: every linear
+                                    layer's bytes (bytes_after for the variant, bytes_before for
+                                    the baseline) + the norms; the input embedding only where a
+                                    tied lm_head reads it; of an expert tensor, the experts a
+                                    forward of that many tokens is routed to
     KV bytes per token              2 (K and V) x layers x kv_heads x head_dim x bytes of the
                                     target's dtype (KV cache is not quantized)
     math per token                  2 x in_features x out_features per linear layer, run in the
                                     layer's math type: the target's float type (bf16) for kept
                                     and weight-only layers (W8A16, W4A16 dequantize into bf16
-                                    MMAs), int8 for W8A8, fp8 for FP8
+                                    MMAs), int8 for W8A8, fp8 for FP8; an expert tensor counts
+                                    the experts_per_token experts a token is routed to
 
     decode step   batch B = decode_batch_size sequences, C = context_len tokens each in cache:
                   time = max((weight bytes + B x C x KV bytes per token) / bandwidth,
@@ -37,6 +39,7 @@ from ..config.settings import SpeedSpec
 from ..models.describe import ModelInfo, dtype_bytes
 from ..schemes import SCHEMES
 from ..targets import Target
+from .capacity import _kv_bytes_per_token, decode_bytes_per_token
 from .types import Plan
 
 _FLOAT_MATH = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -47,20 +50,17 @@ def _math_type(scheme: str, target: Target) -> str:
     return _FLOAT_MATH.get(target.dtype, "bf16") if activation == "float" else activation
 
 
-def _side(plan: Plan, info: ModelInfo, target: Target, variant: bool) -> tuple[int, dict[str, int]]:
-    """(weight bytes read per forward, {math type: multiply-accumulates per token})."""
-    elem = dtype_bytes(target.dtype)
-    embedding = info.vocab_size * info.hidden_size * elem
-    read = max(0, plan.other_bytes - embedding)  # norms (and biases outside linears)
+def _macs(plan: Plan, info: ModelInfo, target: Target, variant: bool) -> dict[str, int]:
+    """{math type: multiply-accumulates per token}; an expert tensor counts the experts a token
+    is routed to (experts_per_token of num_experts)."""
     macs: dict[str, int] = {}
     for lp in plan.layers:
-        nbytes = lp.bytes_after if variant else lp.bytes_before
-        if lp.name == info.tied_lm_head and nbytes == 0:
-            nbytes = embedding  # a kept tied head reads the embedding matrix it shares
-        read += nbytes
+        n = lp.in_features * lp.out_features
+        if lp.kind == "experts":
+            n *= min(info.experts_per_token, lp.num_experts) if info.experts_per_token else lp.num_experts
         kind = _math_type(lp.scheme, target) if variant and lp.is_quantized else _FLOAT_MATH.get(target.dtype, "bf16")
-        macs[kind] = macs.get(kind, 0) + lp.in_features * lp.out_features
-    return read, macs
+        macs[kind] = macs.get(kind, 0) + n
+    return macs
 
 
 def _math_seconds(macs: dict[str, int], tokens: int, target: Target) -> float | None:
@@ -71,15 +71,17 @@ def _math_seconds(macs: dict[str, int], tokens: int, target: Target) -> float | 
     return sum(2 * n * tokens / (target.dense_tflops[kind] * 1e12) for kind, n in macs.items())
 
 
-def _predict(weight_bytes: int, macs: dict[str, int], kv_per_token: int, spec: SpeedSpec,
-             target: Target) -> dict[str, Any]:
+def _predict(plan: Plan, info: ModelInfo, target: Target, spec: SpeedSpec, variant: bool) -> dict[str, Any]:
+    macs = _macs(plan, info, target, variant)
+    kv_per_token = _kv_bytes_per_token(info, 1, dtype_bytes(target.dtype))
     bandwidth = target.bandwidth_gb_s * 1e9
+    weight_bytes = decode_bytes_per_token(plan, info, after=variant, tokens=spec.decode_batch_size)
     kv_bytes = spec.decode_batch_size * spec.context_len * kv_per_token
     decode_bytes_s = (weight_bytes + kv_bytes) / bandwidth
     decode_math_s = _math_seconds(macs, spec.decode_batch_size, target)
     decode_s = max(decode_bytes_s, decode_math_s or 0.0)
     tokens = spec.batch_size * spec.prompt_len
-    prefill_bytes_s = weight_bytes / bandwidth
+    prefill_bytes_s = decode_bytes_per_token(plan, info, after=variant, tokens=tokens) / bandwidth
     prefill_math_s = _math_seconds(macs, tokens, target)
     out: dict[str, Any] = {
         "weight_bytes_read": weight_bytes, "kv_bytes_read": kv_bytes,
@@ -101,11 +103,9 @@ def roofline_report(plan: Plan, info: ModelInfo, target: Target, spec: SpeedSpec
                "'target.dense_tflops={fp32: 1.5}'; with target=auto add them: +target.bandwidth_gb_s=...) to get one")
         return {"available": False, "target": target.name,
                 "reason": f"target {target.name} states no memory bandwidth; {fix}"}
-    kv_per_token = 2 * info.num_layers * info.num_kv_heads * info.head_dim * dtype_bytes(target.dtype)
-    base_bytes, base_macs = _side(plan, info, target, variant=False)
-    var_bytes, var_macs = _side(plan, info, target, variant=True)
-    baseline = _predict(base_bytes, base_macs, kv_per_token, spec, target)
-    variant = _predict(var_bytes, var_macs, kv_per_token, spec, target)
+    kv_per_token = _kv_bytes_per_token(info, 1, dtype_bytes(target.dtype))
+    baseline = _predict(plan, info, target, spec, variant=False)
+    variant = _predict(plan, info, target, spec, variant=True)
     report: dict[str, Any] = {
         "available": True, "target": target.name, "gpu": target.gpu, "bandwidth_gb_s": target.bandwidth_gb_s,
         "dense_tflops": dict(target.dense_tflops), "kv_bytes_per_token": kv_per_token,
@@ -117,7 +117,7 @@ def roofline_report(plan: Plan, info: ModelInfo, target: Target, spec: SpeedSpec
     if "prefill_tokens_per_s" in variant and "prefill_tokens_per_s" in baseline:
         report["prefill_speedup"] = variant["prefill_tokens_per_s"] / baseline["prefill_tokens_per_s"]
     else:
-        missing = sorted(set(var_macs) - set(target.dense_tflops))
+        missing = sorted(set(variant["macs_per_token"]) - set(target.dense_tflops))
         report["prefill_reason"] = (f"target {target.name} states no dense_tflops for {', '.join(missing)}; "
                                     f"set target.dense_tflops.{missing[0]} to predict prefill")
     return report

@@ -44,3 +44,13 @@ def test_mlflow_run_names_are_unique_and_say_what_differs(settings):
     assert name("recipe=w8a16", number=2) != per_channel  # a re-run of the same variant
     mixed = name("recipe=mixed", "recipe.base.group_size=64", "~recipe.rules.attn")
     assert mixed.startswith("mixed[base.group_size=64, ~rules.attn]@cpu #1 ")
+
+
+def test_the_expert_token_minimum_is_part_of_the_variant_only_for_models_with_experts(settings):
+    from pathlib import Path
+
+    moe = Path(__file__).parents[1] / "fixtures" / "moe" / "qwen3-moe-tiny"  # a config: plans need no weights
+    dense = ("recipe=gptq", "recipe.base.group_size=64")
+    experts = (*dense, "model=hf", f"model.path={moe}")
+    assert _variant(settings, *dense)[0] == _variant(settings, *dense, "calib.min_expert_tokens=1")[0]
+    assert _variant(settings, *experts)[0] != _variant(settings, *experts, "calib.min_expert_tokens=1")[0]

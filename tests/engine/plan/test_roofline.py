@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from qrecipe.engine.plan.capacity import decode_bytes_per_token
 from qrecipe.engine.planning import build_plan
 from qrecipe.engine.targets import shipped_roofline
 
@@ -100,3 +101,21 @@ def test_auto_takes_the_roofline_of_the_shipped_target_with_that_exact_gpu():
                                                                   "fp8": 1978.9})
     assert shipped_roofline("NVIDIA H200")[0] == 4800.0
     assert shipped_roofline("NVIDIA H100 PCIe") == (None, {})  # another part: 2 TB/s, not the SXM's figures
+
+
+def test_a_mixture_of_experts_decode_reads_and_computes_the_routed_experts_only(settings):
+    """Qwen3-30B-A3B (config only): 128 experts, 8 routed per token. At batch 1 decode reads what
+    the plan's capacity says one token reads; a 256-token prefill touches every expert."""
+    moe = Path(__file__).parents[2] / "fixtures" / "moe" / "qwen3-30b-a3b"
+    plan, info = build_plan(settings("model=hf", f"model.path={moe}", "target=h100", "recipe=w4a16",
+                                     "recipe.base.group_size=128"))
+    r = plan.roofline
+    assert r["variant"]["weight_bytes_read"] == plan.capacity["decode_bytes_per_token_after"]
+    assert r["baseline"]["weight_bytes_read"] == plan.capacity["decode_bytes_per_token_before"]
+    experts = [lp for lp in plan.layers if lp.kind == "experts"]
+    assert experts and all(lp.num_experts == 128 for lp in experts)
+    routed = sum(lp.in_features * lp.out_features * 8 for lp in experts)  # 8 of 128 experts per token
+    dense = sum(lp.in_features * lp.out_features for lp in plan.layers if lp.kind != "experts")
+    assert sum(r["baseline"]["macs_per_token"].values()) == routed + dense
+    embedding = info.vocab_size * info.hidden_size * 2  # untied: gathered a row per token, not read
+    assert decode_bytes_per_token(plan, info, after=False, tokens=256) == plan.totals()["weight_bytes_before"] - embedding
