@@ -7,6 +7,7 @@ import re
 
 from ..schemes import SCHEMES
 from ..tables import human_bytes, text_table
+from .roofline import describe_roofline
 from .types import Plan
 
 _INDEX = re.compile(r"\.(\d+)\.")
@@ -92,5 +93,6 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
             lines.append(f"  weight bytes read per decoded token (batch 1{', active experts only' if any_experts else ''}): "
                          f"{human_bytes(c['decode_bytes_per_token_before'])} -> "
                          f"{human_bytes(c['decode_bytes_per_token_after'])}")
+    lines += describe_roofline(plan.roofline)
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

@@ -73,6 +73,7 @@ class Plan:
     other_bytes: int  # parameters outside the units (embeddings, norms): kept in float
     capacity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    roofline: dict[str, Any] = field(default_factory=dict)  # predictions on the target (plan/roofline.py)
 
     @property
     def plan_hash(self) -> str:
@@ -122,7 +123,8 @@ class Plan:
         return {"model": self.model_id, "model_type": self.model_type, "recipe": self.recipe, "target": self.target,
                 "dtype": self.dtype, "device": self.device, "plan_hash": self.plan_hash,
                 "layers": [asdict(lp) for lp in self.layers], "other_bytes": self.other_bytes,
-                "totals": self.totals(), "capacity": self.capacity, "notes": list(self.notes)}
+                "totals": self.totals(), "capacity": self.capacity, "roofline": self.roofline,
+                "notes": list(self.notes)}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
@@ -132,4 +134,4 @@ class Plan:
         return cls(model_id=d["model"], model_type=d.get("model_type", ""), recipe=d.get("recipe", ""),
                    target=d["target"], dtype=d["dtype"], device=d.get("device", "cpu"),
                    layers=[LayerPlan(**lp) for lp in d["layers"]], other_bytes=d.get("other_bytes", 0),
-                   capacity=d.get("capacity", {}), notes=list(d.get("notes", [])))
+                   capacity=d.get("capacity", {}), notes=list(d.get("notes", [])), roofline=d.get("roofline", {}))
