@@ -1,4 +1,4 @@
-"""The registry's commands (engine/cli.py registers them):
+"""The registry's commands (registry/cli.py registers them):
 
     qrecipe variants list [--model M] [--json]          every variant, its status and headline numbers
     qrecipe variants show VARIANT [--json]              one variant (id or unique prefix): metrics and runs
@@ -21,32 +21,33 @@ import time
 import urllib.request
 from pathlib import Path
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.errors import ConfigError, QRecipeError
 
 from .promotion_commands import add_promotion_commands
 
 
-def _settings(overrides: list[str]):
+def settings_for(overrides: list[str]):
     from qrecipe.engine.config import compose, load_settings
 
     return load_settings(compose(overrides))
 
 
-def _split(items: list[str]) -> tuple[list[str], list[str]]:
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
     """(variant refs, config overrides): overrides are the items with '='."""
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
-def _one_ref(items: list[str], usage: str) -> tuple[str, list[str]]:
+def one_ref(items: list[str], usage: str) -> tuple[str, list[str]]:
     """(the one positional argument, config overrides); `usage` is the error when there is not
     exactly one."""
-    refs, overrides = _split(items)
+    refs, overrides = split_items(items)
     if len(refs) != 1:
         raise ConfigError(usage)
     return refs[0], overrides
 
 
-def _engine(settings, catch_up: bool = True):
+def open_for(settings, catch_up: bool = True):
     """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands)."""
     from .db import open_registry
     from .promotion_commands import catch_up_mirror
@@ -65,14 +66,14 @@ def _fmt(value, spec: str) -> str:
 
 
 def cmd_list(args) -> int:
-    from qrecipe.engine.plan.render import _table
+    from qrecipe.engine.tables import text_table
 
     from .queries import list_variants
 
-    refs, overrides = _split(args.items)
+    refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"variants list: unexpected argument {refs[0]!r}; filter with --model NAME")
-    variants = list_variants(_engine(_settings(overrides)), args.model)
+    variants = list_variants(open_for(settings_for(overrides)), args.model)
     if args.json:
         print(json.dumps([{"id": v.id, "model": v.base_model.name, "recipe": v.recipe_name, "target": v.target,
                            "status": v.status, "runs": v.runs_count, "scheme_mix": v.scheme_mix,
@@ -86,19 +87,21 @@ def cmd_list(args) -> int:
     for v in variants:
         m = v.metrics or {}
         rows.append([v.id, v.base_model.name, v.recipe_name, v.target, v.status, str(v.runs_count),
-                     _fmt(m.get("ppl_delta_pct"), "+.2f"), _fmt(m.get("kl_mean"), ".4f"),
-                     _fmt(m.get("weight_reduction"), ".2f"), v.scheme_mix, str(v.updated_at)[:19]])
-    print(_table(["variant", "model", "recipe", "target", "status", "runs", "ppl %", "KL", "memory x", "schemes",
+                     _fmt(m.get(M.PPL_DELTA_PCT), "+.2f"), _fmt(m.get(M.KL_MEAN), ".4f"),
+                     _fmt(m.get(M.WEIGHT_REDUCTION), ".2f"), v.scheme_mix, str(v.updated_at)[:19]])
+    print(text_table(["variant", "model", "recipe", "target", "status", "runs", "ppl %", "KL", "memory x", "schemes",
                   "updated"], rows))
     return 0
 
 
 def cmd_show(args) -> int:
+    from qrecipe.engine.evaluate.protocol import describe_protocol
+
     from .queries import find_variant, variant_runs
 
-    ref, overrides = _one_ref(args.items, "variants show: name one variant (its id or a unique prefix), "
+    ref, overrides = one_ref(args.items, "variants show: name one variant (its id or a unique prefix), "
                                           "e.g. qrecipe variants show 3f9a")
-    engine = _engine(_settings(overrides))
+    engine = open_for(settings_for(overrides))
     v = find_variant(engine, ref)
     runs = variant_runs(engine, v.id)
     if args.json:
@@ -108,6 +111,7 @@ def cmd_show(args) -> int:
                           "output_dir": v.output_dir, "mlflow_run_id": v.mlflow_run_id,
                           "runs": [{"number": r.run_number, "status": r.status, "device": r.device,
                                     "output_dir": r.output_dir, "mlflow_run_id": r.mlflow_run_id, "error": r.error,
+                                    "eval_protocol": r.eval_protocol, "eval_protocol_spec": r.eval_protocol_spec,
                                     "started_at": r.started_at, "finished_at": r.finished_at} for r in runs]},
                          default=str))
         return 0
@@ -124,25 +128,34 @@ def cmd_show(args) -> int:
     for r in runs:
         line = f"    #{r.run_number} {r.status:<9} {str(r.started_at)[:19]} on {r.device}"
         print(line + (f": {r.error.splitlines()[0][:120]}" if r.error else ""))
+        print(f"        eval protocol {r.eval_protocol or 'unrecorded'}: {describe_protocol(r.eval_protocol_spec)}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .compare import legend, matrix_row, render_text, shipped_targets
+    from .compare import legend, matrix_row, render, shipped_targets
+    from .protocols import choose_runs
     from .queries import find_variant, list_variants
 
-    refs, overrides = _split(args.items)
-    engine = _engine(_settings(overrides))
+    refs, overrides = split_items(args.items)
+    settings = settings_for(overrides)
+    engine = open_for(settings)
     variants = [find_variant(engine, r) for r in refs] if refs else list_variants(engine, args.model, True)
     if not variants:
         print("no measured variants to compare: `qrecipe run` records one")
         return 0
+    selection = choose_runs(engine, settings, variants, protocol=args.protocol, any_protocol=args.any_protocol,
+                            named=bool(refs))
     targets = shipped_targets()
-    rows = [matrix_row(v, targets) for v in variants]
     if args.json:
-        print(json.dumps(rows, default=str))
+        print(json.dumps({"protocol": selection.protocol,
+                          "protocols": {h: selection.specs.get(h) for h in selection.by_protocol()},
+                          "rows": [matrix_row(m, targets) for m in selection.rows],
+                          "missing": selection.missing}, default=str))
         return 0
-    print(render_text(rows))
+    print(render(selection, targets) if selection.rows else "no variant has a successful run under the requested "
+          "eval protocol:\n" + "\n".join(f"  {line}" for line in selection.missing_lines())
+          + "\npass --protocol HASH or --any-protocol")
     print()
     print(legend())
     return 0
@@ -151,9 +164,10 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
-    ref, overrides = _one_ref(args.items, "report: name one model, e.g. qrecipe report smollm2-135m "
+    ref, overrides = one_ref(args.items, "report: name one model, e.g. qrecipe report smollm2-135m "
                                           "(`qrecipe variants list` shows them)")
-    result = write_report(_settings(overrides), ref, Path(args.out).resolve() if args.out else None)
+    result = write_report(settings_for(overrides), ref, Path(args.out).resolve() if args.out else None,
+                          protocol=args.protocol, any_protocol=args.any_protocol)
     print(f"report: {result['report']}")
     for p in result["plots"]:
         print(f"plot:   {p}")
@@ -177,16 +191,27 @@ def _stderr_fd():
         return subprocess.DEVNULL
 
 
+def runs_tables(settings, address: str) -> list[str]:
+    """One line per qrecipe experiment in the store: the address of its runs table (MLflow 3
+    opens an experiment on its GenAI Traces page otherwise)."""
+    from .tracking import client_for, runs_table_url
+
+    prefix = settings.tracking.experiment_prefix
+    exps = [e for e in client_for(settings).search_experiments() if e.name.startswith(prefix)]
+    return [f"  {e.name} runs: {runs_table_url(address, e.experiment_id)}" for e in sorted(exps, key=lambda e: e.name)]
+
+
 def cmd_ui(args) -> int:
     from .tracking import artifact_root, ensure_store, tracking_uri
 
-    refs, overrides = _split(args.items)
+    refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"ui: unexpected argument {refs[0]!r}; use --host/--port, and KEY=VALUE overrides")
-    settings = _settings(overrides)
+    settings = settings_for(overrides)
     uri = tracking_uri(settings)
     if not uri.startswith("sqlite:"):
         print(f"tracking.uri is the server {uri}: open it in a browser (qrecipe ui serves the embedded store only)")
+        print("\n".join(runs_tables(settings, uri)))
         return 0
     artifacts = artifact_root(settings)
     ensure_store(uri, artifacts)
@@ -208,6 +233,10 @@ def cmd_ui(args) -> int:
                 raise QRecipeError(f"ui: the MLflow server did not answer on {address} within {args.timeout}s")
             time.sleep(0.5)
         print(f"MLflow UI: {address}  (store {uri}; Ctrl-C stops it)", flush=True)
+        tables = runs_tables(settings, address)
+        if tables:
+            print("each model's runs table (MLflow 3 may open an experiment on its GenAI Traces page):\n"
+                  + "\n".join(tables), flush=True)
         return proc.wait()
     except BaseException:
         proc.terminate()
@@ -216,6 +245,13 @@ def cmd_ui(args) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+
+
+def add_protocol_flags(q) -> None:
+    q.add_argument("--protocol", metavar="HASH", help="use runs measured under this eval protocol (a hash or prefix; "
+                                                       "default: the one this config measures under)")
+    q.add_argument("--any-protocol", action="store_true",
+                   help="use each variant's latest run whatever its eval protocol (tables split by protocol)")
 
 
 def add_commands(sub, common_flags) -> None:
@@ -228,6 +264,8 @@ def add_commands(sub, common_flags) -> None:
         q = vsub.add_parser(name, help=helptext)
         if name != "show":
             q.add_argument("--model", help="only this base model's variants")
+        if name == "compare":
+            add_protocol_flags(q)
         q.add_argument("--json", action="store_true", help="print JSON")
         common_flags(q)
         q.add_argument("items", nargs="*", metavar="VARIANT|KEY=VALUE",
@@ -237,6 +275,7 @@ def add_commands(sub, common_flags) -> None:
 
     p = sub.add_parser("report", help="write a model's decision matrix as Markdown + plots and log it to MLflow")
     p.add_argument("--out", help="folder for report.md and the PNGs (default: paths.root/reports/MODEL-TIME)")
+    add_protocol_flags(p)
     common_flags(p)
     p.add_argument("items", nargs="+", metavar="MODEL|KEY=VALUE", help="the base model name, then config overrides")
     p.set_defaults(func=cmd_report)

@@ -1,4 +1,5 @@
-"""What one `qrecipe run` leaves in the registry and in MLflow, from start to end.
+"""What one `qrecipe run` leaves in the registry and in MLflow, from start to end: the
+engine's Recorder (engine/recording.py) that the CLI and job attempts pass to engine.run.
 
     start      (before the model loads) the variant is found or created and a `running` run
                row added; an MLflow run is started RUNNING with its params and tags
@@ -17,19 +18,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from qrecipe.engine.algorithms import get_algorithm
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.config.settings import Settings
 from qrecipe.engine.errors import QRecipeError
+from qrecipe.engine.evaluate.protocol import describe_protocol, protocol_hash
 from qrecipe.engine.plan import Plan
+from qrecipe.engine.recording import BaselineRecord, RunStart
 from qrecipe.engine.schemes import SCHEMES
 
 from . import plots
 from .db import open_registry
+from .protocols import UNRECORDED, select_runs
 from .queries import list_variants
 from .record import RunHandle, VariantIdentity, begin_run, fail_run, finish_run, record_baseline
 from .tracking import MlflowRun, flatten, git_commit, tracking_uri, versions
@@ -46,18 +51,17 @@ def registry_url(settings: Settings) -> str:
     return settings.registry.url or default_url(settings.paths.root)
 
 
-def _calibrates(plan: Plan) -> bool:
-    return any(get_algorithm(lp.algorithm).needs_calibration for lp in plan.quantized())
-
-
 def recipe_hash(settings: Settings, plan: Plan) -> str:
     """The resolved recipe without its description; with the calibration settings when a
     layer's algorithm calibrates (they change the weights, so they are part of the variant)."""
     recipe = OmegaConf.to_container(settings.raw.recipe, resolve=True)
     recipe.pop("description", None)
     payload: dict[str, Any] = {"recipe": recipe}
-    if _calibrates(plan):
+    if plan.calibrates:
         payload["calib"] = OmegaConf.to_container(settings.raw.calib, resolve=True)
+        if not any(lp.kind == "experts" for lp in plan.quantized()):
+            # it changes only experts' weights: dense variants keep the identity they had before it
+            payload["calib"].pop("min_expert_tokens", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -72,7 +76,7 @@ def run_params(settings: Settings, plan: Plan, ident: VariantIdentity, device: s
     raw = settings.raw
     params = flatten(OmegaConf.to_container(raw.recipe, resolve=True), "recipe")
     params.update(flatten(OmegaConf.to_container(raw.eval, resolve=True), "eval"))
-    if _calibrates(plan):
+    if plan.calibrates:
         params.update(flatten(OmegaConf.to_container(raw.calib, resolve=True), "calib"))
     params.update({"model": plan.model_id, "model.path": settings.model.path, "model.type": ident.model_type,
                    "target": plan.target, "device": device, "dtype": dtype, "plan_hash": plan.plan_hash,
@@ -82,6 +86,24 @@ def run_params(settings: Settings, plan: Plan, ident: VariantIdentity, device: s
     return params
 
 
+def run_name(settings: Settings, plan: Plan, variant_id: str, run_number: int | None) -> str:
+    """Unique in the model's experiment and saying what differs: the recipe with how it differs
+    from its file (its overrides), the target, the run number of the variant and the variant id,
+    e.g. `w8a16[base.group_size=64]@cpu #2 3f9a1c0d`."""
+    from qrecipe.engine.config.compose import recipe_changes
+
+    changes = recipe_changes(settings.raw.recipe)
+    what = plan.recipe
+    if changes is None:  # not a recipe file's name: the plan hash says which plan it is
+        what += f"[plan {plan.plan_hash[:8]}]"
+    elif changes:
+        text = ", ".join(changes)
+        what += f"[{text if len(text) <= 120 else text[:117] + '...'}]"
+    # without the registry there is no run number: the start time tells re-runs apart
+    number = f"#{run_number}" if run_number is not None else time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{what}@{plan.target} {number} {variant_id[:8]}"
+
+
 def run_tags(plan: Plan, ident: VariantIdentity, handle: RunHandle | None) -> dict[str, str]:
     tags = {"qrecipe.variant_id": ident.variant_id, "qrecipe.recipe": plan.recipe, "qrecipe.target": plan.target,
             "qrecipe.plan_hash": plan.plan_hash, "qrecipe.recipe_hash": ident.recipe_hash,
@@ -89,6 +111,18 @@ def run_tags(plan: Plan, ident: VariantIdentity, handle: RunHandle | None) -> di
     tags.update({f"qrecipe.scheme.{s}": str(n) for s, n in plan.totals()["by_scheme"].items()})
     if handle is not None:
         tags.update({"qrecipe.run_number": str(handle.run_number), "qrecipe.rerun": str(handle.is_rerun).lower()})
+    return tags
+
+
+def speed_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """How far the measured speed can be trusted, as tags the runs table can filter on."""
+    tags = {f"qrecipe.{side}_noisy": str(bool(metrics[f"{side}_noisy"])).lower()
+            for side in ("prefill", "decode") if f"{side}_noisy" in metrics}
+    for key in (M.SPEED_TIMING, M.SPEED_DEVICE_NAME, M.SPEED_CAVEAT, M.PREFILL_NOISE, M.DECODE_NOISE):
+        if metrics.get(key):
+            tags[f"qrecipe.{key}"] = str(metrics[key])[:5000]
+    if M.SPEED_PRODUCTION in metrics:
+        tags["qrecipe.speed_production"] = str(bool(metrics[M.SPEED_PRODUCTION])).lower()
     return tags
 
 
@@ -106,23 +140,38 @@ def _start_mlflow(settings: Settings, model: str, name: str, tags: dict[str, str
 
 
 class RunRecorder:
-    def __init__(self, settings: Settings, plan: Plan, model_type: str, device: str, dtype: str):
-        self.settings, self.plan = settings, plan
-        self.ident = identity(settings, plan, model_type)
-        self.engine = open_registry(registry_url(settings)) if settings.registry.enabled else None
+    """Registry rows and an MLflow run for one engine run (engine.recording.Recorder)."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.plan: Plan | None = None
+        self.ident: VariantIdentity | None = None
+        self.engine = None
         self.handle: RunHandle | None = None
         self.mlflow: MlflowRun | None = None
         self.baseline_id: int | None = None
+
+    def start(self, run: RunStart) -> str:
+        settings, plan = self.settings, self.plan = run.settings, run.plan
+        self.ident = identity(settings, plan, run.model_type)
+        self.engine = open_registry(registry_url(settings)) if settings.registry.enabled else None
         if self.engine is not None:
-            self.handle = begin_run(self.engine, self.ident, device, versions()["qrecipe"], git_commit())
+            self.handle = begin_run(self.engine, self.ident, run.device, versions()["qrecipe"], git_commit(),
+                                    run.eval_protocol)
         try:
             if settings.tracking.enabled:
-                name = f"{plan.recipe}@{plan.target}" + (f" #{self.handle.run_number}" if self.handle else "")
-                self.mlflow = _start_mlflow(settings, plan.model_id, name, run_tags(plan, self.ident, self.handle))
-                self.mlflow.log_params(run_params(settings, plan, self.ident, device, dtype))
+                name = run_name(settings, plan, self.variant_id, self.handle.run_number if self.handle else None)
+                tags = run_tags(plan, self.ident, self.handle)
+                params = run_params(settings, plan, self.ident, run.device, run.dtype)
+                if run.eval_protocol is not None:
+                    tags["qrecipe.eval_protocol"] = params["eval_protocol"] = protocol_hash(run.eval_protocol)
+                    params["eval_protocol.text"] = describe_protocol(run.eval_protocol)
+                self.mlflow = _start_mlflow(settings, plan.model_id, name, tags)
+                self.mlflow.log_params(params)
         except BaseException as e:
             self.fail(e)
             raise
+        return self.describe_start()
 
     @property
     def variant_id(self) -> str:
@@ -137,20 +186,20 @@ class RunRecorder:
             where.append(f"MLflow run {self.mlflow.run_id} ({tracking_uri(self.settings)})")
         return "; ".join(where) or "tracking and registry are off"
 
-    def record_baseline(self, key: str, device: str, dtype: str, key_parts: dict, metrics: dict,
-                        cache_path: str) -> None:
+    def baseline(self, b: BaselineRecord) -> None:
         if self.engine is not None:
-            self.baseline_id = record_baseline(self.engine, self.plan.model_id, key, device, dtype, key_parts,
-                                               metrics, cache_path)
+            self.baseline_id = record_baseline(self.engine, self.plan.model_id, b.key, b.device, b.dtype,
+                                               b.key_parts, b.metrics, b.cache_path)
 
-    def log_outputs(self, staging: Path, metrics: dict[str, Any], layer_errors: list[dict]) -> None:
+    def outputs(self, staging: Path, metrics: dict[str, Any], layer_errors: list[dict]) -> None:
         """Metrics, the run folder's files and the plots, while the MLflow run is still RUNNING."""
         if self.mlflow is None:
             return
         self.mlflow.log_metrics(metrics)
-        self.mlflow.set_tags({"qrecipe.device": str(metrics.get("device", "")),
-                              "qrecipe.peak_memory_method": str(metrics.get("peak_memory_method", "-")),
-                              "qrecipe.worst_family": str(metrics.get("task.worst_family", "-"))})
+        self.mlflow.set_tags({"qrecipe.device": str(metrics.get(M.DEVICE, "")),
+                              "qrecipe.peak_memory_method": str(metrics.get(M.PEAK_MEMORY_METHOD, "-")),
+                              "qrecipe.worst_family": str(metrics.get(M.TASK_WORST_FAMILY, "-")),
+                              **speed_tags(metrics)})
         for name in RUN_FILES:
             if (staging / name).is_file():
                 self.mlflow.log_artifact(staging / name)
@@ -161,11 +210,13 @@ class RunRecorder:
         folder = staging / "plots"
         out = []
         points = [plots.point(self.plan.recipe, metrics, highlight=True)]
-        if self.engine is not None:
-            points += [plots.point(f"{v.recipe_name}@{v.target}", v.metrics)
-                       for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
-                       if v.id != self.variant_id and v.metrics]
-        out.append(plots.quality_vs_memory(points, metrics.get("weight_bytes_baseline"),
+        if self.engine is not None:  # the model's other variants, measured under this run's protocol
+            others = [v for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
+                      if v.id != self.variant_id]
+            chosen = select_runs(self.engine, others, metrics.get(M.EVAL_PROTOCOL) or UNRECORDED).rows
+            points += [plots.point(f"{r.variant.recipe_name}@{r.variant.target} {r.variant.id[:6]}", r.metrics)
+                       for r in chosen]
+        out.append(plots.quality_vs_memory(points, metrics.get(M.WEIGHT_BYTES_BASELINE),
                                            folder / "quality_vs_memory.png",
                                            f"{self.plan.model_id}: quality vs weight memory"))
         if layer_errors:
@@ -200,6 +251,8 @@ class RunRecorder:
                 log.warning("could not mark registry run %s failed: %s", self.handle.run_id, e)
 
     def summary(self) -> dict[str, Any]:
+        if self.ident is None:  # not started
+            return {}
         return {"variant_id": self.variant_id, "run_number": self.handle.run_number if self.handle else None,
                 "mlflow_run_id": self.mlflow.run_id if self.mlflow else None,
                 "tracking_uri": tracking_uri(self.settings) if self.settings.tracking.enabled else None}

@@ -1,14 +1,37 @@
-"""Shared fixtures: the shared data folder, tiny real models, isolated run folders."""
+"""Shared fixtures: the shared data folder, tiny real models, isolated run folders.
+
+Hermetic: the test suite never reads or writes the user's home. Before anything else is
+imported, HOME points at an empty folder of this test session, and every cache a test fills
+(qrecipe's converted models, Hugging Face, Triton, torch inductor, matplotlib) lives in the
+checkout's git-ignored `.cache/tests/`, reused across runs (QRECIPE_TEST_CACHE moves it).
+Processes the tests start inherit all of it.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
+TEST_CACHE = Path(os.environ.get("QRECIPE_TEST_CACHE") or ROOT / ".cache" / "tests").resolve()
+TEST_HOME = Path(tempfile.mkdtemp(prefix="qrecipe-test-home-"))
+atexit.register(shutil.rmtree, TEST_HOME, ignore_errors=True)
+os.environ.update({
+    "HOME": str(TEST_HOME),
+    "QRECIPE_CACHE": str(TEST_CACHE / "qrecipe"),
+    "HF_HOME": str(TEST_CACHE / "huggingface"),
+    "TRITON_CACHE_DIR": str(TEST_CACHE / "triton"),
+    "TORCHINDUCTOR_CACHE_DIR": str(TEST_CACHE / "inductor"),
+    "MPLCONFIGDIR": str(TEST_CACHE / "matplotlib"),
+    "XDG_CACHE_HOME": str(TEST_CACHE / "xdg"),
+})
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# as the CLI does (engine/cli.py): idle OpenMP threads sleep, so a busy shared CPU does not stall them
+# as the CLI does (registry/cli.py): idle OpenMP threads sleep, so a busy shared CPU does not stall them
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,10 +50,10 @@ TINY = SHARED / "models" / "TinyStories-656K"
 STORIES = SHARED / "data" / "tinystories" / "tinystories_val.txt"
 
 # Overrides that make a run small and in-domain for the tiny model: few windows, one prompt per
-# task family, short decodes, one timing repeat, no child-process memory measurement.
+# task family, short decodes, the fewest timing repeats (5), no child-process memory measurement.
 TINY_RUN = ["model=tinystories-656k", "data@eval.data=tinystories", "eval.windows=8", "eval.seq_len=256",
             "target=cpu", "eval.tasks.prompts=1", "eval.tasks.new_tokens=8", "eval.tasks.reference_tokens=16",
-            "eval.speed.prompt_len=32", "eval.speed.new_tokens=2", "eval.speed.warmup=0", "eval.speed.repeats=1",
+            "eval.speed.prompt_len=32", "eval.speed.context_len=32", "eval.speed.new_tokens=2", "eval.speed.warmup=0",
             "eval.memory.method=off"]
 
 

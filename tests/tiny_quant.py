@@ -51,7 +51,7 @@ def quantize_tiny(calib_text, eval_windows, tiny_model_dir):
     """quantize_tiny(*overrides) -> Quantized: a fresh model quantized per the overrides."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qrecipe.engine.evaluate.perplexity import perplexity
+    from qrecipe.engine.evaluate import perplexity
     from qrecipe.engine.planning import build_plan
     from qrecipe.engine.quantize import quantize_model
 
@@ -71,6 +71,6 @@ def quantize_tiny(calib_text, eval_windows, tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def float_ppl(tiny_model, eval_windows) -> float:
-    from qrecipe.engine.evaluate.perplexity import perplexity
+    from qrecipe.engine.evaluate import perplexity
 
     return perplexity(tiny_model[0], eval_windows, 8, progress=False).ppl

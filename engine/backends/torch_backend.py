@@ -9,14 +9,22 @@ import torch
 import torch.nn.functional as F
 
 from ...kernels.act_quant import INT8_MAX, activation_scale, quantize_int8
-from .base import Backend
+from .base import FALLBACK, KERNEL, Backend
 
 
 class TorchBackend(Backend):
     name = "torch"
 
+    def kind(self, fmt):
+        # int8 x int8 GEMMs are what a CPU serves W8A8 with; weight-only formats are only
+        # dequantized into a float weight here, which no serving kernel does
+        return KERNEL if fmt.activation_dtype == "int8" else FALLBACK
+
+    def describe(self, fmt):
+        return "torch._int_mm" if fmt.activation_dtype == "int8" else "dequantize, then matmul"
+
     def supports(self, fmt, p, in_features, out_features, device, dtype):
-        if fmt.activation_dtype == "float":
+        if fmt.weight_only:
             return True
         # int8 x int8 -> int32 runs natively on CPU; CUDA's _int_mm has shape limits the
         # Triton backend handles instead.
@@ -24,7 +32,7 @@ class TorchBackend(Backend):
 
     def linear(self, module, x):
         fmt, p = module.format, module.params
-        if fmt.activation_dtype == "float":
+        if fmt.weight_only:
             w = fmt.dequantize(module.packed(), p, x.dtype)
             return F.linear(x, w, module.bias)
         shape = x.shape

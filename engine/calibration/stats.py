@@ -34,21 +34,28 @@ class InputStats:
         self._sample: list[torch.Tensor] | None = [] if "sample" in kinds else None
         self._sampled = 0
         self._cross = torch.zeros(in_features, in_features, device=device) if "float_cross" in kinds else None
-        self._float_inputs: list[torch.Tensor] = []  # the float stream's inputs, waiting for their pair
+        self._float_inputs: dict[int, torch.Tensor] = {}  # batch -> the float stream's input, awaiting its pair
+        # False once a batch's float and quantized inputs were not the same tokens (a routed
+        # expert receives different tokens in the two models): the cross moment is then unusable
+        self.cross_paired = True
 
-    def observe_float(self, x: torch.Tensor) -> None:
-        """The float model's input of the batch whose quantized-stream input update() sees next."""
+    def observe_float(self, x: torch.Tensor, batch: int) -> None:
+        """The float model's input for calibration batch `batch` (update() sees its pair next)."""
         if self._cross is not None:
-            self._float_inputs.append(x.detach().reshape(-1, self.in_features).to(torch.float32))
+            self._float_inputs[batch] = x.detach().reshape(-1, self.in_features).to(torch.float32)
 
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, batch: int = 0) -> None:
         x = x.detach()
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         self.tokens += x2.shape[0]
         if self._xtx is not None:
             self._xtx.addmm_(x2.T, x2)
         if self._cross is not None:
-            self._cross.addmm_(self._float_inputs.pop(0).T, x2)
+            xf = self._float_inputs.pop(batch, None)
+            if xf is None or xf.shape != x2.shape:
+                self.cross_paired = False
+            else:
+                self._cross.addmm_(xf.T, x2)
         if self._abs_sum is not None:
             self._abs_sum += x2.abs().sum(dim=0, dtype=torch.float64)
         if self._window_absmax is not None:  # [windows, K]: one row per sequence of the batch
@@ -66,7 +73,8 @@ class InputStats:
 
     @property
     def cross(self) -> torch.Tensor:
-        """E[x x~^T] [K, K]: float-model inputs x against quantized-model inputs x~ (float32)."""
+        """E[x x~^T] [K, K]: float-model inputs x against quantized-model inputs x~ (float32);
+        meaningful only while cross_paired."""
         return self._cross / max(self.tokens, 1)
 
     @property
@@ -105,10 +113,12 @@ def share_groups(names: list[str], shared: list[tuple[str, ...]]) -> list[tuple[
 
 
 class Stream:
-    """Which stream the block is running on (float_cross: the float one goes first per batch)."""
+    """Which stream and calibration batch the block is running on (float_cross: per batch, the
+    float stream goes first, then the quantized one)."""
 
     def __init__(self) -> None:
         self.float = False
+        self.batch = 0
 
 
 def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]],
@@ -127,7 +137,8 @@ def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shar
         first = modules[group[0]]
         s = InputStats(first.in_features, kinds, first.weight.device)
         handles.append(first.register_forward_pre_hook(
-            lambda _m, args, s=s: s.observe_float(args[0]) if stream.float else s.update(args[0])))
+            lambda _m, args, s=s: s.observe_float(args[0], stream.batch) if stream.float
+            else s.update(args[0], stream.batch)))
         for n in group:
             stats[n] = s
     return stats, handles

@@ -10,7 +10,7 @@ its other outputs (baseline_cache.py), so a variant only pays for its own pass.
 
 Flips (Dutta et al. 2024, "Accuracy is Not All You Need"): an item flips when the variant
 chooses another answer than the baseline did; correct->wrong and wrong->correct count the
-flips that changed the item's score. Names: lm_eval_names.py.
+flips that changed the item's score. Names: engine/metric_names.py (lm_eval_metric, LM_EVAL_KINDS).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import metric_names as M
 from ..config.settings import LmEvalSpec
-from . import lm_eval_names as names
 from .lm_eval_tasks import build_tasks
 
 
@@ -59,10 +59,10 @@ def _argmax(values: list[float]) -> int:
 def _task_score(task: str, results: dict[str, Any], samples: list[dict[str, Any]]) -> TaskScore:
     samples = sorted(samples, key=lambda s: int(s["doc_id"]))
     aggregates = {}
-    for metric in names.ACCURACIES:
+    for metric, stderr in M.LM_EVAL_ACCURACIES:  # lm-eval's result keys: "acc,none", "acc_stderr,none"
         if f"{metric},none" in results:
             aggregates[metric] = _number(results[f"{metric},none"])
-            aggregates[metric + names.STDERR] = _number(results.get(f"{metric}_stderr,none"))
+            aggregates[stderr] = _number(results.get(f"{stderr},none"))
     return TaskScore(task, [int(s["doc_id"]) for s in samples],
                      [_argmax([float(r[0]) for r in s["filtered_resps"]]) for s in samples],
                      [bool(s["acc"]) for s in samples], aggregates)
@@ -97,38 +97,35 @@ def _share(n: int, total: int) -> float:
 
 
 def variant_metrics(base: dict[str, TaskScore], variant: dict[str, TaskScore]) -> dict[str, Any]:
-    """Flat metrics (lm_eval_names.py) of the variant against the baseline, per task and pooled."""
+    """Flat metrics (engine/metric_names.py) of the variant against the baseline, per task and pooled."""
     metrics: dict[str, Any] = {}
-    pooled = {"items": 0, "flips": 0, names.CORRECT_TO_WRONG: 0, names.WRONG_TO_CORRECT: 0}
+    pooled = {"items": 0, "flips": 0, "to_wrong": 0, "to_right": 0}
     rates: dict[str, float] = {}
     for task, v in variant.items():
         b = base[task]
         if b.doc_ids != v.doc_ids:
             raise ValueError(f"lm-eval {task}: the variant scored other items than the baseline")
-        flips = sum(x != y for x, y in zip(b.choices, v.choices))
-        to_wrong = sum(bc and not vc for bc, vc in zip(b.correct, v.correct))
-        to_right = sum(vc and not bc for bc, vc in zip(b.correct, v.correct))
-        n = len(v.doc_ids)
-        m = {names.ITEMS: n, names.FLIP_RATE: _share(flips, n), names.CORRECT_TO_WRONG: _share(to_wrong, n),
-             names.WRONG_TO_CORRECT: _share(to_right, n)}
-        for metric in names.ACCURACIES:
+        counts = {"items": len(v.doc_ids), "flips": sum(x != y for x, y in zip(b.choices, v.choices)),
+                  "to_wrong": sum(bc and not vc for bc, vc in zip(b.correct, v.correct)),
+                  "to_right": sum(vc and not bc for bc, vc in zip(b.correct, v.correct))}
+        n = counts["items"]
+        m = {M.ITEMS: n, M.FLIP_RATE: _share(counts["flips"], n),
+             M.FLIPS_CORRECT_TO_WRONG: _share(counts["to_wrong"], n),
+             M.FLIPS_WRONG_TO_CORRECT: _share(counts["to_right"], n)}
+        for metric, stderr in M.LM_EVAL_ACCURACIES:
             if metric in v.aggregates:
-                m[metric] = v.aggregates[metric]
-                m[metric + names.STDERR] = v.aggregates.get(metric + names.STDERR)
-                m[metric + names.BASELINE] = b.aggregates.get(metric)
-                m[metric + names.STDERR + names.BASELINE] = b.aggregates.get(metric + names.STDERR)
-                if m[metric] is not None and m[metric + names.BASELINE] is not None:
-                    m[metric + names.DELTA] = m[metric] - m[metric + names.BASELINE]
-        metrics.update({names.task_metric(task, k): value for k, value in m.items() if value is not None})
-        rates[task] = m[names.FLIP_RATE]
-        for key, count in (("items", n), ("flips", flips), (names.CORRECT_TO_WRONG, to_wrong),
-                           (names.WRONG_TO_CORRECT, to_right)):
-            pooled[key] += count
+                m[metric], m[stderr] = v.aggregates[metric], v.aggregates.get(stderr)
+                m[M.baseline_of(metric)] = b.aggregates.get(metric)
+                m[M.baseline_of(stderr)] = b.aggregates.get(stderr)
+                if m[metric] is not None and m[M.baseline_of(metric)] is not None:
+                    m[M.delta_of(metric)] = m[metric] - m[M.baseline_of(metric)]
+        metrics.update({M.lm_eval_metric(task, k): value for k, value in m.items() if value is not None})
+        rates[task] = m[M.FLIP_RATE]
+        pooled = {k: pooled[k] + counts[k] for k in pooled}
     if rates:
         total = pooled["items"]
-        metrics.update({names.overall_metric(names.ITEMS): total,
-                        names.overall_metric(names.FLIP_RATE): _share(pooled["flips"], total),
-                        names.overall_metric(names.CORRECT_TO_WRONG): _share(pooled[names.CORRECT_TO_WRONG], total),
-                        names.overall_metric(names.WRONG_TO_CORRECT): _share(pooled[names.WRONG_TO_CORRECT], total),
-                        names.overall_metric(names.WORST_TASK): max(rates, key=rates.get)})
+        metrics.update({M.LM_EVAL_ITEMS: total, M.LM_EVAL_FLIP_RATE: _share(pooled["flips"], total),
+                        M.LM_EVAL_CORRECT_TO_WRONG: _share(pooled["to_wrong"], total),
+                        M.LM_EVAL_WRONG_TO_CORRECT: _share(pooled["to_right"], total),
+                        M.LM_EVAL_WORST_TASK: max(rates, key=rates.get)})
     return metrics

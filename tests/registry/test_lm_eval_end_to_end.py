@@ -26,6 +26,7 @@ def recorded(tmp_path_factory):
     from qrecipe.engine.config import compose
     from qrecipe.engine.evaluate import suite
     from qrecipe.engine.run import run
+    from qrecipe.registry.recorder import RunRecorder
 
     home = tmp_path_factory.mktemp("home")
     passes: list[str] = []
@@ -40,7 +41,8 @@ def recorded(tmp_path_factory):
         mp.setenv("QRECIPE_HOME", str(home))
         mp.setattr(suite, "lm_eval_score", counted)
         for current, overrides in RECIPES.items():
-            summaries[current] = run(compose(TINY_RUN + LM_EVAL + overrides), progress=False).summary()
+            summaries[current] = run(compose(TINY_RUN + LM_EVAL + overrides), recorder=RunRecorder(),
+                                     progress=False).summary()
     return home, summaries, passes
 
 
@@ -53,12 +55,17 @@ def test_the_second_variant_reuses_the_baselines_answers(recorded):
         assert w4[f"lm_eval.{task}.acc_baseline"] == w8[f"lm_eval.{task}.acc_baseline"]
         assert w4[f"lm_eval.{task}.items"] == 20
     assert w4["lm_eval.flip_rate"] > 0 == w8["lm_eval.flip_rate"]
+    # what was measured is part of the eval protocol: like is compared with like
+    assert w4["eval_protocol"] == w8["eval_protocol"] and "lm-eval arc_easy,piqa x20" in w4["eval_protocol_text"]
+    from qrecipe.engine import metric_names as M
+
+    assert all(k in M.METRICS or k.split(".")[-1] in M.LM_EVAL_KINDS for k in w4 if k.startswith("lm_eval."))
 
 
 def test_metrics_reach_every_store_and_the_gate(recorded, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from qrecipe.engine.cli import main
+    from qrecipe.registry.cli import main
 
     home, s, _ = recorded
     w4 = s["w4a16"]
@@ -78,19 +85,19 @@ def test_metrics_reach_every_store_and_the_gate(recorded, monkeypatch, capsys):
 
     rc, out, _ = cli("variants", "show", w4["variant_id"], "--json")
     assert rc == 0 and json.loads(out)["metrics"]["lm_eval.piqa.acc"] == m["lm_eval.piqa.acc"]
-    rc, out, _ = cli("variants", "compare", "--json")
-    rows = {r["recipe"]: r for r in json.loads(out)}
-    assert rows["w4a16"]["flip_rate"] == m["lm_eval.flip_rate"] and rows["w8a16"]["flip_rate"] == 0
-    rc, out, _ = cli("variants", "compare")
+    rc, out, _ = cli("variants", "compare", "--any-protocol", "--json")
+    rows = {r["recipe"]: r for r in json.loads(out)["rows"]}
+    assert rows["w4a16"]["lm_eval.flip_rate"] == m["lm_eval.flip_rate"] and rows["w8a16"]["lm_eval.flip_rate"] == 0
+    rc, out, _ = cli("variants", "compare", "--any-protocol")
     assert f"{100 * m['lm_eval.flip_rate']:.1f}% ({m['lm_eval.worst_task']})" in out
-    rc, out, _ = cli("report", "tinystories-656k", "tracking=off")
+    rc, out, _ = cli("report", "tinystories-656k", "--any-protocol", "tracking=off")
     report = Path(out.split("report: ")[1].split("\n")[0]).read_text()
     assert "## lm-evaluation-harness" in report
     assert (f"acc {m['lm_eval.arc_easy.acc']:.3f} ±{m['lm_eval.arc_easy.acc_stderr']:.3f} "
             f"({m['lm_eval.arc_easy.acc_baseline']:.3f}") in report
 
     # a gate on flips: the W8A16 variant passes 0.05 (the other gates are off here), the 4-bit one fails it
-    gates = ["gates.max_ppl_increase_pct=null", "gates.max_kl_mean=null", "gates.min_top1_agreement=null",
+    gates = ["--any-protocol", "gates.max_ppl_increase_pct=null", "gates.max_kl_mean=null", "gates.min_top1_agreement=null",
              "gates.max_flip_rate=0.05"]
     rc, _, err = cli("variants", "promote", w4["variant_id"], *gates)
     assert rc == 3 and (f"fails 1 quality gate: lm_eval.flip_rate {m['lm_eval.flip_rate']:.4g} > max_flip_rate 0.05"

@@ -17,7 +17,7 @@ import pytest
 from conftest import SHARED
 from qrecipe.engine.config.settings import LmEvalSpec
 from qrecipe.engine.errors import ConfigError
-from qrecipe.engine.evaluate import lm_eval_names as names
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.evaluate.lm_eval_score import score, variant_metrics
 from qrecipe.engine.evaluate.lm_eval_tasks import LOCAL_TASKS, build_tasks, check_lm_eval
 from tiny_quant import calib_text, eval_windows, quantize_tiny  # noqa: F401 (fixtures)
@@ -57,17 +57,17 @@ def test_flips_agree_with_a_count_by_hand(scores):
             flip += b.choices[i] != v.choices[i]
             c2w += b.correct[i] and not v.correct[i]
             w2c += v.correct[i] and not b.correct[i]
-        assert m[names.task_metric(task, names.FLIP_RATE)] == flip / 20
-        assert m[names.task_metric(task, names.CORRECT_TO_WRONG)] == c2w / 20
-        assert m[names.task_metric(task, names.WRONG_TO_CORRECT)] == w2c / 20
-        assert m[names.task_metric(task, "acc_delta")] == pytest.approx(
+        assert m[M.lm_eval_metric(task, M.FLIP_RATE)] == flip / 20
+        assert m[M.lm_eval_metric(task, M.FLIPS_CORRECT_TO_WRONG)] == c2w / 20
+        assert m[M.lm_eval_metric(task, M.FLIPS_WRONG_TO_CORRECT)] == w2c / 20
+        assert m[M.lm_eval_metric(task, "acc_delta")] == pytest.approx(
             v.aggregates["acc"] - b.aggregates["acc"])
-        assert m[names.task_metric(task, "acc_stderr_baseline")] == b.aggregates["acc_stderr"]
+        assert m[M.lm_eval_metric(task, "acc_stderr_baseline")] == b.aggregates["acc_stderr"]
         total = {"flip": total["flip"] + flip, "c2w": total["c2w"] + c2w, "w2c": total["w2c"] + w2c}
     assert total["flip"] >= 1  # measured 4: the count is checked on real flips, not on zeros
     assert m["lm_eval.items"] == 40 and m["lm_eval.flip_rate"] == total["flip"] / 40
     assert m["lm_eval.flips_correct_to_wrong"] == total["c2w"] / 40
-    assert m["lm_eval.worst_task"] == max(SPEC.tasks, key=lambda t: m[names.task_metric(t, names.FLIP_RATE)])
+    assert m["lm_eval.worst_task"] == max(SPEC.tasks, key=lambda t: m[M.lm_eval_metric(t, M.FLIP_RATE)])
     same = variant_metrics(base, base)  # the baseline against itself flips nothing
     assert same["lm_eval.flip_rate"] == 0 and same["lm_eval.piqa.acc_delta"] == 0
 

@@ -17,7 +17,7 @@ from qrecipe.engine.schemes import SCHEMES
 from qrecipe.kernels import QuantParams, get_format
 
 P = QuantParams(64)
-GRID = WeightGrid("w4a16", 4, 64, True, torch.float16)
+GRID = WeightGrid.of(SCHEMES["W4A16"], QuantParams(64))
 
 
 def _sqnr(w, w_hat):
