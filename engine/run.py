@@ -108,7 +108,7 @@ class Steps:
             self.on_event(RunEvent(self.stage, msg))
 
 
-def _output_dir(settings: Settings, plan: Plan) -> Path:
+def run_folder(settings: Settings, plan: Plan) -> Path:
     """Where the variant folder should go (checked before any work; reserved by reserve_output)."""
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
@@ -118,7 +118,15 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
             raise ConfigError(f"run.output_dir: {out} already exists; choose a new folder or leave it null")
         return out
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+    runs = Path(settings.paths.root) / "runs"
+    out = runs / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+    # The recipe name is validated as a name (engine/recipe/schema.py); this is the second line
+    # of defence: whatever builds the name, the folder lies inside paths.root/runs.
+    if out.resolve().parent != runs.resolve():
+        from .errors import ConfigError
+
+        raise ConfigError(f"recipe.name: {plan.recipe!r} would put the run folder outside {runs}; use a plain name")
+    return out
 
 
 def reserve_output(out: Path, numbered: bool) -> tuple[Path, Path]:
@@ -159,7 +167,7 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)
     say(render_plan(plan))
-    out = _output_dir(settings, plan)
+    out = run_folder(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
     step(recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype))), Stage.STARTED)
     staging, renamed = None, False

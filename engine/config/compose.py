@@ -146,8 +146,24 @@ def _translate(e: Exception, overrides: list[str]) -> ConfigError:
     return ConfigError(" ".join(msg.strip().split()))
 
 
+def has_interpolation(value) -> bool:
+    """Whether an override's value (or any key or item inside it) holds an interpolation `${...}`."""
+    if isinstance(value, dict):
+        return any("${" in str(k) or has_interpolation(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(has_interpolation(v) for v in value)
+    return isinstance(value, str) and "${" in value
+
+
+INTERPOLATION_REFUSED = "interpolations (${...}) are refused in overrides; write the value itself"
+
+
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The composed config for these overrides (Hydra's compose API: no output folders, no cwd change)."""
+    """The composed config for these overrides (Hydra's compose API: no output folders, no cwd change).
+
+    A value typed on the command line (or sent in a job request) is taken as written: an
+    interpolation such as `${oc.env:HOME}` in it is refused, so an override can neither copy the
+    environment into a run's record nor build a value (a name, a path) that no check saw."""
     register_resolvers()
     register_recipes()
     overrides = normalize_overrides(list(overrides))
@@ -155,6 +171,8 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         key = ov.key_or_group
         if key == "hydra" or key.startswith(("hydra.", "hydra/")) or ov.package and ov.package.startswith("hydra"):
             raise ConfigError(f"{key}: hydra.* settings are not part of a qrecipe config; remove the override")
+        if not ov.is_sweep_override() and has_interpolation(ov.value()):
+            raise ConfigError(f"{key}: {INTERPOLATION_REFUSED}")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="qrecipe"):

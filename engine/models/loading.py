@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..files import normal_modes
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def convert_gguf(loc: Location, spec: ModelSpec, cache_root: Path) -> Path:
         try:
             model.save_pretrained(tmp)
             _gguf_tokenizer(loc).save_pretrained(tmp)
+            normal_modes(tmp)
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -119,18 +119,18 @@ def _reserved(name: str) -> bool:
 
 
 def _check_value(key: str, value: Any) -> None:
-    """No interpolation and no instantiation key anywhere inside the value."""
-    if isinstance(value, str):
-        if "${" in value:
-            raise ConfigError(f"{key}: interpolations (${{...}}) are refused in a job request; write the value itself")
-    elif isinstance(value, dict):
+    """No interpolation (the rule compose applies to every override) and no instantiation key
+    anywhere inside the value."""
+    from qrecipe.engine.config.compose import INTERPOLATION_REFUSED, has_interpolation
+
+    if has_interpolation(value):
+        raise ConfigError(f"{key}: {INTERPOLATION_REFUSED}")
+    if isinstance(value, dict):
         for k, v in value.items():
             if _reserved(str(k)):
                 raise ConfigError(f"{key}.{k}: Hydra instantiation keys (_target_ and the like) are refused in a job "
                                   f"request")
             _check_value(f"{key}.{k}", v)
-            if "${" in str(k):
-                raise ConfigError(f"{key}: interpolations (${{...}}) are refused in a job request")
     elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_value(f"{key}[{i}]", v)
+        for v in value:
+            _check_value(key, v)
