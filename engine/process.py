@@ -16,6 +16,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .progress import stderr_is_terminal
+
+    if not stderr_is_terminal():  # the libraries' own bars (transformers, the hub) too: engine/progress.py
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("qrecipe").setLevel(logging.INFO)
 

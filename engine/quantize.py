@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .algorithms import LayerTask, get_algorithm
 from .config.settings import CalibSpec
 from .modules import QuantLinear, get_module, set_module
 from .plan import Plan
+from .progress import progress_bar
 from .schemes import SCHEMES
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, layer_task,
                                         lambda task, qw: swap_in(model, task, qw), progress=progress)
     else:
-        for lp in tqdm(planned, desc="quantize", unit="layer", disable=not progress, leave=False):
+        for lp in progress_bar(planned, desc="quantize", unit="layer", enabled=progress):
             task = layer_task(model, lp)
             algo = get_algorithm(lp.algorithm)([task])
             swap_in(model, task, algo.quantize()[lp.name])

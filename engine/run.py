@@ -25,17 +25,15 @@ from . import metric_names as M
 from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
-from .data import check_data
 from .evaluate import suite
 from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
-from .evaluate.tasks import check_task_data
 from .events import OnEvent, RunEvent, Stage
 from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
 from .plan.render import render_plan
 from .tables import human_bytes
-from .planning import build_plan, local_device
+from .planning import build_plan, check_inputs, local_device
 from .quantize import prepare_model, quantize_model
 from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
 
@@ -161,11 +159,9 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     step = Steps(on_event)
     settings = load_settings(cfg)
     device = local_device(settings)
-    for name, data in settings.eval.all_texts().items():
-        check_data(data, settings.eval.text_field(name))
-    check_task_data(settings.eval.tasks)
     peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)
+    check_inputs(settings, plan)
     say(render_plan(plan))
     out = run_folder(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)

@@ -10,8 +10,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import torch
-
 from .errors import ConfigError
 
 INT8_MIN_CC = 7.5
@@ -74,6 +72,8 @@ def _gpu_slug(name: str) -> str:
 
 def detect_local() -> Target:
     """The machine this process runs on, as a target."""
+    import torch
+
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         cc = float(f"{props.major}.{props.minor}")

@@ -28,9 +28,12 @@ from .promotion_commands import add_promotion_commands
 
 
 def settings_for(overrides: list[str]):
-    from qrecipe.engine.config import compose, load_settings
+    """Where the registry and the tracking store are, and the operator's sections (gates): the
+    recipe and model are not needed, so nothing heavy (torch) loads for a registry command."""
+    from qrecipe.engine.config.compose import compose
+    from qrecipe.engine.config.settings import load_store_settings
 
-    return load_settings(compose(overrides))
+    return load_store_settings(compose(overrides))
 
 
 def split_items(items: list[str]) -> tuple[list[str], list[str]]:
@@ -47,15 +50,15 @@ def one_ref(items: list[str], usage: str) -> tuple[str, list[str]]:
     return refs[0], overrides
 
 
-def open_for(settings, catch_up: bool = True):
-    """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands)."""
-    from .db import open_registry
+def open_for(settings, catch_up: bool = True, create: bool = False):
+    """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands).
+    Only a command that records (create=True) makes a registry where none exists."""
+    from .db import open_registry, registry_url
     from .promotion_commands import catch_up_mirror
-    from .recorder import registry_url
 
     if not settings.registry.enabled:
         raise ConfigError("registry.enabled: the registry is off in this config; drop registry=off")
-    engine = open_registry(registry_url(settings))
+    engine = open_registry(registry_url(settings), create=create)
     if catch_up:
         catch_up_mirror(settings, engine)
     return engine
@@ -73,7 +76,14 @@ def cmd_list(args) -> int:
     refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"variants list: unexpected argument {refs[0]!r}; filter with --model NAME")
-    variants = list_variants(open_for(settings_for(overrides)), args.model)
+    from .db import NoRegistry
+
+    try:
+        engine = open_for(settings_for(overrides))
+    except NoRegistry as e:
+        print("[]" if args.json else str(e))
+        return 0
+    variants = list_variants(engine, args.model)
     if args.json:
         print(json.dumps([{"id": v.id, "model": v.base_model.name, "recipe": v.recipe_name, "target": v.target,
                            "status": v.status, "runs": v.runs_count, "scheme_mix": v.scheme_mix,
@@ -132,8 +142,16 @@ def cmd_compare(args) -> int:
     from .compare import legend, matrix_row, render_text, shipped_targets
     from .queries import find_variant, list_variants
 
+    from .db import NoRegistry
+
     refs, overrides = split_items(args.items)
-    engine = open_for(settings_for(overrides))
+    try:
+        engine = open_for(settings_for(overrides))
+    except NoRegistry as e:
+        if refs:
+            raise
+        print("[]" if args.json else str(e))
+        return 0
     variants = [find_variant(engine, r) for r in refs] if refs else list_variants(engine, args.model, True)
     if not variants:
         print("no measured variants to compare: `qrecipe run` records one")

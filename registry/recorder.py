@@ -31,7 +31,7 @@ from qrecipe.engine.recording import BaselineRecord, RunStart
 from qrecipe.engine.schemes import SCHEMES
 
 from . import plots
-from .db import open_registry
+from .db import open_registry, registry_url
 from .queries import list_variants
 from .record import RunHandle, VariantIdentity, begin_run, fail_run, finish_run, record_baseline
 from .tracking import MlflowRun, flatten, git_commit, tracking_uri, versions
@@ -40,12 +40,6 @@ log = logging.getLogger(__name__)
 
 # The run folder's files that are logged as MLflow artifacts (when present).
 RUN_FILES = ("config.yaml", "recipe.yaml", "plan.json", "plan.txt", "metrics.json", "layer_errors.json")
-
-
-def registry_url(settings: Settings) -> str:
-    from .db import default_url
-
-    return settings.registry.url or default_url(settings.paths.root)
 
 
 def recipe_hash(settings: Settings, plan: Plan) -> str:

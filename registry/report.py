@@ -13,10 +13,9 @@ from qrecipe.engine.tables import human_bytes
 
 from . import plots
 from .compare import legend, markdown_table, matrix_row, render_markdown, shipped_targets
-from .db import RegistryError, open_registry
+from .db import RegistryError, open_registry, registry_url
 from .models import Variant
 from .queries import list_variants, model_names
-from .recorder import registry_url
 from .tracking import MlflowRun, tracking_uri
 
 
@@ -71,7 +70,7 @@ def _absolute_table(variants: list[Variant]) -> str:
 
 def write_report(settings: Settings, model: str, out: Path | None = None) -> dict[str, Any]:
     """Write the report; log it to MLflow when tracking is on. Returns where it went."""
-    engine = open_registry(registry_url(settings))
+    engine = open_registry(registry_url(settings), create=False)
     variants = list_variants(engine, model, measured_only=True)
     if not variants:
         known = model_names(engine)

@@ -12,8 +12,8 @@ plain form works whether or not the rule spells the field out.
 
 from __future__ import annotations
 
+import functools
 import itertools
-import os
 import re
 from pathlib import Path
 
@@ -27,10 +27,11 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
-from ..recipe import POLICY_FIELDS_FOR_OVERRIDE
+from .recipes import ENV as RECIPE_PATH_ENV
+from .recipes import available_recipes, recipe_files
 from .resolvers import register_resolvers
 
-_registered: dict[str, Path] = {}
+_broken: dict[str, str] = {}  # recipe name -> why its file cannot be read (recipes.read_recipe)
 
 
 def conf_dir() -> Path:
@@ -39,31 +40,33 @@ def conf_dir() -> Path:
     return Path(qrecipe.conf.__file__).resolve().parent
 
 
-def recipe_dirs() -> list[Path]:
-    """recipes/ shipped with qrecipe, then folders in $QRECIPE_RECIPE_PATH (os.pathsep-separated)."""
-    import qrecipe.recipes
-
-    dirs = [Path(qrecipe.recipes.__file__).resolve().parent]
-    for extra in filter(None, os.environ.get("QRECIPE_RECIPE_PATH", "").split(os.pathsep)):
-        dirs.append(Path(extra).expanduser().resolve())
-    return dirs
-
-
-def available_recipes() -> list[str]:
-    names = set()
-    for d in recipe_dirs():
-        names.update(p.stem for p in d.glob("*.yaml"))
-    return sorted(names)
-
-
 def register_recipes() -> None:
-    """Register every recipe file in the ConfigStore group `recipe` (later folders win)."""
+    """Register every readable recipe file in the ConfigStore group `recipe` (a later folder's
+    file of the same name wins); note the broken ones, so that choosing one says why."""
     cs = ConfigStore.instance()
-    for d in recipe_dirs():
-        for path in sorted(d.glob("*.yaml")):
-            node = OmegaConf.load(path)
-            cs.store(group="recipe", name=path.stem, node=node, provider="qrecipe")
-            _registered[path.stem] = path
+    _broken.clear()
+    for name, found in recipe_files().items():
+        if found.error:
+            _broken[name] = found.error
+        else:
+            cs.store(group="recipe", name=name, node=found.node, provider="qrecipe")
+
+
+def _check_chosen_recipe(overrides) -> None:
+    """The recipe the overrides choose (or the default) must not be a broken file."""
+    chosen = next((ov.value() for ov in overrides if ov.key_or_group == "recipe" and ov.package is None
+                   and isinstance(ov.value(), str)), None) or _default_recipe()
+    if chosen in _broken:
+        raise ConfigError(f"recipe={chosen}: cannot read {_broken[chosen]}; fix the file or remove it from "
+                          f"{RECIPE_PATH_ENV}")
+
+
+def _default_recipe() -> str | None:
+    """The recipe conf/config.yaml's defaults list chooses."""
+    for entry in OmegaConf.load(conf_dir() / "config.yaml").get("defaults", []):
+        if isinstance(entry, DictConfig) and "recipe" in entry:
+            return str(entry["recipe"])
+    return None
 
 
 _PARSER = None
@@ -85,8 +88,14 @@ def parse_overrides(overrides: list[str]):
                           f"'recipe.rules.attn.match=\"re:.*self_attn\\..*\"'") from None
 
 
-_RULE_FIELD = re.compile(r"^recipe\.(base|rules\.[^.]+)\.((" + "|".join(POLICY_FIELDS_FOR_OVERRIDE) + r")|args\.[^.]+)$"
-                         r"|^recipe\.(overlap|tied_embeddings|ignore|description)$")
+@functools.cache
+def _rule_field() -> re.Pattern:
+    # imported here: the recipe schema imports the weight formats (torch), which commands that
+    # only read the registry must not pay for
+    from ..recipe import POLICY_FIELDS_FOR_OVERRIDE
+
+    return re.compile(r"^recipe\.(base|rules\.[^.]+)\.((" + "|".join(POLICY_FIELDS_FOR_OVERRIDE) + r")|args\.[^.]+)$"
+                      r"|^recipe\.(overlap|tied_embeddings|ignore|description)$")
 
 
 def normalize_overrides(overrides: list[str]) -> list[str]:
@@ -94,7 +103,7 @@ def normalize_overrides(overrides: list[str]) -> list[str]:
     out (`recipe.overlap=...`) -> `++...`: add or override."""
     out = []
     for ov, text in zip(parse_overrides(overrides), overrides):
-        if ov.type == OverrideType.CHANGE and ov.package is None and _RULE_FIELD.match(ov.key_or_group):
+        if ov.type == OverrideType.CHANGE and ov.package is None and _rule_field().match(ov.key_or_group):
             text = "++" + text
         out.append(text)
     return out
@@ -126,6 +135,9 @@ def _translate(e: Exception, overrides: list[str]) -> ConfigError:
     if isinstance(e, MissingConfigException) or m:
         if m:
             group, name = m.group(1), m.group(2)
+            if group == "recipe" and name in _broken:
+                return ConfigError(f"recipe={name}: cannot read {_broken[name]}; fix the file or remove it from "
+                                   f"{RECIPE_PATH_ENV}")
             options = _group_options(group)
             what = "recipe" if group == "recipe" else f"{group} config"
             return ConfigError(f"{group}={name}: no {what} named {name!r}; available: {', '.join(options)}")
@@ -173,6 +185,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             raise ConfigError(f"{key}: hydra.* settings are not part of a qrecipe config; remove the override")
         if not ov.is_sweep_override() and has_interpolation(ov.value()):
             raise ConfigError(f"{key}: {INTERPOLATION_REFUSED}")
+    _check_chosen_recipe(parse_overrides(overrides))
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="qrecipe"):

@@ -85,6 +85,7 @@ class Submitter:
         from omegaconf import OmegaConf
 
         from qrecipe.engine.config import compose, load_settings
+        from qrecipe.engine.planning import check_inputs
 
         forced = [] if self.jobs.allow_hub else ["model.allow_hub=false"]
         with _COMPOSE_LOCK:
@@ -94,6 +95,8 @@ class Submitter:
             plan, ident = _resolve(settings, request.kind)
             if plan.calibrates:
                 check_calibration_path(settings, self.jobs.roots())
+            # what the files hold is looked at only once they are known to lie under the roots
+            check_inputs(settings, plan)  # as `qrecipe plan` and `qrecipe run` do
         own = {k: v for k, v in OmegaConf.to_container(composed, resolve=False).items() if k not in OPERATOR_SECTIONS}
         return JobSpec(kind=request.kind, priority=request.priority, max_attempts=attempts, overrides=point,
                        params={}, recipe=plan.recipe, model=plan.model_id, target=plan.target,
@@ -102,19 +105,13 @@ class Submitter:
 
 
 def _resolve(settings, kind: str):
-    """(plan, variant identity or None) with the checks `qrecipe run` makes before any work."""
+    """(plan, variant identity or None); the plan resolved on a CPU where the job asks for a GPU this lacks."""
     import torch
 
-    from qrecipe.engine.data import check_data
-    from qrecipe.engine.evaluate.tasks import check_task_data
     from qrecipe.engine.planning import build_plan
 
     from ..recorder import identity
 
-    if kind == "run":
-        for name, data in settings.eval.all_texts().items():
-            check_data(data, settings.eval.text_field(name))
-        check_task_data(settings.eval.tasks)
     # The service plans on its own CPU when the job asks for a GPU it lacks: the worker's run
     # resolves the plan again on its device (the expected variant id says what the service saw).
     device = torch.device("cpu") if settings.run.device != "cpu" and not torch.cuda.is_available() else None

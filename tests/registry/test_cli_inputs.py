@@ -37,3 +37,91 @@ def test_names_and_interpolations_are_refused_before_anything_is_written(capsys,
     rc, out, err = _run(capsys, command, "recipe=w8a16", *TINY_RUN, override)
     assert (rc, out) == (2, "") and err.startswith(message) and err.count("\n") == 1, err
     assert _written(home) == [] and not Path("/tmp/qrecipe-escape").exists()
+
+
+READ_ONLY = [("variants", "list"), ("variants", "list", "--json"), ("variants", "compare"),
+             ("variants", "show", "3f9a"), ("variants", "history", "tiny"), ("report", "tiny"), ("export", "3f9a", "out"),
+             ("jobs", "list", "--server", "http://127.0.0.1:9")]
+
+
+@pytest.mark.parametrize("args", READ_ONLY, ids=" ".join)
+def test_read_only_commands_create_no_registry(capsys, args):
+    home = Path(os.environ["QRECIPE_HOME"])
+    rc, out, err = _run(capsys, *args)
+    assert _written(home) == [] and not Path("out").exists()
+    if args[0] == "jobs":
+        assert rc == 2 and "cannot reach the qrecipe service" in err
+    elif args[:2] in (("variants", "list"), ("variants", "compare")):  # nothing to list: said, not an error
+        assert rc == 0 and out.strip() in ("[]", f"no registry at {home}/registry.db: nothing has been recorded there "
+                                                 f"yet (`qrecipe run` creates it); to read another, set QRECIPE_HOME, "
+                                                 f"paths.root=DIR or registry.url")
+    else:
+        assert rc == 2 and err.startswith(f"error: no registry at {home}/registry.db: nothing has been recorded")
+
+
+def test_help_and_variants_list_import_no_torch_transformers_or_mlflow(tmp_path, measured_variant):
+    """Start-up of the light commands (measured by `python -X importtime` too: see the README)."""
+    import subprocess
+    import sys
+
+    from qrecipe.registry.db import default_url, open_registry
+
+    measured_variant(open_registry(default_url(tmp_path)), "w8a16", {"ppl_delta_pct": 1.0})
+
+    probe = ("import sys\nfrom qrecipe.registry.cli import main\n"
+             "for argv in (['--help'], ['variants', '--help'], ['variants', 'list'], ['recipes']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print('LOADED', sorted(m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "QRECIPE_HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    assert "w8a16" in p.stdout and p.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
+@pytest.fixture
+def bad_files(tmp_path) -> Path:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    (folder / "latin1.txt").write_bytes("un café au lait\n".encode("latin-1"))
+    (folder / "model.json").write_text("{}")
+    return folder
+
+
+BAD_INPUTS = [
+    (["eval.data.path={d}"], "eval.data.path: {d} is a folder, not a file; pass eval.data.path=FILE"),
+    (["eval.data.path={d}/binary.txt"], "eval.data.path: {d}/binary.txt is a binary file (it holds NUL bytes), not "
+                                        "text; pass a UTF-8 plain text or jsonl file"),
+    (["eval.data.path={d}/latin1.txt"], "eval.data.path: {d}/latin1.txt is not UTF-8 text (the byte at offset 6 is "
+                                        "0xe9); convert it"),
+    (["+data@eval.texts.extra=text", "eval.texts.extra.path={d}"], "eval.texts.extra.path: {d} is a folder, not a "
+                                                                   "file"),
+    (["eval.tasks.gsm8k={d}"], "eval.tasks.gsm8k: {d} is a folder, not a file"),
+    (["model=hf", "model.path={d}/model.json"], "model.path: '{d}/model.json' is not a local model folder (it is a "
+                                                "file, not a folder)"),
+    (["recipe=gptq", "recipe.base.group_size=32", "calib.data.path={d}/latin1.txt"],
+     "calib.data.path: {d}/latin1.txt is not UTF-8 text"),
+    (["recipe=w8a16", "recipe.base.activation=static"], "recipe.base.activation: ignored by every rule that inherits "
+                                                        "it (linears): W8A16 keeps activations in float"),
+    (["recipe=w8a8", "recipe.base.algorithm=awq"], "recipe.rules.linears.algorithm: awq does not apply to W8A8; "
+                                                   "algorithms for W8A8: rtn, gptq, smoothquant"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=lambda x: x if isinstance(x, str) else " ".join(x))
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_bad_inputs_are_refused_by_plan_and_run_before_anything_is_recorded(capsys, bad_files, command, overrides,
+                                                                            message):
+    home = Path(os.environ["QRECIPE_HOME"])
+    rc, out, err = _run(capsys, command, *TINY_RUN, *[o.format(d=bad_files) for o in overrides])
+    assert (rc, out) == (2, ""), err
+    assert err.startswith("error: " + message.format(d=bad_files)) and err.count("\n") == 1, err
+    assert _written(home) == []  # no registry row, no MLflow run, no folder
+
+
+def test_an_rtn_recipe_does_not_read_the_calibration_data(capsys):
+    rc, out, err = _run(capsys, "plan", *TINY_RUN, "recipe=w8a16", "calib.data.path=/nonexistent/calib.txt")
+    assert rc == 0 and "W8A16" in out, err
+    rc, _, err = _run(capsys, "plan", *TINY_RUN, "recipe=gptq", "recipe.base.group_size=32",
+                      "calib.data.path=/nonexistent/calib.txt")
+    assert rc == 2 and err.startswith("error: calib.data.path: file '/nonexistent/calib.txt' does not exist")

@@ -52,10 +52,12 @@ def submit_job(request: Request, body: JobRequest, response: Response, who: Prin
     return _answer(body, jobs)
 
 
-@router.get("/jobs", summary="Jobs, newest first")
+@router.get("/jobs", summary="Jobs, newest first; `more` says whether older ones were left out (page with before=)")
 def list_jobs(request: Request, status: Status | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-              before: Annotated[int | None, Query(ge=1)] = None, who: Principal = Depends(reader)) -> dict:
-    return {"jobs": [job_view(j) for j in queue.list_jobs(request.app.state.engine, status, limit, before)]}
+              before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+              who: Principal = Depends(reader)) -> dict:
+    jobs = queue.list_jobs(request.app.state.engine, status, limit + 1, before)
+    return {"jobs": [job_view(j) for j in jobs[:limit]], "more": len(jobs) > limit}
 
 
 @router.get("/jobs/{job_id}", summary="One job: status, stage, progress, timings, attempts, error, variant")
