@@ -1,5 +1,6 @@
 """Process-wide set-up shared by every qrecipe entry point (the CLI, a job's attempt process):
-quiet libraries, and SIGTERM unwinding like Ctrl-C."""
+quiet libraries, SIGTERM unwinding like Ctrl-C, and the exceptions that stop a run without it
+having failed (Terminated, Cancelled)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,18 @@ class Terminated(BaseException):
     exit_code = 128 + signal.SIGTERM
 
 
+class Cancelled(BaseException):
+    """The caller of a run cancelled it (a job's cancel, seen at a stage boundary or when the run
+    is about to be recorded): it unwinds like Terminated, and a recorder marks the run killed."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
 def raise_terminated(signum, frame) -> None:
     """A SIGTERM handler: raise Terminated in the main thread."""
     raise Terminated("terminated by SIGTERM")
+
+
+def stopped(error: BaseException) -> bool:
+    """Whether the run was stopped from outside (Ctrl-C, SIGTERM, a cancel) rather than failing."""
+    return isinstance(error, (KeyboardInterrupt, Terminated, Cancelled))

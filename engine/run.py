@@ -98,12 +98,13 @@ class Steps:
         self.on_event = on_event
         self.stage = Stage.STARTED
 
-    def __call__(self, msg: str, stage: Stage | None = None) -> None:
-        """Print msg; `stage` when the run enters a new stage."""
+    def __call__(self, msg: str, stage: Stage | None = None, **data: Any) -> None:
+        """Print msg; `stage` when the run enters a new stage. on_event may raise (e.g. Cancelled)
+        to stop the run at this boundary."""
         self.stage = stage or self.stage
         say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
         if self.on_event is not None:
-            self.on_event(RunEvent(self.stage, msg))
+            self.on_event(RunEvent(self.stage, msg, data))
 
 
 def run_folder(settings: Settings, plan: Plan) -> Path:
@@ -165,15 +166,17 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     say(render_plan(plan))
     out = run_folder(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
-    step(recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype))), Stage.STARTED)
     staging, renamed = None, False
     try:
+        where = recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype)))
         out, staging = reserve_output(out, numbered=not settings.run.output_dir)
+        step(where, Stage.STARTED, output_dir=str(out), staging=str(staging))
         metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
+        step("recording ...", Stage.RECORDING)
         recorder.outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
-        recorder.succeed(out.resolve(), metrics)
+        recorder.succeed(out.resolve(), metrics)  # from here the run is recorded: nothing below can undo it
     except BaseException as e:
         recorder.fail(e)
         if staging is not None:

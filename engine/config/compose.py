@@ -23,8 +23,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import (ConfigCompositionException, HydraException, MissingConfigException,
+                          OverrideParseException)
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
 from .recipes import ENV as RECIPE_PATH_ENV
@@ -40,12 +42,13 @@ def conf_dir() -> Path:
     return Path(qrecipe.conf.__file__).resolve().parent
 
 
-def register_recipes() -> None:
+def register_recipes(user: bool = True) -> None:
     """Register every readable recipe file in the ConfigStore group `recipe` (a later folder's
-    file of the same name wins); note the broken ones, so that choosing one says why."""
+    file of the same name wins; user=False: the shipped ones only); note the broken ones, so
+    that choosing one says why."""
     cs = ConfigStore.instance()
     _broken.clear()
-    for name, found in recipe_files().items():
+    for name, found in recipe_files(user).items():
         if found.error:
             _broken[name] = found.error
         else:
@@ -79,13 +82,43 @@ def _parser() -> OverridesParser:
     return _PARSER
 
 
+# No setting of a qrecipe config has a longer key; longer ones are refused before Hydra looks
+# them up (it would try them as file names, and fail on the operating system's name limit).
+MAX_KEY_CHARS, MAX_KEY_PARTS = 200, 16
+MAX_VALUE_DEPTH = 16  # lists and mappings inside a value (recipe args are two deep)
+
+
+def _depth(value) -> int:
+    """How deeply lists and mappings nest in an override's value (counted without recursion)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
 def parse_overrides(overrides: list[str]):
     try:
-        return _parser().parse_overrides(list(overrides))
+        parsed = _parser().parse_overrides(list(overrides))
     except OverrideParseException as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"cannot parse override: {first}; quote values with special characters, e.g. "
                           f"'recipe.rules.attn.match=\"re:.*self_attn\\..*\"'") from None
+    except RecursionError:
+        raise ConfigError("cannot parse override: a value nests lists or mappings too deeply; write it flatter")
+    for ov in parsed:
+        key = ov.key_or_group
+        if len(key) > MAX_KEY_CHARS or key.count(".") >= MAX_KEY_PARTS:
+            raise ConfigError(f"{key[:60]}...: a key of {len(key)} characters in {key.count('.') + 1} parts; no "
+                              f"setting has more than {MAX_KEY_CHARS} characters or {MAX_KEY_PARTS} parts")
+        if not ov.is_sweep_override() and _depth(ov.value()) > MAX_VALUE_DEPTH:
+            raise ConfigError(f"cannot parse override: a value nests lists or mappings too deeply (more than "
+                              f"{MAX_VALUE_DEPTH} levels in {key}); write it flatter")
+    return parsed
 
 
 @functools.cache
@@ -170,14 +203,15 @@ def has_interpolation(value) -> bool:
 INTERPOLATION_REFUSED = "interpolations (${...}) are refused in overrides; write the value itself"
 
 
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def compose(overrides: list[str] | tuple[str, ...] = (), user_recipes: bool = True) -> DictConfig:
     """The composed config for these overrides (Hydra's compose API: no output folders, no cwd change).
+    user_recipes=False leaves out QRECIPE_RECIPE_PATH (a job request names shipped recipes only).
 
     A value typed on the command line (or sent in a job request) is taken as written: an
     interpolation such as `${oc.env:HOME}` in it is refused, so an override can neither copy the
     environment into a run's record nor build a value (a name, a path) that no check saw."""
     register_resolvers()
-    register_recipes()
+    register_recipes(user_recipes)
     overrides = normalize_overrides(list(overrides))
     for ov in parse_overrides(overrides):
         key = ov.key_or_group
@@ -192,5 +226,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             return hydra_compose(config_name="config", overrides=overrides)
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
         raise _translate(e, overrides) from None
+    except (HydraException, OmegaConfBaseException) as e:  # any other odd input: one line, never a traceback
+        raise ConfigError(" ".join(str(e).strip().split()[:60]) or type(e).__name__) from None
+    except RecursionError:
+        raise ConfigError("the overrides nest too deeply to compose; write them flatter") from None
     finally:
         GlobalHydra.instance().clear()

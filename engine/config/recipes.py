@@ -25,10 +25,10 @@ def shipped_dir() -> Path:
     return Path(qrecipe.recipes.__file__).resolve().parent
 
 
-def recipe_dirs() -> list[Path]:
-    """recipes/ shipped with qrecipe, then the folders in $QRECIPE_RECIPE_PATH."""
+def recipe_dirs(user: bool = True) -> list[Path]:
+    """recipes/ shipped with qrecipe, then (unless user=False) the folders in $QRECIPE_RECIPE_PATH."""
     dirs = [shipped_dir()]
-    for extra in filter(None, os.environ.get(ENV, "").split(os.pathsep)):
+    for extra in filter(None, os.environ.get(ENV, "").split(os.pathsep) if user else []):
         folder = Path(extra).expanduser().resolve()
         if not folder.is_dir():
             what = "is a file, not a folder" if folder.exists() else "does not exist"
@@ -75,10 +75,10 @@ def _problem(e: Exception) -> str:
     return " ".join(str(text).split())
 
 
-def recipe_files() -> dict[str, RecipeFile]:
+def recipe_files(user: bool = True) -> dict[str, RecipeFile]:
     """name -> the file that defines it (a later folder wins), in name order."""
     found: dict[str, Path] = {}
-    for folder in recipe_dirs():
+    for folder in recipe_dirs(user):
         for path in sorted(folder.glob("*.yaml")):
             found[path.stem] = path
     return {name: read_recipe(found[name]) for name in sorted(found)}

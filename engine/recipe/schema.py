@@ -294,6 +294,9 @@ def parse_recipe(node: Any, algorithms: tuple[str, ...], name: str = "recipe") -
     tied = node.get("tied_embeddings") or "keep"
     if tied not in TIED_MODES:
         raise RecipeError(f"recipe.tied_embeddings: expected one of {', '.join(TIED_MODES)}, got {tied!r}")
+    if not rules:
+        raise RecipeError("recipe.rules: none, so no layer would be quantized; add a rule, e.g. "
+                          "+recipe.rules.all.match=class:Linear")
     recipe_name = str(node.get("name") or name)
     if not NAME_PATTERN.match(recipe_name) or ".." in recipe_name:
         raise RecipeError(f"recipe.name: {recipe_name!r} is not a recipe name ({NAME_RULE}); it names the run "

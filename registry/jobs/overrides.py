@@ -11,7 +11,6 @@ interpolations (${oc.env:SECRET} would copy the service's environment into the r
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from qrecipe.engine.errors import ConfigError
@@ -47,9 +46,9 @@ ALLOWED_SUMMARY = ("recipe=NAME, model=NAME, target=NAME, data@eval.data=NAME, d
 
 def shipped_recipes() -> list[str]:
     """Recipes in qrecipe's own recipes/ folder: a request never reaches QRECIPE_RECIPE_PATH."""
-    import qrecipe.recipes
+    from qrecipe.engine.config.recipes import recipe_files
 
-    return sorted(p.stem for p in Path(qrecipe.recipes.__file__).resolve().parent.glob("*.yaml"))
+    return list(recipe_files(user=False))
 
 
 def group_options(group: str) -> list[str]:

@@ -125,3 +125,17 @@ def test_an_rtn_recipe_does_not_read_the_calibration_data(capsys):
     rc, _, err = _run(capsys, "plan", *TINY_RUN, "recipe=gptq", "recipe.base.group_size=32",
                       "calib.data.path=/nonexistent/calib.txt")
     assert rc == 2 and err.startswith("error: calib.data.path: file '/nonexistent/calib.txt' does not exist")
+
+
+def test_a_tracking_server_that_does_not_answer_fails_the_run_before_any_record(capsys):
+    """MLflow's client would retry a refused connection for minutes (257 s seen) after the registry
+    had recorded a run; the run now asks the server first and stops with one line."""
+    from local_servers import free_port
+
+    home = Path(os.environ["QRECIPE_HOME"])
+    uri = f"http://127.0.0.1:{free_port()}"
+    rc, out, err = _run(capsys, "run", *TINY_RUN, "recipe=w8a16", "tracking=server", f"tracking.uri={uri}")
+    assert (rc, out) == (2, "")
+    assert err.splitlines()[-1].startswith(f"error: tracking.uri: the MLflow server {uri} does not answer (")
+    assert err.splitlines()[-1].endswith("start it, fix tracking.uri (or MLFLOW_TRACKING_URI), or set tracking=off")
+    assert _written(home) == []  # no registry row (no registry at all), no run folder

@@ -103,9 +103,15 @@ def test_a_base_field_some_heir_uses_is_fine():
 @pytest.mark.parametrize("name", ["../../../../tmp/x", "a/b", "..", "a..b", ".hidden", "-x", "x" * 65, "a b", "é"])
 def test_a_recipe_name_is_a_name_not_a_path(name):
     with pytest.raises(RecipeError, match=r"recipe.name: .* is not a recipe name \(1 to 64 letters, digits"):
-        parse_recipe({"name": name, "base": {"scheme": "W8A16"}, "rules": {}}, ALGOS)
+        parse_recipe({"name": name, "base": {"scheme": "W8A16"}, "rules": {"l": {"match": "x"}}}, ALGOS)
 
 
 @pytest.mark.parametrize("name", ["w4a16", "My_Recipe-2.1", "x" * 64, "7"])
 def test_plain_recipe_names_pass(name):
-    assert parse_recipe({"name": name, "base": {"scheme": "W8A16"}, "rules": {}}, ALGOS).name == name
+    assert parse_recipe({"name": name, "base": {"scheme": "W8A16"}, "rules": {"l": {"match": "x"}}}, ALGOS).name == name
+
+
+@pytest.mark.parametrize("rules", [{}, None])
+def test_a_recipe_without_rules_is_an_error(rules):
+    with pytest.raises(RecipeError, match=r"^recipe.rules: none, so no layer would be quantized; add a rule"):
+        parse_recipe({"base": {"scheme": "W8A16"}, "rules": rules}, ALGOS)
