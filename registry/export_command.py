@@ -25,10 +25,10 @@ def _variant_checkpoint(ref: str, overrides: list[str]):
     from qrecipe.engine.export.compressed_tensors import ExportError
 
     from .artifacts import checkpoint_dir
-    from .commands import open_for, settings_for
+    from .commands import open_for, store_settings_for
     from .queries import find_variant
 
-    settings = settings_for(overrides)
+    settings = store_settings_for(overrides)
     variant = find_variant(open_for(settings, catch_up=False), ref)
     folder = checkpoint_dir(variant.output_dir)
     if folder is None:

@@ -178,7 +178,7 @@ def test_the_registry_and_mlflow_runs_of_a_lost_attempt_are_closed(registry_url,
     (job_id,) = _submit(engine)
     c = queue.claim(engine, "w", 60)
     mlflow_run = MlflowRun(tracking, "tiny", "w8a16@cpu", {})
-    handle = begin_run(engine, IDENT, "cpu", "0", None, mlflow_run.run_id)
+    handle = begin_run(engine, IDENT, "cpu", "0", None, mlflow_run_id=mlflow_run.run_id)
     queue.record_progress(engine, job_id, c.token, variant_id=handle.variant_id, run_number=handle.run_number)
     _expire(engine, job_id)
     lost = queue.requeue_expired(engine)
