@@ -29,6 +29,20 @@ def model_info(settings: Settings) -> ModelInfo:
     return describe(skeleton, config, settings.model.name)
 
 
+def check_inputs(settings: Settings, plan: Plan) -> None:
+    """Every file the run will read, checked before anything is recorded or loaded (by `qrecipe
+    plan`, `qrecipe run` and a job's submission alike): the eval texts, the task files, and the
+    calibration data only where the plan calibrates (an RTN recipe reads none)."""
+    from .data import check_data
+    from .evaluate.tasks import check_task_data
+
+    for name, data in settings.eval.all_texts().items():
+        check_data(data, settings.eval.text_field(name))
+    check_task_data(settings.eval.tasks)
+    if plan.calibrates:
+        check_data(settings.calib.data, "calib.data")
+
+
 def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[Plan, ModelInfo]:
     info = model_info(settings)
     device = device or local_device(settings)

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..algorithms import Algorithm, BlockContext, LayerTask, get_algorithm
 from ..plan import LayerPlan, Plan
+from ..progress import progress_bar
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .capture import capture_inputs, find_blocks, run_block, with_hidden
@@ -130,7 +130,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
 
     last_needing_data = max((i for i, lps in enumerate(by_block) if any(lp.calibrates for lp in lps)), default=-1)
     calls = capture_inputs(model, blocks[0], windows, batch_size) if last_needing_data >= 0 else []
-    bar = tqdm(total=len(blocks), desc="calibrate", unit="block", disable=not progress, leave=False)
+    bar = progress_bar(total=len(blocks), desc="calibrate", unit="block", enabled=progress)
     for i, (block, lps) in enumerate(zip(blocks, by_block)):
         context = BlockContext(prefixes[i], block, plan.model_type)
         tasks = tasks_of(lps)
