@@ -23,6 +23,7 @@ from torch import nn
 
 from ..kernels import QuantParams
 from .errors import QRecipeError
+from .files import normal_modes
 from .modules import PackedExperts, QuantExperts, QuantLinear, get_module, set_module
 from .modules.packed import PackedWeights
 from .plan import Plan
@@ -69,6 +70,7 @@ def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:
         model.generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    normal_modes(out)  # safetensors writes 0600; whoever serves the checkpoint must read it
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):

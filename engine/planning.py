@@ -29,6 +29,23 @@ def model_info(settings: Settings) -> ModelInfo:
     return describe(skeleton, config, settings.model.name)
 
 
+def check_inputs(settings: Settings, plan: Plan) -> None:
+    """Every file the run will read, checked before anything is recorded or loaded (by `qrecipe
+    plan`, `qrecipe run` and a job's submission alike): the eval texts, the task files, and the
+    calibration data only where the plan calibrates (an RTN recipe reads none), and lm-eval's
+    tasks and local files where eval.lm_eval is on."""
+    from .data import check_data
+    from .evaluate.lm_eval_tasks import check_lm_eval
+    from .evaluate.tasks import check_task_data
+
+    for name, data in settings.eval.all_texts().items():
+        check_data(data, settings.eval.text_field(name))
+    check_task_data(settings.eval.tasks)
+    check_lm_eval(settings.eval.lm_eval)
+    if plan.calibrates:
+        check_data(settings.calib.data, "calib.data")
+
+
 def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[Plan, ModelInfo]:
     info = model_info(settings)
     device = device or local_device(settings)

@@ -25,21 +25,18 @@ from . import metric_names as M
 from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
-from .data import check_data
 from .evaluate import suite
 from .evaluate.backends_used import backend_record
 from .evaluate.forward import device_label
 from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
-from .evaluate.lm_eval_tasks import check_lm_eval
 from .evaluate.protocol import describe_protocol, eval_protocol, protocol_hash
-from .evaluate.tasks import check_task_data
 from .events import OnEvent, RunEvent, Stage
 from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
 from .plan.render import render_plan
 from .tables import human_bytes
-from .planning import build_plan, local_device
+from .planning import build_plan, check_inputs, local_device
 from .quantize import prepare_model, quantize_model
 from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
 
@@ -146,15 +143,16 @@ class Steps:
         self.on_event = on_event
         self.stage = Stage.STARTED
 
-    def __call__(self, msg: str, stage: Stage | None = None) -> None:
-        """Print msg; `stage` when the run enters a new stage."""
+    def __call__(self, msg: str, stage: Stage | None = None, **data: Any) -> None:
+        """Print msg; `stage` when the run enters a new stage. on_event may raise (e.g. Cancelled)
+        to stop the run at this boundary."""
         self.stage = stage or self.stage
         say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
         if self.on_event is not None:
-            self.on_event(RunEvent(self.stage, msg))
+            self.on_event(RunEvent(self.stage, msg, data))
 
 
-def _output_dir(settings: Settings, plan: Plan) -> Path:
+def run_folder(settings: Settings, plan: Plan) -> Path:
     """Where the variant folder should go (checked before any work; reserved by reserve_output)."""
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
@@ -164,7 +162,15 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
             raise ConfigError(f"run.output_dir: {out} already exists; choose a new folder or leave it null")
         return out
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+    runs = Path(settings.paths.root) / "runs"
+    out = runs / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+    # The recipe name is validated as a name (engine/recipe/schema.py); this is the second line
+    # of defence: whatever builds the name, the folder lies inside paths.root/runs.
+    if out.resolve().parent != runs.resolve():
+        from .errors import ConfigError
+
+        raise ConfigError(f"recipe.name: {plan.recipe!r} would put the run folder outside {runs}; use a plain name")
+    return out
 
 
 def reserve_output(out: Path, numbered: bool) -> tuple[Path, Path]:
@@ -199,26 +205,24 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     step = Steps(on_event)
     settings = load_settings(cfg)
     device = local_device(settings)
-    for name, data in settings.eval.all_texts().items():
-        check_data(data, settings.eval.text_field(name))
-    check_task_data(settings.eval.tasks)
-    check_lm_eval(settings.eval.lm_eval)
     peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)
+    check_inputs(settings, plan)
     say(render_plan(plan))
-    out = _output_dir(settings, plan)
+    out = run_folder(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
     protocol = eval_protocol(settings, device, dtype)  # how it is measured: compare only runs measured alike
-    step(recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype), protocol)),
-         Stage.STARTED)
     staging, renamed = None, False
     try:
+        where = recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype), protocol))
         out, staging = reserve_output(out, numbered=not settings.run.output_dir)
+        step(where, Stage.STARTED, output_dir=str(out), staging=str(staging))
         metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol)
+        step("recording ...", Stage.RECORDING)
         recorder.outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
-        recorder.succeed(out.resolve(), metrics)
+        recorder.succeed(out.resolve(), metrics)  # from here the run is recorded: nothing below can undo it
     except BaseException as e:
         recorder.fail(e)
         if staging is not None:

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..algorithms import Algorithm, BlockContext, LayerTask, get_algorithm
 from ..plan import LayerPlan, Plan
+from ..progress import progress_bar
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .capture import capture_inputs, find_blocks, run_block, with_hidden
@@ -143,7 +143,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
     last_float = max((i for i, lps in enumerate(by_block) if any(map(_wants_float_stream, lps))), default=-1)
     float_calls = list(calls) if last_float >= 0 else None  # the float model's block inputs
     stream = Stream()
-    bar = tqdm(total=len(blocks), desc="calibrate", unit="block", disable=not progress, leave=False)
+    bar = progress_bar(total=len(blocks), desc="calibrate", unit="block", enabled=progress)
     for i, (block, lps) in enumerate(zip(blocks, by_block)):
         context = BlockContext(prefixes[i], block, plan.model_type)
         tasks = tasks_of(lps)
