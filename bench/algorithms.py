@@ -39,8 +39,12 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "awq_w4a16_asym": ("AWQ W4A16 g64 asym", W4 + ASYM + ["recipe.base.algorithm=awq"]),
     "gptq_w4a16": ("GPTQ W4A16 g64", W4 + ["recipe.base.algorithm=gptq"]),
     "gptq_w4a16_asym": ("GPTQ W4A16 g64 asym", W4 + ASYM + ["recipe.base.algorithm=gptq"]),
-    # the shipped best 4-bit recipe (recipes/w4a16-best.yaml); llm-compressor has no counterpart
-    "best_w4a16": ("w4a16-best (W4A16 g64 asym)", ["recipe=w4a16-best"]),
+    # qrecipe's combinations (llm-compressor has no counterpart): AWQ scales then GPTQ rounding
+    # with per-group clipping (the settings of recipes/w4a16-awq-gptq.yaml, whose args are the
+    # algorithm's defaults), and the same reproducing the float model's outputs (float_targets)
+    "awq_gptq_w4a16_asym": ("AWQ+GPTQ W4A16 g64 asym", W4 + ASYM + ["recipe.base.algorithm=awq_gptq"]),
+    "awq_gptq_ft_w4a16_asym": ("AWQ+GPTQ float targets W4A16 g64 asym",
+                               W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.float_targets=true"]),
     "w8a8_dynamic": ("W8A8 dynamic", W8A8),
     "sq_w8a8_dynamic": ("SmoothQuant W8A8 dynamic", W8A8 + SQ),
     "w8a8_static": ("W8A8 static", W8A8 + STATIC),
@@ -50,7 +54,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                             W8A8 + STATIC + ["recipe.base.algorithm=smoothquant",
                                              "recipe.base.args.alpha=[0.3,0.5,0.7,0.9]"]),
 }
-QRECIPE_ONLY = {"sq_grid_w8a8_static", "best_w4a16"}
+QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16_asym"}
 # The gap closed is measured against symmetric RTN (README "Calibration algorithms"), each tool's own
 GAP_REFERENCE = "rtn_w4a16"
 
