@@ -29,7 +29,12 @@ def model_info(settings: Settings) -> ModelInfo:
 
 
 def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[Plan, ModelInfo]:
+    """The plan, with how this machine would run it (in memory or streamed, and its peak memory)."""
+    from .streaming.decide import execution_plan
+
     info = model_info(settings)
     device = device or local_device(settings)
     dtype = resolve_dtype(settings.model.dtype, device)
-    return resolve_plan(settings.recipe, info, settings.target, device, dtype), info
+    plan = resolve_plan(settings.recipe, info, settings.target, device, dtype)
+    plan.execution = execution_plan(settings, plan, info, device, dtype)
+    return plan, info

@@ -33,6 +33,7 @@ class QuantReport:
     layers: int
     notes: list[str] = field(default_factory=list)
     calibration_tokens: int = 0  # 0: no layer needed calibration data
+    block_seconds: list[float] = field(default_factory=list)  # per block, when streamed
 
 
 def layer_task(model: nn.Module, lp) -> LayerTask:
@@ -71,20 +72,25 @@ def _windows(calibration: CalibSpec | torch.Tensor | None, tokenizer) -> tuple[t
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.Tensor | None = None,
-                   tokenizer=None, progress: bool = True) -> QuantReport:
+                   tokenizer=None, progress: bool = True, blocks=None) -> QuantReport:
     """Quantize the plan's layers in place. `calibration` is the calib spec (windows are
-    sampled with `tokenizer`) or the token windows themselves [samples, seq_len]."""
+    sampled with `tokenizer`) or the token windows themselves [samples, seq_len].
+
+    `blocks`, a block provider (calibration/blocks.py), makes every layer go through the
+    block-by-block driver, RTN-only plans included: a streamed run passes the one that reads
+    each block from the checkpoint and writes it when done (`model` is then its skeleton)."""
     from .calibration import calibrate_and_quantize, layer_calibrates
 
     start = time.perf_counter()
     planned = plan.quantized()
     notes: list[str] = []
     tokens = 0
-    if any(layer_calibrates(lp) for lp in planned):
-        windows, batch_size = _windows(calibration, tokenizer)
-        tokens = windows.numel()
+    calibrates = any(layer_calibrates(lp) for lp in planned)
+    if calibrates or blocks is not None:
+        windows, batch_size = _windows(calibration, tokenizer) if calibrates else (None, CalibSpec.batch_size)
+        tokens = windows.numel() if windows is not None else 0
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, layer_task,
-                                        lambda task, qw: swap_in(model, task, qw), progress=progress)
+                                        lambda task, qw: swap_in(model, task, qw), progress=progress, blocks=blocks)
     else:
         for lp in tqdm(planned, desc="quantize", unit="layer", disable=not progress, leave=False):
             task = layer_task(model, lp)

@@ -33,6 +33,7 @@ from .plan import Plan
 from .plan.render import human_bytes, render_plan
 from .planning import build_plan, local_device
 from .quantize import prepare_model, quantize_model
+from .streaming import STREAMED, StreamedRun
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class RunResult:
                          f"{m['speed_device']}")
         lines.append(f"  weights     {human_bytes(m['weight_bytes'])} vs {human_bytes(m['weight_bytes_baseline'])} "
                      f"({m['weight_reduction']:.2f}x smaller)")
-        if "peak_memory_bytes" in m:
+        if "peak_memory_bytes_baseline" in m:
             lines.append(f"  peak memory {human_bytes(m['peak_memory_bytes'])} vs "
                          f"{human_bytes(m['peak_memory_bytes_baseline'])} ({m['peak_memory_method']})")
         lines.append(f"  written to  {self.output_dir}")
@@ -182,23 +183,44 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
              step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
     torch.manual_seed(settings.run.seed)
     dtype_name = str(dtype).replace("torch.", "")
-    step(f"loading {settings.model.name} ({dtype}, {device}) ...")
-    model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
+    stream = None  # a model bigger than memory streams from its checkpoint (engine/streaming/)
+    if plan.execution.get("mode") == STREAMED:
+        step(f"loading {settings.model.name} as a skeleton ({dtype}, {device}): its float weights stream block by "
+             f"block from the checkpoint ({plan.execution['reason']}) ...")
+        stream = StreamedRun(settings, plan, device, dtype, step)
+        model, tokenizer = None, stream.tokenizer
+    else:
+        step(f"loading {settings.model.name} ({dtype}, {device}) ...")
+        model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
+    try:
+        return _measure(settings, plan, device, dtype, dtype_name, staging, recorder, step, progress, model,
+                        tokenizer, stream)
+    finally:
+        if stream is not None:
+            stream.abandon()
+
+
+def _measure(settings, plan, device, dtype, dtype_name, staging, recorder, step, progress, model, tokenizer, stream):
     inputs = suite.prepare_inputs(settings, tokenizer)
     step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device))
-    base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
+    base = stream.measure_baseline(inputs) if stream else \
+        suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
     recorder.record_baseline(base.key, str(device), dtype_name, base.key_parts,
                              {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
                               "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder))
     step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
-    report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
+    if stream:
+        report = stream.quantize(staging / "model", progress)
+        model = stream.load_variant(staging / "model")
+    else:
+        report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
     backends = prepare_model(model)
     step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the baseline ...")
     metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
     step("timing the variant ...")
     speed = suite.measure_variant_speed(model, settings, inputs)
     method = peak_method(settings.eval.memory.method, device)
-    if settings.run.save_checkpoint or method == "child":  # the child process loads the variant from it
+    if (settings.run.save_checkpoint or method == "child") and not stream:  # the child loads the variant from it
         step("writing checkpoint ...")
         save_checkpoint(model, tokenizer, plan, staging / "model")
     if method != "off":
@@ -220,6 +242,8 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     if report.calibration_tokens:
         metrics["calibration_tokens"] = report.calibration_tokens
     _write(settings, plan, metrics, report.notes, errors, staging, calibrated=bool(report.calibration_tokens))
+    if stream:
+        stream.finish()
     return metrics, errors
 
 

@@ -97,25 +97,46 @@ def _peak(settings: Settings, device: torch.device, model, request: dict) -> int
     return child_peak_bytes({**request, "batch_size": ev.batch_size, "seq_len": ev.seq_len})
 
 
-def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, device: torch.device,
-                     dtype: torch.dtype, say: Say, progress: bool = True) -> BaselineSide:
-    ev = settings.eval
+@dataclass
+class CacheLookup:
+    outputs: BaselineOutputs | None  # None: not cached for these settings
+    key: str
+    folder: Path
+    parts: dict[str, Any]
+
+
+def cached_baseline(settings: Settings, device: torch.device, dtype: torch.dtype, task_sources: list[str],
+                    text_names: set[str]) -> CacheLookup:
+    """The baseline cache entry for these settings, and its outputs if they cover these texts and prompts."""
     parts = baseline_key_parts(settings, device, dtype)
     key = baseline_key(parts)
     folder = cache_folder(settings, key)
-    sources = [it.source for it in inputs.items]
     outputs = load_baseline(folder)
-    cached = outputs is not None and outputs.task_sources == sources and set(outputs.texts) == set(inputs.windows)
+    if outputs is not None and (outputs.task_sources != task_sources or set(outputs.texts) != text_names):
+        outputs = None
+    return CacheLookup(outputs, key, folder, parts)
+
+
+def store_baseline(lookup: CacheLookup, outputs: BaselineOutputs) -> None:
+    save_baseline(lookup.folder, outputs, {"key": lookup.key, "parts": lookup.parts,
+                                           "ppl": {n: r.ppl for n, r in outputs.texts.items()}})
+
+
+def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, device: torch.device,
+                     dtype: torch.dtype, say: Say, progress: bool = True) -> BaselineSide:
+    ev = settings.eval
+    lookup = cached_baseline(settings, device, dtype, [it.source for it in inputs.items], set(inputs.windows))
+    outputs = lookup.outputs
+    cached = outputs is not None
     if cached:
-        say(f"baseline outputs: cached ({folder})")
+        say(f"baseline outputs: cached ({lookup.folder})")
     else:
         say("baseline outputs: computing (cached for later runs of this model and eval settings)")
         texts = {name: reference_pass(model, w, ev.batch_size, ev.kl_topk, f"baseline {name}", progress)
                  for name, w in inputs.windows.items()}
         tasks = baseline_tasks(model, tokenizer, inputs.items, ev.tasks, progress) if inputs.items else None
-        outputs = BaselineOutputs(texts, tasks, sources)
-        save_baseline(folder, outputs, {"key": key, "parts": parts,
-                                        "ppl": {n: r.ppl for n, r in texts.items()}})
+        outputs = BaselineOutputs(texts, tasks, [it.source for it in inputs.items])
+        store_baseline(lookup, outputs)
     speed = None
     if ev.speed.enabled:
         say("timing the baseline ...")
@@ -124,7 +145,7 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
         say("peak memory of the baseline ...")
     peak = _peak(settings, device, model, {"model": dataclasses.asdict(settings.model),
                                            "cache": str(settings.paths.cache), "dtype": str(dtype).split(".")[-1]})
-    return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), speed, peak)
+    return BaselineSide(outputs, cached, lookup.key, lookup.folder, lookup.parts, weight_bytes(model), speed, peak)
 
 
 def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalInputs, base: BaselineSide,
@@ -153,17 +174,20 @@ def speed_and_memory_metrics(base: BaselineSide, speed: SpeedResult | None, peak
                              variant_weight_bytes: int, method: str) -> dict[str, Any]:
     m: dict[str, Any] = {"weight_bytes": variant_weight_bytes, "weight_bytes_baseline": base.weight_bytes,
                          "weight_reduction": base.weight_bytes / variant_weight_bytes}
-    if speed is not None and base.speed is not None:
-        m.update({"prefill_tokens_per_s": speed.prefill_tokens_per_s,
-                  "prefill_tokens_per_s_baseline": base.speed.prefill_tokens_per_s,
-                  "prefill_speedup": speed.prefill_tokens_per_s / base.speed.prefill_tokens_per_s,
-                  "decode_ms_per_token": speed.decode_ms_per_token,
-                  "decode_ms_per_token_baseline": base.speed.decode_ms_per_token,
-                  "decode_speedup": base.speed.decode_ms_per_token / speed.decode_ms_per_token,
+    # A baseline that was not timed or measured (a streamed run's: it does not fit) leaves the
+    # variant's own figures without a ratio, never a made-up one.
+    if speed is not None:
+        m.update({"prefill_tokens_per_s": speed.prefill_tokens_per_s, "decode_ms_per_token": speed.decode_ms_per_token,
                   "speed_device": speed.device})
+    if speed is not None and base.speed is not None:
+        m.update({"prefill_tokens_per_s_baseline": base.speed.prefill_tokens_per_s,
+                  "prefill_speedup": speed.prefill_tokens_per_s / base.speed.prefill_tokens_per_s,
+                  "decode_ms_per_token_baseline": base.speed.decode_ms_per_token,
+                  "decode_speedup": base.speed.decode_ms_per_token / speed.decode_ms_per_token})
+    if peak is not None:
+        m.update({"peak_memory_bytes": peak, "peak_memory_method": method})
     if peak is not None and base.peak_bytes is not None:
-        m.update({"peak_memory_bytes": peak, "peak_memory_bytes_baseline": base.peak_bytes,
-                  "peak_memory_reduction": base.peak_bytes / peak, "peak_memory_method": method})
+        m.update({"peak_memory_bytes_baseline": base.peak_bytes, "peak_memory_reduction": base.peak_bytes / peak})
     return m
 
 

@@ -31,19 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ...kernels import QuantParams, get_format
+from ..checkpoint import checkpoint_tensors
 from ..errors import QRecipeError
 from ..plan import Plan
 from ..schemes import SCHEMES
 
 FORMAT = "compressed-tensors"
-# Written by this exporter; everything else in the checkpoint folder (tokenizer, generation
-# config, plan.json) is copied as it is. qrecipe_quant.json is not: the export is not a
-# qrecipe checkpoint.
-_REWRITTEN = ("model.safetensors", "qrecipe_quant.json", "config.json")
+# Written by this exporter (with the tensors, *.safetensors: one file or a streamed run's
+# shards); everything else in the checkpoint folder (tokenizer, generation config, plan.json)
+# is copied as it is. qrecipe_quant.json is not: the export is not a qrecipe checkpoint.
+_REWRITTEN = ("model.safetensors.index.json", "qrecipe_quant.json", "config.json")
 
 
 class ExportError(QRecipeError):
@@ -149,7 +149,7 @@ def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = F
         _refuse_unloadable(specs)
     by_name = {s.name: s for s in specs}
     config_groups, group_of, state = {}, {}, {}
-    with safe_open(str(src / "model.safetensors"), "pt") as f:
+    with checkpoint_tensors(src) as f:  # one file or shards
         for i, (weights, inputs, names) in enumerate(_group_layers(specs)):
             probe = QuantizationScheme(targets=sorted(names), weights=weights, input_activations=inputs)
             scheme = probe.model_copy(update={"format": infer_module_format(torch.nn.Linear, probe).value})
@@ -170,7 +170,7 @@ def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = F
         state.pop(alias, None)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     for item in src.iterdir():
-        if item.is_file() and item.name not in _REWRITTEN:
+        if item.is_file() and item.name not in _REWRITTEN and item.suffix != ".safetensors":
             shutil.copy2(item, out / item.name)
     shutil.copy2(src / "config.json", out / "config.json")
     ignore = [lp.name for lp in plan.layers if lp.name not in group_of]

@@ -2,7 +2,8 @@
 
 FUSED_SHARDS: sibling projections that serving engines (vLLM, TensorRT-LLM) fuse into one
 tensor, so they must share one scheme. BLOCK_LISTS: where the decoder blocks live (the
-calibration driver walks them one at a time). PAIRINGS: inside one block, which module
+calibration driver walks them one at a time). FINAL_NORMS: the module between the last block
+and the head (a streamed run computes logits from the last block's outputs with it). PAIRINGS: inside one block, which module
 produces the input that a set of linears reads; AWQ and SmoothQuant divide that input by
 per-channel scales folded into the producer and multiply the linears' weights by them.
 """
@@ -25,6 +26,16 @@ FUSED_SHARDS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 BLOCK_LISTS: tuple[str, ...] = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers")
+
+
+# Families whose logits are head(final_norm(last block's output)), nothing more: a streamed
+# run (engine/streaming/) can compute them block by block. Others (Gemma 2's soft-capped
+# logits, say) are not listed until someone checks their tail.
+FINAL_NORMS: dict[str, str] = {family: "model.norm" for family in ("llama", "mistral", "qwen2", "qwen3")}
+
+
+def final_norm(model_type: str) -> str | None:
+    return FINAL_NORMS.get(model_type)
 
 
 def fused_shards(model_type: str) -> tuple[tuple[str, ...], ...]:

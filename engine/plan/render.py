@@ -92,5 +92,11 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
         if "kv_cache_tokens_after_at_tp_before" in c:
             lines.append(f"  after, on the baseline's {c['min_tp_before']} devices: KV cache "
                          f"~{c['kv_cache_tokens_after_at_tp_before']:,} tokens")
+    x = plan.execution  # engine/streaming/decide.py
+    if x:
+        lines.append(f"execution: {x['mode']} ({x['reason']})")
+        lines.append(f"  estimated peak: device {human_bytes(x['peak_device_bytes'])}, host "
+                     f"{human_bytes(x['peak_host_bytes'])} (largest block {human_bytes(x['terms']['largest_block'])}; "
+                     f"README \"Models bigger than memory\")")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

@@ -60,6 +60,9 @@ class Plan:
     other_bytes: int  # embeddings, norms: kept in float
     capacity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # How this machine will run it (engine/streaming/decide.py): in memory or streamed, why, and
+    # the estimated peak memory. Like the backend, it depends on the machine, not the variant.
+    execution: dict[str, Any] = field(default_factory=dict)
 
     @property
     def plan_hash(self) -> str:
@@ -97,7 +100,8 @@ class Plan:
         return {"model": self.model_id, "model_type": self.model_type, "recipe": self.recipe, "target": self.target,
                 "dtype": self.dtype, "device": self.device, "plan_hash": self.plan_hash,
                 "layers": [asdict(lp) for lp in self.layers], "other_bytes": self.other_bytes,
-                "totals": self.totals(), "capacity": self.capacity, "notes": list(self.notes)}
+                "totals": self.totals(), "capacity": self.capacity, "notes": list(self.notes),
+                "execution": self.execution}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
@@ -107,4 +111,4 @@ class Plan:
         return cls(model_id=d["model"], model_type=d.get("model_type", ""), recipe=d.get("recipe", ""),
                    target=d["target"], dtype=d["dtype"], device=d.get("device", "cpu"),
                    layers=[LayerPlan(**lp) for lp in d["layers"]], other_bytes=d.get("other_bytes", 0),
-                   capacity=d.get("capacity", {}), notes=list(d.get("notes", [])))
+                   capacity=d.get("capacity", {}), notes=list(d.get("notes", [])), execution=d.get("execution", {}))
