@@ -19,12 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..kernels import QuantParams
 from .errors import QRecipeError
-from .models.weights import SINGLE_FILE, read_tensor, tensor_files
+from .models.weights import SINGLE_FILE, read_tensor, save_tensors, tensor_files
 from .modules import QuantLinear, set_module
 from .plan import Plan
 
@@ -77,7 +76,7 @@ def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:
     """The whole model in one file (a streamed run writes shards instead: engine/streaming/writer.py)."""
     out.mkdir(parents=True, exist_ok=True)
     state, aliases = unique_tensors(model.state_dict())
-    save_file(state, str(out / SINGLE_FILE), metadata=METADATA)
+    save_tensors(state, out / SINGLE_FILE, METADATA)
     write_metadata(out, model, tokenizer, plan, next(model.parameters()).dtype, quant_layers(model), aliases)
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from ...kernels import QuantParams, get_format
 from ..checkpoint import checkpoint_tensors
 from ..errors import QRecipeError
+from ..models.weights import save_tensors
 from ..plan import Plan
 from ..schemes import SCHEMES
 
@@ -168,7 +168,7 @@ def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = F
                 state[key] = f.get_tensor(key)
     for alias in meta.get("aliases", {}):  # tied weights are stored once; config.json re-ties them
         state.pop(alias, None)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_tensors(state, out / "model.safetensors", {"format": "pt"})
     for item in src.iterdir():
         if item.is_file() and item.name not in _REWRITTEN and item.suffix != ".safetensors":
             shutil.copy2(item, out / item.name)

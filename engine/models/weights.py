@@ -13,6 +13,7 @@ streamed 16 GB checkpoint never has more than one tensor's pages mapped.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -41,6 +42,27 @@ def file_stamps(folder: Path) -> list[dict]:
     """Name, size and modification time of every weight file: what identifies the weights."""
     return [{"name": f.name, "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
             for f in sorted(set(tensor_files(folder).values()))]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file whole or not at all (a temporary name, then a rename), with the
+    process's normal file mode: safetensors itself creates files readable by their owner only."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)
 
 
 def read_tensor(file: Path, name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None

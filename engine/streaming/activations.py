@@ -13,15 +13,13 @@ rotary embeddings: captured once, on the device) and its stored hidden states.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..calibration.capture import BlockCall, hidden_of, with_hidden
-from ..models.weights import read_tensor
+from ..models.weights import read_tensor, save_tensors
 
 _KEY = "hidden"
 
@@ -42,9 +40,7 @@ class ActivationStore:
         t = t.detach().to("cpu").contiguous()
         keep = self.held + t.numel() * t.element_size() <= self.budget
         if self.durable or not keep:
-            tmp = self.file(gen, j).with_suffix(".tmp")
-            save_file({_KEY: t}, str(tmp))
-            os.replace(tmp, self.file(gen, j))
+            save_tensors({_KEY: t}, self.file(gen, j))
         if keep:
             self.memory[(gen, j)] = t
             self.held += t.numel() * t.element_size()

@@ -6,10 +6,11 @@ keeping 10% in reserve; `always` and `never` force it. The estimate (README "Mod
 than memory") is a formula of the largest block, the calibration windows and the batch:
 
   block      largest decoder block's float weights            (run dtype)
-  work       one batch through a block: B x S x (8 H + 3 I) x 4 + B x heads x S^2 x 4
+  work       one batch through a block: B x S x (8 H + 3 I + heads x S) x E (the last term: attention
+             scores where attention materializes them)
   stats      calibration statistics of one block (GPTQ/AWQ: one K x K float32 Gram matrix per
              input the block's linears read, plus 2 x K_max^2 x 4 + 3 x the largest linear in
-             float32 while GPTQ/AWQ solve it; absmax/static scales: negligible)
+             float32 while GPTQ/AWQ solve it: its factorization copies; absmax/static scales: negligible)
   acts       hidden states of all calibration windows: samples x S x H x E (x2 while one block
              turns them into the next one's; above run.activation_budget_gib they go to disk)
   eval       the baseline's eval windows the same way, plus one batch of logits
@@ -87,12 +88,12 @@ def estimate(settings: Settings, plan: Plan, info: ModelInfo, dtype: torch.dtype
         stats = sum(li.in_features ** 2 * 4 for li in lis if li.name not in grouped or li.name in shared)
         stats += 2 * k_max ** 2 * 4 + 3 * max(li.numel for li in lis) * 4
     seq, batch = calib.seq_len, calib.batch_size
-    work = batch * seq * (8 * h + 3 * widest) * 4 + batch * info.num_heads * seq * seq * 4 if calibrates else 0
+    work = batch * seq * ((8 * h + 3 * widest) + info.num_heads * seq) * e if calibrates else 0
     acts = calib.samples * seq * h * e if calibrates else 0
     ev = settings.eval
     texts = len(ev.all_texts())
     eval_acts = texts * ev.windows * ev.seq_len * h * e
-    eval_work = ev.batch_size * ev.seq_len * (8 * h + 3 * widest) * 4 + ev.batch_size * info.num_heads * ev.seq_len ** 2 * 4
+    eval_work = ev.batch_size * ev.seq_len * ((8 * h + 3 * widest) + info.num_heads * ev.seq_len) * e
     logits = ev.batch_size * ev.seq_len * v * 4 * 2
     topk = texts * ev.windows * ev.seq_len * ev.kl_topk * 8
     tail = v * h * e + h * e
@@ -138,14 +139,15 @@ def execution_plan(settings: Settings, plan: Plan, info: ModelInfo, device: torc
         mode, reason = STREAMED, "run.streaming=always"
     elif need <= RESERVE * free:
         mode, reason = IN_MEMORY, (f"run.streaming=auto: the float weights ({human_bytes(terms['float_weights'])}) "
-                                   f"and one block's work fit in {where} (needs ~{human_bytes(need)})")
+                                   f"plus one block's work need ~{human_bytes(need)}, which fits in {where}")
     elif not streamable:
         mode, reason = IN_MEMORY, (f"run.streaming=auto: needs ~{human_bytes(need)} with {where}, but model type "
                                    f"{info.model_type!r} cannot stream (engine/models/families.py FINAL_NORMS); "
                                    f"running in memory")
     else:
         mode, reason = STREAMED, (f"run.streaming=auto: the float weights ({human_bytes(terms['float_weights'])}) "
-                                  f"and one block's work (~{human_bytes(need)}) do not fit in {where}")
+                                  f"plus one block's work need ~{human_bytes(need)}, more than {int(RESERVE * 100)}% "
+                                  f"of {where}")
     key = "streamed" if mode == STREAMED else "in_memory"
     return {"mode": mode, "setting": setting, "reason": reason, "device": str(device), "free_bytes": free,
             "peak_device_bytes": p[f"{key}_device"], "peak_host_bytes": p[f"{key}_host"],

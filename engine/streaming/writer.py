@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..checkpoint import METADATA, unique_tensors, write_metadata
-from ..models.weights import INDEX_FILE
+from ..models.weights import INDEX_FILE, save_tensors
 
 
 def shard_name(i: int, n: int) -> str:
@@ -42,9 +41,7 @@ class ShardWriter:
         """Shard i (1-based) with these tensors; returns its bytes. Tied tensors are stored once."""
         tensors, aliases = unique_tensors(state)
         self.aliases.update(aliases)
-        tmp = self.path(i).with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata=METADATA)
-        os.replace(tmp, self.path(i))
+        save_tensors(tensors, self.path(i), METADATA)
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def weight_map(self) -> dict[str, str]:
