@@ -49,10 +49,18 @@ def capabilities_for(compute_capability: float | None) -> frozenset[str]:
 
 
 def host_memory_gib() -> float:
+    """This machine's memory; an error (never a guess) when it cannot be read."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        return 16.0
+    except (ValueError, OSError, AttributeError) as e:
+        first = e
+    try:
+        import psutil
+
+        return psutil.virtual_memory().total / 2**30
+    except Exception as e:  # noqa: BLE001 - reported below with the first reason
+        raise ConfigError(f"target.memory_gib: cannot read this machine's memory ({first}; psutil: {e}); set "
+                          f"target.memory_gib=GIB") from None
 
 
 def _gpu_slug(name: str) -> str:

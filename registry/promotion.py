@@ -40,8 +40,7 @@ from .models import MEASURED, Promotion, StagePointer, Variant, utcnow
 from .promotion_history import PROMOTE, ROLLBACK, base_model_id, serving_stack
 from .queries import find_variant
 from .record import write_with_retry
-
-STAGES = ("production", "staging")
+from .stages import STAGES
 
 
 class PromotionError(QRecipeError):
@@ -104,10 +103,6 @@ class PromotionResult:
     @property
     def alias(self) -> str:
         return alias_name(self.stage, self.target)
-
-    @property
-    def failed_checks(self) -> list[GateCheck]:
-        return [c for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "changed": self.changed, "promotion_id": self.promotion_id,

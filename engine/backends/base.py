@@ -12,6 +12,10 @@ from ...kernels import QuantParams, WeightFormat
 class Backend(ABC):
     name: str
     emulated: bool = False  # numerics are right, but this is not the kernel production would run
+    # It also runs one expert of a QuantExperts module at a time, through a per-expert view of
+    # the stacked buffers (engine/modules/quant_experts.py): true unless prepare() re-lays out
+    # a module's weights into buffers of its own.
+    runs_experts: bool = True
 
     @abstractmethod
     def supports(self, fmt: WeightFormat, p: QuantParams, in_features: int, out_features: int,

@@ -28,18 +28,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..algorithms import Algorithm, BlockContext, LayerTask, get_algorithm
-from ..models.families import pairings
 from ..plan import LayerPlan, Plan
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .blocks import BlockProvider, InMemoryBlocks
 from .capture import run_block
 from .stats import attach_stats
-
-
-def layer_calibrates(lp: LayerPlan) -> bool:
-    """Whether this planned layer needs calibration data."""
-    return get_algorithm(lp.algorithm).needs_calibration or lp.activation == "static"
 
 
 def _algorithms(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext) -> list[Algorithm]:
@@ -51,7 +45,7 @@ def _algorithms(tasks: list[LayerTask], algorithm_of: dict[str, str], context: B
 
 
 def _shared_inputs(context: BlockContext) -> list[tuple[str, ...]]:
-    return [tuple(context.absolute(n) for n in p.layers) for p in pairings(context.model_type)]
+    return [tuple(context.absolute(n) for n in group) for group in context.pairings()[1]]
 
 
 def _finite(q) -> bool:
@@ -81,6 +75,9 @@ def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context:
                 h.remove()
             for algo in algos:
                 algo.detach()
+        for t in tasks:
+            if t.name in context.stats:
+                t.tokens_seen = context.stats[t.name].tokens
     for algo in algos:
         algo.transform()
     results = {}
@@ -105,15 +102,26 @@ def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context:
 
 @torch.no_grad()
 def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan], windows: torch.Tensor | None,
-                           batch_size: int, make_task: Callable[[nn.Module, LayerPlan], LayerTask],
+                           batch_size: int, make_tasks: Callable[[nn.Module, LayerPlan], list[LayerTask]],
                            swap: Callable[[LayerTask, object], None], progress: bool = True,
                            blocks: BlockProvider | None = None) -> list[str]:
     """Quantize every planned layer in `layers`, block by block; return the run's notes.
 
+    `make_tasks` turns a planned layer into its tasks: one for a linear, one per expert and
+    projection for an expert tensor (whose experts module it unfuses in the model).
     `blocks` serves the blocks (blocks.py): by default the loaded model's own; a streamed run
     passes one that reads each block from the checkpoint and writes it when done. `windows`
     may be None when no layer calibrates."""
-    algorithm_of = {lp.name: lp.algorithm for lp in layers}
+    algorithm_of: dict[str, str] = {}
+
+    def tasks_of(lps: list[LayerPlan]) -> list[LayerTask]:
+        tasks = []
+        for lp in lps:
+            for t in make_tasks(model, lp):
+                algorithm_of[t.name] = lp.algorithm
+                tasks.append(t)
+        return tasks
+
     blocks = blocks if blocks is not None else InMemoryBlocks(model)
     notes: list[str] = list(blocks.done_notes)
     if isinstance(blocks, InMemoryBlocks) and not blocks.found:
@@ -126,8 +134,8 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
         index = next((i for i, p in enumerate(prefixes) if lp.name.startswith(p + ".")), None)
         (outside if index is None else by_block[index]).append(lp)
 
-    last_needing_data = max((i for i, lps in enumerate(by_block) if any(map(layer_calibrates, lps))), default=-1)
-    if blocks.tail_from_hidden and any(map(layer_calibrates, outside)):
+    last_needing_data = max((i for i, lps in enumerate(by_block) if any(lp.calibrates for lp in lps)), default=-1)
+    if blocks.tail_from_hidden and any(lp.calibrates for lp in outside):
         last_needing_data = len(prefixes)  # the outside layers read the last block's outputs: keep them
     inputs = blocks.inputs(windows, batch_size) if last_needing_data >= blocks.start else None
     bar = tqdm(total=len(prefixes), initial=blocks.start, desc="calibrate", unit="block", disable=not progress,
@@ -135,7 +143,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
     for i in range(blocks.start, len(prefixes)):
         block = blocks.open(i)
         context = BlockContext(prefixes[i], block, plan.model_type)
-        tasks = [make_task(model, lp) for lp in by_block[i]]
+        tasks = tasks_of(by_block[i])
 
         def run_float(block=block):
             for call in inputs or ():
@@ -157,8 +165,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
     if outside:
         root, run_outside = blocks.outside(windows, batch_size, inputs)
         context = BlockContext("", root, plan.model_type)
-        tasks = [make_task(model, lp) for lp in outside]
-        outside_notes = quantize_unit(tasks, algorithm_of, context, run_outside, swap)
+        outside_notes = quantize_unit(tasks_of(outside), algorithm_of, context, run_outside, swap)
         notes += outside_notes
     blocks.close_outside(outside_notes)
     return _dedupe(notes)

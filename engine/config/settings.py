@@ -97,6 +97,9 @@ class CalibSpec:
     seq_len: int = 512
     seed: int = 0
     batch_size: int = 8
+    # An expert the router sends fewer calibration tokens than this is quantized with RTN
+    # (statistics of a handful of tokens overfit them); the run's notes list each one.
+    min_expert_tokens: int = 128
 
 
 STREAMING_MODES = ("auto", "always", "never")
@@ -195,7 +198,8 @@ def load_settings(cfg: DictConfig) -> Settings:
     calib = build(CalibSpec, node.get("calib"), "calib")
     for where, value in (("eval.seq_len", eval_spec.seq_len), ("eval.windows", eval_spec.windows),
                          ("eval.batch_size", eval_spec.batch_size), ("calib.samples", calib.samples),
-                         ("calib.seq_len", calib.seq_len), ("calib.batch_size", calib.batch_size)):
+                         ("calib.seq_len", calib.seq_len), ("calib.batch_size", calib.batch_size),
+                         ("calib.min_expert_tokens", calib.min_expert_tokens)):
         _positive(value, where)
     for where, data in (("eval.data", eval_spec.data), ("calib.data", calib.data)):
         if data.format not in ("auto", "text", "jsonl"):

@@ -18,10 +18,11 @@ from typing import Any, Callable
 
 import torch
 
+from .. import metric_names as M
 from ..config.settings import Settings
 from ..data import load_documents, token_windows
-from .baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline,
-                             save_baseline)
+from .baseline_cache import (BaselineOutputs, UnreadableCache, baseline_key, baseline_key_parts, cache_folder,
+                             load_baseline, save_baseline)
 from .divergence import compare_pass, reference_pass
 from .memory import child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
 from .speed import SpeedResult, measure_speed, speed_tokens
@@ -50,6 +51,7 @@ class BaselineSide:
     weight_bytes: int
     speed: SpeedResult | None
     peak_bytes: int | None
+    notes: list[str] = dataclasses.field(default_factory=list)  # what did not go the usual way
 
 
 def prepare_inputs(settings: Settings, tokenizer) -> EvalInputs:
@@ -99,43 +101,55 @@ def _peak(settings: Settings, device: torch.device, model, request: dict) -> int
 
 @dataclass
 class CacheLookup:
-    outputs: BaselineOutputs | None  # None: not cached for these settings
+    outputs: BaselineOutputs | None  # None: nothing usable is cached for these settings
     key: str
     folder: Path
     parts: dict[str, Any]
+    notes: list[str]  # an unreadable or stale cache entry (it is then recomputed and replaced)
 
 
-def cached_baseline(settings: Settings, device: torch.device, dtype: torch.dtype, task_sources: list[str],
-                    text_names: set[str]) -> CacheLookup:
+def cached_baseline(settings: Settings, device: torch.device, dtype: torch.dtype, sources: list[str],
+                    text_names: set[str], say: Say) -> CacheLookup:
     """The baseline cache entry for these settings, and its outputs if they cover these texts and prompts."""
     parts = baseline_key_parts(settings, device, dtype)
     key = baseline_key(parts)
     folder = cache_folder(settings, key)
-    outputs = load_baseline(folder)
-    if outputs is not None and (outputs.task_sources != task_sources or set(outputs.texts) != text_names):
+    notes: list[str] = []
+    try:
+        outputs = load_baseline(folder)
+    except UnreadableCache as e:
         outputs = None
-    return CacheLookup(outputs, key, folder, parts)
+        notes.append(f"the cached baseline outputs in {folder} could not be used ({e}); recomputed and replaced")
+    stale = outputs is not None and (outputs.task_sources != sources or set(outputs.texts) != text_names)
+    if stale:
+        notes.append(f"the cached baseline outputs in {folder} hold other texts or task prompts than this run's; "
+                     f"recomputed and replaced")
+    for note in notes:
+        say(f"note: {note}")
+    return CacheLookup(None if stale else outputs, key, folder, parts, notes)
 
 
 def store_baseline(lookup: CacheLookup, outputs: BaselineOutputs) -> None:
     save_baseline(lookup.folder, outputs, {"key": lookup.key, "parts": lookup.parts,
-                                           "ppl": {n: r.ppl for n, r in outputs.texts.items()}})
+                                           "ppl": {n: r.ppl for n, r in outputs.texts.items()}},
+                  replace=bool(lookup.notes))
 
 
 def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, device: torch.device,
                      dtype: torch.dtype, say: Say, progress: bool = True) -> BaselineSide:
     ev = settings.eval
-    lookup = cached_baseline(settings, device, dtype, [it.source for it in inputs.items], set(inputs.windows))
-    outputs = lookup.outputs
+    sources = [it.source for it in inputs.items]
+    lookup = cached_baseline(settings, device, dtype, sources, set(inputs.windows), say)
+    key, folder, parts, notes, outputs = lookup.key, lookup.folder, lookup.parts, lookup.notes, lookup.outputs
     cached = outputs is not None
     if cached:
-        say(f"baseline outputs: cached ({lookup.folder})")
+        say(f"baseline outputs: cached ({folder})")
     else:
         say("baseline outputs: computing (cached for later runs of this model and eval settings)")
         texts = {name: reference_pass(model, w, ev.batch_size, ev.kl_topk, f"baseline {name}", progress)
                  for name, w in inputs.windows.items()}
         tasks = baseline_tasks(model, tokenizer, inputs.items, ev.tasks, progress) if inputs.items else None
-        outputs = BaselineOutputs(texts, tasks, [it.source for it in inputs.items])
+        outputs = BaselineOutputs(texts, tasks, sources)
         store_baseline(lookup, outputs)
     speed = None
     if ev.speed.enabled:
@@ -145,7 +159,7 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
         say("peak memory of the baseline ...")
     peak = _peak(settings, device, model, {"model": dataclasses.asdict(settings.model),
                                            "cache": str(settings.paths.cache), "dtype": str(dtype).split(".")[-1]})
-    return BaselineSide(outputs, cached, lookup.key, lookup.folder, lookup.parts, weight_bytes(model), speed, peak)
+    return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), speed, peak, notes)
 
 
 def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalInputs, base: BaselineSide,
@@ -157,14 +171,14 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
     for name, windows in inputs.windows.items():
         ref = base.outputs.texts[name]
         q = compare_pass(model, windows, ref, ev.batch_size, f"variant {name}", progress)
-        values = {"ppl": q.ppl, "ppl_baseline": ref.ppl, "ppl_delta_pct": 100 * (q.ppl / ref.ppl - 1),
-                  "nll": q.nll, "nll_baseline": ref.nll, "kl_mean": q.kl_mean, "kl_p99": q.kl_p99,
-                  "top1_agreement": q.top1_agreement}
+        values = {M.PPL: q.ppl, M.PPL_BASELINE: ref.ppl, M.PPL_DELTA_PCT: 100 * (q.ppl / ref.ppl - 1),
+                  M.NLL: q.nll, M.NLL_BASELINE: ref.nll, M.KL_MEAN: q.kl_mean, M.KL_P99: q.kl_p99,
+                  M.TOP1_AGREEMENT: q.top1_agreement}
         if name == primary:
             metrics.update(values)
-            metrics.update({"eval_tokens": q.tokens, "eval_data": name})
+            metrics.update({M.EVAL_TOKENS: q.tokens, M.EVAL_DATA: name})
         else:
-            metrics.update({f"text.{name}.{k}": v for k, v in values.items()})
+            metrics.update({M.text_metric(name, k): v for k, v in values.items()})
     if inputs.items and base.outputs.tasks is not None:
         metrics.update(variant_tasks(model, tokenizer, inputs.items, base.outputs.tasks, ev.tasks, progress))
     return metrics
@@ -172,22 +186,22 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
 
 def speed_and_memory_metrics(base: BaselineSide, speed: SpeedResult | None, peak: int | None,
                              variant_weight_bytes: int, method: str) -> dict[str, Any]:
-    m: dict[str, Any] = {"weight_bytes": variant_weight_bytes, "weight_bytes_baseline": base.weight_bytes,
-                         "weight_reduction": base.weight_bytes / variant_weight_bytes}
+    m: dict[str, Any] = {M.WEIGHT_BYTES: variant_weight_bytes, M.WEIGHT_BYTES_BASELINE: base.weight_bytes,
+                         M.WEIGHT_REDUCTION: base.weight_bytes / variant_weight_bytes}
     # A baseline that was not timed or measured (a streamed run's: it does not fit) leaves the
     # variant's own figures without a ratio, never a made-up one.
     if speed is not None:
-        m.update({"prefill_tokens_per_s": speed.prefill_tokens_per_s, "decode_ms_per_token": speed.decode_ms_per_token,
-                  "speed_device": speed.device})
+        m.update({M.PREFILL_TOKENS_PER_S: speed.prefill_tokens_per_s, M.DECODE_MS_PER_TOKEN: speed.decode_ms_per_token,
+                  M.SPEED_DEVICE: speed.device})
     if speed is not None and base.speed is not None:
-        m.update({"prefill_tokens_per_s_baseline": base.speed.prefill_tokens_per_s,
-                  "prefill_speedup": speed.prefill_tokens_per_s / base.speed.prefill_tokens_per_s,
-                  "decode_ms_per_token_baseline": base.speed.decode_ms_per_token,
-                  "decode_speedup": base.speed.decode_ms_per_token / speed.decode_ms_per_token})
+        m.update({M.PREFILL_TOKENS_PER_S_BASELINE: base.speed.prefill_tokens_per_s,
+                  M.PREFILL_SPEEDUP: speed.prefill_tokens_per_s / base.speed.prefill_tokens_per_s,
+                  M.DECODE_MS_PER_TOKEN_BASELINE: base.speed.decode_ms_per_token,
+                  M.DECODE_SPEEDUP: base.speed.decode_ms_per_token / speed.decode_ms_per_token})
     if peak is not None:
-        m.update({"peak_memory_bytes": peak, "peak_memory_method": method})
+        m.update({M.PEAK_MEMORY_BYTES: peak, M.PEAK_MEMORY_METHOD: method})
     if peak is not None and base.peak_bytes is not None:
-        m.update({"peak_memory_bytes_baseline": base.peak_bytes, "peak_memory_reduction": base.peak_bytes / peak})
+        m.update({M.PEAK_MEMORY_BYTES_BASELINE: base.peak_bytes, M.PEAK_MEMORY_REDUCTION: base.peak_bytes / peak})
     return m
 
 

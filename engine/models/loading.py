@@ -90,14 +90,9 @@ def _gguf_config(loc: Location):
 
 
 def _gguf_tokenizer(loc: Location):
-    from transformers import AutoTokenizer
+    from .gguf_tokenizer import load_gguf_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(loc.source, gguf_file=loc.gguf_file)
-    except (IndexError, ValueError):
-        from .gguf_tokenizer import tokenizer_from_gguf
-
-        return tokenizer_from_gguf(Path(loc.source) / loc.gguf_file)
+    return load_gguf_tokenizer(Path(loc.source), loc.gguf_file)
 
 
 def convert_gguf(loc: Location, spec: ModelSpec, cache_root: Path) -> Path:

@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import re
 
+from ..schemes import SCHEMES
+from ..tables import human_bytes, text_table
 from .types import Plan
 
 _INDEX = re.compile(r"\.(\d+)\.")
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _ranges(indices: list[int]) -> str:
@@ -32,16 +24,26 @@ def _ranges(indices: list[int]) -> str:
     return ",".join(out)
 
 
+def _float_parts(parts: dict[str, int]) -> str:
+    """'embeddings and norms 1.16 GiB, routers 12.00 MiB, kept layers 0 B' (zero parts left out,
+    embeddings and norms always named)."""
+    labels = {"embeddings_and_norms": "embeddings and norms", "routers": "routers", "kept_layers": "kept layers"}
+    shown = [f"{labels[k]} {human_bytes(v)}" for k, v in parts.items() if v or k == "embeddings_and_norms"]
+    return ", ".join(shown) + " stay"
+
+
 def _rows(plan: Plan, expand: bool) -> list[list[str]]:
     groups: dict[tuple, list] = {}
     for lp in plan.layers:
         m = _INDEX.search(lp.name)
         key_name = lp.name if expand or not m else _INDEX.sub(".*.", lp.name, count=1)
         group = "channel" if lp.group_size is None else f"g{lp.group_size}"
-        scheme = f"{lp.scheme}" + (f" {group}" if lp.is_quantized and lp.scheme in ("W4A16", "W8A16") else "") + \
+        scheme = f"{lp.scheme}" + (f" {group}" if lp.is_quantized and SCHEMES[lp.scheme].group_sizes else "") + \
             ("" if lp.symmetric in (None, True) else " asym") + \
             (f" {lp.activation}" if lp.activation not in (None, "none") else "")
-        key = (key_name, lp.out_features, lp.in_features, scheme, lp.algorithm or "-",
+        shape = f"{lp.out_features} x {lp.in_features}" if lp.kind != "experts" else \
+            f"{lp.num_experts} x {lp.out_features} x {lp.in_features}"
+        key = (key_name, shape, scheme, lp.algorithm or "-",
                "emulated" if lp.emulated else lp.backend, lp.status, lp.reason)
         groups.setdefault(key, []).append((int(m.group(1)) if m else None, lp))
     rows = []
@@ -52,19 +54,12 @@ def _rows(plan: Plan, expand: bool) -> list[list[str]]:
             name = name.replace(".*.", f".{{{_ranges(idx)}}}.", 1) + f" x{len(members)}"
         before = sum(lp.bytes_before for _, lp in members)
         after = sum(lp.bytes_after for _, lp in members)
-        rows.append([name, f"{key[1]}x{key[2]}", key[3], key[4], key[5], key[6], key[7],
-                     human_bytes(before), human_bytes(after)])
+        rows.append([name, *key[1:], human_bytes(before), human_bytes(after)])
     return rows
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def render_plan(plan: Plan, expand: bool = False) -> str:
-    header = ["module", "shape (out x in)", "scheme", "algorithm", "backend", "status", "reason", "before", "after"]
+    header = ["module", "shape ([experts x] out x in)", "scheme", "algorithm", "backend", "status", "reason", "before", "after"]
     t = plan.totals()
     c = plan.capacity
     ratio = f"{t['ratio']:.2f}x" if t["ratio"] else "-"
@@ -72,13 +67,14 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
         f"plan {plan.plan_hash}  model={plan.model_id}  recipe={plan.recipe}  target={plan.target}  "
         f"runs on={plan.device}",
         "",
-        _table(header, _rows(plan, expand)),
+        text_table(header, _rows(plan, expand)),
         "",
         f"weights: {human_bytes(t['weight_bytes_before'])} -> {human_bytes(t['weight_bytes_after'])} ({ratio} smaller; "
-        f"embeddings and norms {human_bytes(plan.other_bytes)} stay in {plan.dtype})",
+        f"in {plan.dtype}: {_float_parts(t['float_bytes'])})",
         "layers: " + ", ".join(f"{v} {k}" for k, v in sorted(t["by_status"].items())) +
         (f"  schemes: {plan.scheme_mix()}" if t["by_scheme"] else ""),
     ]
+    any_experts = any(lp.kind == "experts" for lp in plan.layers)
     if c:
         def fit(tp, tokens):
             if tp is None:
@@ -92,6 +88,10 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
         if "kv_cache_tokens_after_at_tp_before" in c:
             lines.append(f"  after, on the baseline's {c['min_tp_before']} devices: KV cache "
                          f"~{c['kv_cache_tokens_after_at_tp_before']:,} tokens")
+        if "decode_bytes_per_token_after" in c:
+            lines.append(f"  weight bytes read per decoded token (batch 1{', active experts only' if any_experts else ''}): "
+                         f"{human_bytes(c['decode_bytes_per_token_before'])} -> "
+                         f"{human_bytes(c['decode_bytes_per_token_after'])}")
     x = plan.execution  # engine/streaming/decide.py
     if x:
         lines.append(f"execution: {x['mode']} ({x['reason']})")

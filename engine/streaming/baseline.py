@@ -81,23 +81,22 @@ def streamed_references(model: StreamedModel, windows: dict[str, torch.Tensor], 
 
 
 def measure_baseline_streamed(model: StreamedModel, settings: Settings, inputs: EvalInputs, device: torch.device,
-                              dtype: torch.dtype, work: Path, why: str, say: Callable[[str], None]
-                              ) -> tuple[BaselineSide, list[str]]:
-    """The baseline's side of the measurement, and the notes saying what was not measured."""
+                              dtype: torch.dtype, work: Path, why: str, say: Callable[[str], None]) -> BaselineSide:
+    """The baseline's side of the measurement; its notes say what was not measured."""
     ev = settings.eval
     texts = set(inputs.windows)
-    full = cached_baseline(settings, device, dtype, [it.source for it in inputs.items], texts)
+    full = cached_baseline(settings, device, dtype, [it.source for it in inputs.items], texts, say)
     if full.outputs is not None:
         say(f"baseline outputs: cached with its task families ({full.folder})")
-        notes = skipped_notes(why, tasks=False)
+        notes = full.notes + skipped_notes(why, tasks=False)
         for note in notes:
-            say(note)
-        return BaselineSide(full.outputs, True, full.key, full.folder, full.parts, model.float_bytes, None, None), notes
-    notes = skipped_notes(why, tasks=bool(inputs.items))
-    # What a streamed baseline holds is what a run without task families would: cache it under that key.
+            say(f"note: {note}")
+        return BaselineSide(full.outputs, True, full.key, full.folder, full.parts, model.float_bytes, None, None,
+                            notes)
+    # What a streamed baseline holds is what a run without task families would: cached under that key.
     no_tasks = dataclasses.replace(settings, eval=dataclasses.replace(ev, tasks=dataclasses.replace(ev.tasks,
                                                                                                      families=())))
-    lookup = cached_baseline(no_tasks, device, dtype, [], texts)
+    lookup = cached_baseline(no_tasks, device, dtype, [], texts, say)
     cached = lookup.outputs is not None
     if cached:
         say(f"baseline outputs: cached ({lookup.folder})")
@@ -111,7 +110,8 @@ def measure_baseline_streamed(model: StreamedModel, settings: Settings, inputs: 
             shutil.rmtree(work, ignore_errors=True)
         outputs = BaselineOutputs(refs, None, [])
         store_baseline(lookup, outputs)
+    notes = lookup.notes + skipped_notes(why, tasks=bool(inputs.items))
     for note in notes:
-        say(note)
-    return BaselineSide(outputs, cached, lookup.key, lookup.folder, lookup.parts, model.float_bytes, None,
-                        None), notes
+        say(f"note: {note}")
+    return BaselineSide(outputs, cached, lookup.key, lookup.folder, lookup.parts, model.float_bytes, None, None,
+                        notes)

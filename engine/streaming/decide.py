@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 
-from ..calibration import layer_calibrates
 from ..config.settings import Settings
 from ..models.describe import ModelInfo, dtype_bytes
 from ..models.families import BLOCK_LISTS, final_norm
@@ -77,7 +76,7 @@ def estimate(settings: Settings, plan: Plan, info: ModelInfo, dtype: torch.dtype
     packed = max((sum(by_name[li.name].bytes_after for li in lis) for lis in blocks.values()), default=0)
     widest = max((li.out_features for lis in blocks.values() for li in lis), default=h)
     calib = settings.calib
-    calibrates = any(layer_calibrates(lp) for lp in plan.quantized())
+    calibrates = any(lp.calibrates for lp in plan.quantized())
     hessian = any(lp.algorithm in _HESSIAN_ALGORITHMS for lp in plan.quantized())
     stats = 0
     if hessian and blocks:

@@ -20,8 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..calibration import layer_calibrates
-from ..checkpoint import load_checkpoint, quant_layers
+from ..checkpoint import load_checkpoint
 from ..config.settings import Settings
 from ..evaluate.suite import BaselineSide, EvalInputs
 from ..models.loading import load_config
@@ -47,7 +46,7 @@ def fingerprint(settings: Settings, plan: Plan, source: WeightSource, device: to
                 dtype: torch.dtype) -> dict[str, Any]:
     """What a resume folder's finished blocks depend on (resume.py)."""
     calib = None
-    if any(layer_calibrates(lp) for lp in plan.quantized()):
+    if any(lp.calibrates for lp in plan.quantized()):
         c = settings.calib
         calib = {**dataclasses.asdict(c), "stamp": _stamp(c.data.path)}
     try:
@@ -83,11 +82,9 @@ class StreamedRun:
         self.notes: list[str] = []
 
     def measure_baseline(self, inputs: EvalInputs) -> BaselineSide:
-        base, notes = measure_baseline_streamed(self.model, self.settings, inputs, self.device, self.dtype,
-                                                self.folder / "baseline", self.plan.execution.get("reason", ""),
-                                                self.say)
-        self.notes += notes
-        return base
+        """The float baseline, block by block or from the cache; its notes say what it leaves out."""
+        return measure_baseline_streamed(self.model, self.settings, inputs, self.device, self.dtype,
+                                         self.folder / "baseline", self.plan.execution.get("reason", ""), self.say)
 
     def quantize(self, out: Path, progress: bool = True) -> QuantReport:
         """Quantize block by block into the resume folder's shards; the checkpoint in `out`."""
@@ -98,7 +95,7 @@ class StreamedRun:
                                 self.say)
         report = quantize_model(m.model, self.plan, calibration=self.settings.calib, tokenizer=self.tokenizer,
                                 progress=progress, blocks=blocks)
-        total = writer.finish(out, m.model, self.tokenizer, self.plan, self.dtype, quant_layers(m.model))
+        total = writer.finish(out, m.model, self.tokenizer, self.plan, self.dtype)
         if resumed_at is not None:
             self.notes.append(f"streamed run resumed at block {resumed_at} of {n} (a previous run of the same "
                               f"model, plan and calibration was interrupted)")

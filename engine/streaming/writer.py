@@ -51,7 +51,7 @@ class ShardWriter:
                 out.update({k: self.path(i).name for k in f.keys()})
         return out
 
-    def finish(self, out: Path, model, tokenizer, plan, dtype: torch.dtype, layers: dict[str, dict]) -> int:
+    def finish(self, out: Path, model, tokenizer, plan, dtype: torch.dtype) -> int:
         """The complete checkpoint in `out`; returns the bytes of its tensors."""
         missing = [self.path(i).name for i in range(1, self.shards + 1) if not self.path(i).is_file()]
         if missing:
@@ -67,5 +67,5 @@ class ShardWriter:
                 shutil.copy2(src, dst)
         (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total},
                                                   "weight_map": self.weight_map()}, indent=2))
-        write_metadata(out, model, tokenizer, plan, dtype, layers, self.aliases)
+        write_metadata(out, model, tokenizer, plan, dtype, self.aliases)
         return total

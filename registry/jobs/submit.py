@@ -14,7 +14,7 @@ from qrecipe.engine.errors import ConfigError
 
 from .config import OPERATOR_SECTIONS, JobsConfig, with_operator_sections
 from .overrides import check_overrides
-from .paths import check_paths
+from .paths import check_calibration_path, check_paths
 from .queue import JobSpec
 from .requests import JobRequest
 
@@ -92,6 +92,8 @@ class Submitter:
             settings = load_settings(with_operator_sections(composed, self.operator))
             check_paths(settings, self.jobs.roots(), allow_hub=self.jobs.allow_hub)
             plan, ident = _resolve(settings, request.kind)
+            if plan.calibrates:
+                check_calibration_path(settings, self.jobs.roots())
         own = {k: v for k, v in OmegaConf.to_container(composed, resolve=False).items() if k not in OPERATOR_SECTIONS}
         return JobSpec(kind=request.kind, priority=request.priority, max_attempts=attempts, overrides=point,
                        params={}, recipe=plan.recipe, model=plan.model_id, target=plan.target,

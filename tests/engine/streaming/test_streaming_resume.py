@@ -34,7 +34,7 @@ def test_a_killed_run_resumes_from_its_last_finished_block(synthetic_llama, tmp_
     model = synthetic_llama.build(tmp_path / "model", cfg)
     resume = tmp_path / "resume"
     overrides = _overrides(model, tmp_path) + ["target=cpu", "run.streaming=always", f"run.resume_dir={resume}"]
-    cmd = [sys.executable, "-m", "qrecipe.engine.cli", "run", "--json", "--no-progress", *overrides]
+    cmd = [sys.executable, "-m", "qrecipe.registry.cli", "run", "--json", "--no-progress", *overrides]
     env = {**os.environ, "QRECIPE_HOME": str(tmp_path / "home")}
 
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)

@@ -10,7 +10,7 @@ from conftest import TINY_RUN
 
 
 def qrecipe(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "qrecipe.engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qrecipe.registry.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
 
@@ -62,3 +62,10 @@ def test_run_json_last_line_and_sweep(tmp_path):
     for x in lines:
         assert {"ppl", "ppl_baseline", "weight_bytes", "weight_bytes_baseline"} <= set(x["metrics"])
         assert (tmp_path / "home" / "runs").is_dir() and x["output_dir"].startswith(str(tmp_path / "home"))
+
+
+def test_export_formats_on_the_command_line_are_the_writers():
+    from qrecipe.engine.export import WRITERS
+    from qrecipe.registry.export_command import FORMATS
+
+    assert set(FORMATS) == set(WRITERS)
