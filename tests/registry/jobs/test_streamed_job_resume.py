@@ -20,7 +20,7 @@ BLOCKS = 8
 
 def test_a_streamed_job_whose_worker_died_resumes(shared, synthetic_llama, tmp_path):
     model = synthetic_llama.build(tmp_path / "models" / "synthetic",
-                                  synthetic_llama.llama_config(256, BLOCKS, 688, 8, 2, 2048, "float32"))
+                                  synthetic_llama.llama_config(256, BLOCKS, 704, 8, 2, 2048, "float32"))
     home = tmp_path / "home"
     service = Service(home, FAST + [f"jobs.allowed_roots=[{shared},{tmp_path / 'models'}]"], workers=1)
     overrides = ["model=hf", f"model.path={model}", "model.name=synthetic", "data@calib.data=tinystories",
