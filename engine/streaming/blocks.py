@@ -86,10 +86,11 @@ class StreamedBlocks:
 
     def outside(self, windows: torch.Tensor, batch_size: int, inputs: StoredInputs | None
                 ) -> tuple[nn.Module, Callable[[], None]]:
-        """The model (its outside tensors on the device) and a forward of its tail on the
-        last block's outputs."""
+        """The model (its final norm and head on the device: the layers outside the blocks that
+        can be quantized) and a forward of that tail on the last block's outputs. The
+        embeddings are read again only to be written (close_outside)."""
         m = self.model
-        m.materialize(m.outside_names())
+        m.materialize(m.tail_names())
 
         def run_tail():
             for call in inputs or ():

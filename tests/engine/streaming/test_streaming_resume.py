@@ -1,73 +1,13 @@
-"""A streamed run killed with SIGKILL in the middle of calibration continues, when started again
-with the same settings, from its last finished block, and ends with the packed tensors an
-uninterrupted run gives; a different fingerprint starts over and says why.
-
-The killed run is a real `qrecipe run` (GPTQ, synthetic Llama: hidden 256, 10 blocks), killed
-once its resume state says 3 blocks are done."""
+"""The resume folder: a different fingerprint starts over and says what differs; activations
+beyond the host budget spill to disk and give the same packed tensors. (A real SIGKILL in the
+middle of a calibrated run, resumed: tests/registry/jobs/test_streamed_job_resume.py.)"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 
-from streaming_helpers import assert_same_tensors, in_memory, settings_of, synthetic_llama  # noqa: F401
+from streaming_helpers import assert_same_tensors, in_memory, settings_of
 from qrecipe.engine.streaming.resume import open_state
-
-BLOCKS = 10
-
-
-def _overrides(model, tmp_path) -> list[str]:
-    return ["model=hf", f"model.path={model}", "model.name=synthetic-resume", "recipe=gptq",
-            "data@calib.data=tinystories", "calib.samples=4", "calib.seq_len=64", "data@eval.data=tinystories",
-            "eval.windows=2", "eval.seq_len=64", "eval.tasks.families=[]", "eval.speed.enabled=false",
-            "eval.memory.method=off", "tracking=off", "registry=off"]
-
-
-def test_a_killed_run_resumes_from_its_last_finished_block(synthetic_llama, tmp_path):
-    cfg = synthetic_llama.llama_config(256, BLOCKS, 704, 8, 2, 2048, "float32")
-    model = synthetic_llama.build(tmp_path / "model", cfg)
-    resume = tmp_path / "resume"
-    overrides = _overrides(model, tmp_path) + ["target=cpu", "run.streaming=always", f"run.resume_dir={resume}"]
-    cmd = [sys.executable, "-m", "qrecipe.registry.cli", "run", "--json", "--no-progress", *overrides]
-    env = {**os.environ, "QRECIPE_HOME": str(tmp_path / "home")}
-
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-    done, deadline = 0, time.monotonic() + 600
-    while first.poll() is None and time.monotonic() < deadline:
-        states = list(resume.glob("*/state.json"))
-        try:
-            done = json.loads(states[0].read_text())["done"] if states else 0
-        except (ValueError, OSError):  # being replaced
-            pass
-        if done >= 3:
-            first.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    first.wait()
-    assert first.returncode == -signal.SIGKILL, first.stderr.read()[-2000:]
-    killed_at = json.loads(next(resume.glob("*/state.json")).read_text())["done"]
-    assert 3 <= killed_at < BLOCKS
-
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resumed from block {killed_at} of {BLOCKS}" in second.stderr
-    quantized = [line for line in second.stderr.splitlines() if "quantized and written" in line]
-    assert [line.split("block ")[1].split("/")[0] for line in quantized] == \
-        [str(i) for i in range(killed_at + 1, BLOCKS + 1)]  # finished blocks are not redone
-    result = json.loads(second.stdout.strip().splitlines()[-1])
-    record = json.loads((tmp_path / result["output_dir"] / "metrics.json").read_text())
-    assert any(f"resumed at block {killed_at} of {BLOCKS}" in n for n in record["notes"])
-
-    settings = settings_of(*_overrides(model, tmp_path), resume_dir=tmp_path / "unused")
-    in_memory(settings, tmp_path / "uninterrupted")
-    assert_same_tensors(tmp_path / "uninterrupted", tmp_path / result["output_dir"] / "model")
-    assert [p.name for p in resume.iterdir() if p.suffix != ".lock"] == []  # removed once the run succeeded
 
 
 def test_a_different_fingerprint_starts_over_and_says_what_differs(tmp_path):
@@ -96,3 +36,30 @@ def test_activations_beyond_the_budget_spill_to_disk_with_the_same_result(budget
     assert_same_tensors(tmp_path / "memory", tmp_path / "streamed")
     spilled = [n for n in report.notes if "exceeded run.activation_budget_gib" in n]
     assert bool(spilled) == (budget == 0)
+
+
+def test_the_fingerprint_follows_the_model_files_the_plan_and_the_calibration(tmp_path):
+    import shutil
+
+    import torch
+
+    from qrecipe.engine.planning import build_plan
+    from qrecipe.engine.streaming.execute import fingerprint
+    from qrecipe.engine.streaming.source import WeightSource
+    from conftest import TINY
+
+    model = tmp_path / "model"
+    shutil.copytree(TINY, model)
+
+    def of(*overrides):
+        s = settings_of("model=hf", f"model.path={model}", "model.name=tiny", "recipe=gptq",
+                        "data@calib.data=tinystories", *overrides, resume_dir=tmp_path)
+        plan, _ = build_plan(s, torch.device("cpu"))
+        return fingerprint(s, plan, WeightSource(model), torch.device("cpu"), torch.float32)
+
+    base = of()
+    assert base == of()
+    assert of("calib.seed=1")["calibration"] != base["calibration"]
+    assert of("recipe.base.group_size=32")["plan_hash"] != base["plan_hash"]
+    (model / "model.safetensors").touch()  # same bytes, a new modification time: not the same files
+    assert of()["model"] != base["model"]

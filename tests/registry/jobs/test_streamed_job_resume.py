@@ -1,7 +1,8 @@
 """A streamed run submitted as a job, whose worker is killed (SIGKILL) in the middle of
 calibration: the job is queued again when the lease lapses, and its next attempt, with the same
 config, finds the resume folder (under the operator's paths.root, not in the run's staging
-folder) and continues from the last finished block instead of starting again."""
+folder), continues from the last finished block instead of starting again, and ends with the
+packed tensors of an uninterrupted run (GPTQ, synthetic Llama: hidden 256, 8 blocks)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from jobs_service import FAST, Service, wait_for
-from streaming_helpers import synthetic_llama  # noqa: F401 (fixture)
+from streaming_helpers import assert_same_tensors, in_memory, settings_of, synthetic_llama  # noqa: F401
 
 pytestmark = pytest.mark.slow
 BLOCKS = 8
@@ -60,5 +61,13 @@ def test_a_streamed_job_whose_worker_died_resumes(shared, synthetic_llama, tmp_p
             record = json.loads((Path(done["result"]["output_dir"]) / "metrics.json").read_text())
             assert any(f"resumed at block {killed_at} of {BLOCKS}" in n for n in record["notes"])
             assert [p.name for p in (home / "resume").iterdir() if p.suffix != ".lock"] == []
+            second = logs[logs.index("resumed from block"):]
+            quantized = [line for line in second.splitlines() if "quantized and written" in line]
+            assert [int(line.split("block ")[1].split("/")[0]) for line in quantized] == \
+                list(range(killed_at + 1, BLOCKS + 1))  # the finished blocks are not done again
+
+        same = [o for o in overrides if not o.startswith("run.streaming")]
+        in_memory(settings_of("recipe=gptq", *same, resume_dir=tmp_path / "unused"), tmp_path / "uninterrupted")
+        assert_same_tensors(tmp_path / "uninterrupted", Path(done["result"]["output_dir"]) / "model")
     finally:
         assert service.stop() == 0, service.output()
