@@ -11,7 +11,7 @@ of the mapped checkpoint included) and its RSS after imports and planning.
 
     nice -n 10 .venv/bin/python bench/big_model.py rtn                   # W4A16 g128, RTN
     nice -n 10 .venv/bin/python bench/big_model.py gptq --gptq-blocks 2   # GPTQ on 2 blocks, RTN on the rest
-    .venv/bin/python bench/big_model.py gptq --device cuda                # on a GPU: GPTQ on every block
+    python bench/big_model.py gptq --device cuda --samples 256 --seq-len 2048   # on a GPU: GPTQ on every block
 
 `--gptq-blocks N` applies GPTQ to the first N blocks only (the calibration activations then
 run through those N blocks) and RTN to the rest, for machines where GPTQ on all 32 blocks
@@ -48,7 +48,7 @@ def _overrides(args, model: Path, work: Path) -> list[str]:
     o = ["model=hf", f"model.path={model}", "model.name=synthetic-llama3-8b", "model.dtype=bfloat16",
          f"target={'cpu' if args.device == 'cpu' else 'h100'}", f"run.device={args.device}", "run.streaming=always",
          f"run.resume_dir={work / 'resume'}", f"paths.root={work / 'root'}", "recipe=w4a16",
-         "recipe.base.group_size=128"]
+         "recipe.base.group_size=128", f"run.activation_budget_gib={args.activation_budget}"]
     if args.recipe == "gptq":
         o += ["data@calib.data=c4", f"calib.samples={args.samples}", f"calib.seq_len={args.seq_len}",
               f"calib.batch_size={min(args.samples, 8)}"]
@@ -93,14 +93,14 @@ def run(args, model: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    peak, samples = 0, []
+    peak, peak_at = 0, 0.0
     while proc.poll() is None:
         try:
             st = _status(proc.pid)
         except (FileNotFoundError, ProcessLookupError):
             break
-        peak = max(peak, st.get("VmHWM", 0))
-        samples.append((time.monotonic() - start, st.get("VmRSS", 0)))
+        if st.get("VmHWM", 0) > peak:
+            peak, peak_at = st["VmHWM"], time.monotonic() - start
         time.sleep(0.05)
     lines = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
     wall = time.monotonic() - start
@@ -113,6 +113,7 @@ def run(args, model: Path) -> dict:
               "gptq_blocks": args.gptq_blocks if args.recipe == "gptq" else None,
               "calib": f"{args.samples} x {args.seq_len}" if args.recipe == "gptq" else None,
               "wall_seconds": wall, "quantize_seconds": done["seconds"], "peak_rss_bytes": peak,
+              "peak_reached_at_seconds": peak_at,
               "rss_after_plan_bytes": events["planned"]["rss"], "output_bytes": output,
               "block_seconds": done["block_seconds"], "cuda_peak_bytes": done["cuda_peak"],
               "estimated_peak_host_bytes": done["estimate"]["peak_host_bytes"],
@@ -125,8 +126,9 @@ def report(r: dict) -> str:
     gib = 2**30
     bs = r["block_seconds"]
     lines = [f"{r['recipe']} on {r['device']}: wall {r['wall_seconds']:.0f}s (quantize {r['quantize_seconds']:.0f}s), "
-             f"peak RSS {r['peak_rss_bytes'] / gib:.2f} GiB (after imports and plan {r['rss_after_plan_bytes'] / gib:.2f}"
-             f" GiB; estimated peak host {r['estimated_peak_host_bytes'] / gib:.2f} GiB), output "
+             f"peak RSS {r['peak_rss_bytes'] / gib:.2f} GiB at {r.get('peak_reached_at_seconds', 0):.0f}s (after imports "
+             f"and plan {r['rss_after_plan_bytes'] / gib:.2f} GiB; estimated peak host "
+             f"{r['estimated_peak_host_bytes'] / gib:.2f} GiB), output "
              f"{r['output_bytes'] / gib:.2f} GiB",
              f"  per block: median {sorted(bs)[len(bs) // 2]:.1f}s, min {min(bs):.1f}s, max {max(bs):.1f}s "
              f"over {len(bs)} blocks"]
@@ -152,6 +154,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8, help="GPTQ calibration windows")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--gptq-blocks", type=int, default=0, help="GPTQ on the first N blocks only (0: all)")
+    ap.add_argument("--activation-budget", type=float, default=4.0, help="run.activation_budget_gib (host GiB)")
     ap.add_argument("--json", type=Path, help="append the result as one JSON line to this file")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))

@@ -9,7 +9,7 @@ than memory") is a formula of the largest block, the calibration windows and the
   work       one batch through a block: B x S x (8 H + 3 I + heads x S) x E (the last term: attention
              scores where attention materializes them)
   stats      calibration statistics of one block (GPTQ/AWQ: one K x K float32 Gram matrix per
-             input the block's linears read, plus 2 x K_max^2 x 4 + 3 x the largest linear in
+             input the block's linears read, plus 3 x K_max^2 x 4 + 3 x the largest linear in
              float32 while GPTQ/AWQ solve it: its factorization copies; absmax/static scales: negligible)
   acts       hidden states of all calibration windows: samples x S x H x E (x2 while one block
              turns them into the next one's; above run.activation_budget_gib they go to disk)
@@ -85,7 +85,7 @@ def estimate(settings: Settings, plan: Plan, info: ModelInfo, dtype: torch.dtype
         grouped = {n for g in info.fused_groups for n in g[1:]}
         k_max = max(li.in_features for li in lis)
         stats = sum(li.in_features ** 2 * 4 for li in lis if li.name not in grouped or li.name in shared)
-        stats += 2 * k_max ** 2 * 4 + 3 * max(li.numel for li in lis) * 4
+        stats += 3 * k_max ** 2 * 4 + 3 * max(li.numel for li in lis) * 4  # GPTQ's factor: <= 3 at a time
     seq, batch = calib.seq_len, calib.batch_size
     work = batch * seq * ((8 * h + 3 * widest) + info.num_heads * seq) * e if calibrates else 0
     acts = calib.samples * seq * h * e if calibrates else 0

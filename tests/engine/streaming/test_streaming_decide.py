@@ -8,7 +8,7 @@ import torch
 
 from qrecipe.engine.errors import ConfigError
 from qrecipe.engine.planning import build_plan
-from qrecipe.engine.streaming.decide import estimate, execution_plan
+from qrecipe.engine.streaming.decide import execution_plan
 
 GIB = 2**30
 
