@@ -10,6 +10,7 @@ from .config.settings import Settings
 from .models.describe import ModelInfo, describe
 from .models.loading import build_skeleton, load_config, resolve_dtype
 from .plan import Plan, resolve_plan
+from .plan.roofline import roofline_report
 
 
 def local_device(settings: Settings) -> torch.device:
@@ -36,5 +37,7 @@ def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[
     device = device or local_device(settings)
     dtype = resolve_dtype(settings.model.dtype, device)
     plan = resolve_plan(settings.recipe, info, settings.target, device, dtype)
+    # predicted for the workload `qrecipe run` times (eval.speed), so the two can be set side by side
+    plan.roofline = roofline_report(plan, info, settings.target, settings.eval.speed)
     plan.execution = execution_plan(settings, plan, info, device, dtype)
     return plan, info

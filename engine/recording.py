@@ -31,6 +31,9 @@ class RunStart:
     model_type: str
     device: str
     dtype: str
+    # how the run measures (engine/evaluate/protocol.py): gates, compare and report use only
+    # runs measured under one protocol
+    eval_protocol: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

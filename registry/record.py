@@ -77,8 +77,13 @@ def _base_model(session, ident: VariantIdentity) -> BaseModelRecord:
 
 
 def begin_run(engine: Engine, ident: VariantIdentity, device: str, qrecipe_version: str,
-              git_commit: str | None) -> RunHandle:
-    """Find or create the variant and add a `running` run to it."""
+              git_commit: str | None, eval_protocol: dict[str, Any] | None = None) -> RunHandle:
+    """Find or create the variant and add a `running` run to it, with the eval protocol it
+    will be measured under (engine/evaluate/protocol.py)."""
+    from qrecipe.engine.evaluate.protocol import protocol_hash
+
+    protocol = protocol_hash(eval_protocol) if eval_protocol is not None else None
+
     def step(session) -> RunHandle:
         model = _base_model(session, ident)
         variant = session.scalar(select(Variant).where(Variant.id == ident.variant_id).with_for_update(of=Variant))
@@ -92,7 +97,8 @@ def begin_run(engine: Engine, ident: VariantIdentity, device: str, qrecipe_versi
         number = (session.scalar(select(func.max(VariantRun.run_number))
                                  .where(VariantRun.variant_id == variant.id)) or 0) + 1
         run = VariantRun(variant_id=variant.id, run_number=number, status=RUNNING, device=device,
-                         qrecipe_version=qrecipe_version, git_commit=git_commit)
+                         qrecipe_version=qrecipe_version, git_commit=git_commit, eval_protocol=protocol,
+                         eval_protocol_spec=eval_protocol)
         session.add(run)
         variant.runs_count = number
         variant.updated_at = utcnow()

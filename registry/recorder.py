@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ from omegaconf import OmegaConf
 from qrecipe.engine import metric_names as M
 from qrecipe.engine.config.settings import Settings
 from qrecipe.engine.errors import QRecipeError
+from qrecipe.engine.evaluate.protocol import describe_protocol, protocol_hash
 from qrecipe.engine.plan import Plan
 from qrecipe.engine.recording import BaselineRecord, RunStart
 from qrecipe.engine.schemes import SCHEMES
 
 from . import plots
 from .db import open_registry
+from .protocols import UNRECORDED, select_runs
 from .queries import list_variants
 from .record import RunHandle, VariantIdentity, begin_run, fail_run, finish_run, record_baseline
 from .tracking import MlflowRun, flatten, git_commit, tracking_uri, versions
@@ -83,6 +86,24 @@ def run_params(settings: Settings, plan: Plan, ident: VariantIdentity, device: s
     return params
 
 
+def run_name(settings: Settings, plan: Plan, variant_id: str, run_number: int | None) -> str:
+    """Unique in the model's experiment and saying what differs: the recipe with how it differs
+    from its file (its overrides), the target, the run number of the variant and the variant id,
+    e.g. `w8a16[base.group_size=64]@cpu #2 3f9a1c0d`."""
+    from qrecipe.engine.config.compose import recipe_changes
+
+    changes = recipe_changes(settings.raw.recipe)
+    what = plan.recipe
+    if changes is None:  # not a recipe file's name: the plan hash says which plan it is
+        what += f"[plan {plan.plan_hash[:8]}]"
+    elif changes:
+        text = ", ".join(changes)
+        what += f"[{text if len(text) <= 120 else text[:117] + '...'}]"
+    # without the registry there is no run number: the start time tells re-runs apart
+    number = f"#{run_number}" if run_number is not None else time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{what}@{plan.target} {number} {variant_id[:8]}"
+
+
 def run_tags(plan: Plan, ident: VariantIdentity, handle: RunHandle | None) -> dict[str, str]:
     tags = {"qrecipe.variant_id": ident.variant_id, "qrecipe.recipe": plan.recipe, "qrecipe.target": plan.target,
             "qrecipe.plan_hash": plan.plan_hash, "qrecipe.recipe_hash": ident.recipe_hash,
@@ -90,6 +111,18 @@ def run_tags(plan: Plan, ident: VariantIdentity, handle: RunHandle | None) -> di
     tags.update({f"qrecipe.scheme.{s}": str(n) for s, n in plan.totals()["by_scheme"].items()})
     if handle is not None:
         tags.update({"qrecipe.run_number": str(handle.run_number), "qrecipe.rerun": str(handle.is_rerun).lower()})
+    return tags
+
+
+def speed_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """How far the measured speed can be trusted, as tags the runs table can filter on."""
+    tags = {f"qrecipe.{side}_noisy": str(bool(metrics[f"{side}_noisy"])).lower()
+            for side in ("prefill", "decode") if f"{side}_noisy" in metrics}
+    for key in (M.SPEED_TIMING, M.SPEED_DEVICE_NAME, M.SPEED_CAVEAT, M.PREFILL_NOISE, M.DECODE_NOISE):
+        if metrics.get(key):
+            tags[f"qrecipe.{key}"] = str(metrics[key])[:5000]
+    if M.SPEED_PRODUCTION in metrics:
+        tags["qrecipe.speed_production"] = str(bool(metrics[M.SPEED_PRODUCTION])).lower()
     return tags
 
 
@@ -123,12 +156,18 @@ class RunRecorder:
         self.ident = identity(settings, plan, run.model_type)
         self.engine = open_registry(registry_url(settings)) if settings.registry.enabled else None
         if self.engine is not None:
-            self.handle = begin_run(self.engine, self.ident, run.device, versions()["qrecipe"], git_commit())
+            self.handle = begin_run(self.engine, self.ident, run.device, versions()["qrecipe"], git_commit(),
+                                    run.eval_protocol)
         try:
             if settings.tracking.enabled:
-                name = f"{plan.recipe}@{plan.target}" + (f" #{self.handle.run_number}" if self.handle else "")
-                self.mlflow = _start_mlflow(settings, plan.model_id, name, run_tags(plan, self.ident, self.handle))
-                self.mlflow.log_params(run_params(settings, plan, self.ident, run.device, run.dtype))
+                name = run_name(settings, plan, self.variant_id, self.handle.run_number if self.handle else None)
+                tags = run_tags(plan, self.ident, self.handle)
+                params = run_params(settings, plan, self.ident, run.device, run.dtype)
+                if run.eval_protocol is not None:
+                    tags["qrecipe.eval_protocol"] = params["eval_protocol"] = protocol_hash(run.eval_protocol)
+                    params["eval_protocol.text"] = describe_protocol(run.eval_protocol)
+                self.mlflow = _start_mlflow(settings, plan.model_id, name, tags)
+                self.mlflow.log_params(params)
         except BaseException as e:
             self.fail(e)
             raise
@@ -159,7 +198,8 @@ class RunRecorder:
         self.mlflow.log_metrics(metrics)
         self.mlflow.set_tags({"qrecipe.device": str(metrics.get(M.DEVICE, "")),
                               "qrecipe.peak_memory_method": str(metrics.get(M.PEAK_MEMORY_METHOD, "-")),
-                              "qrecipe.worst_family": str(metrics.get(M.TASK_WORST_FAMILY, "-"))})
+                              "qrecipe.worst_family": str(metrics.get(M.TASK_WORST_FAMILY, "-")),
+                              **speed_tags(metrics)})
         for name in RUN_FILES:
             if (staging / name).is_file():
                 self.mlflow.log_artifact(staging / name)
@@ -170,10 +210,12 @@ class RunRecorder:
         folder = staging / "plots"
         out = []
         points = [plots.point(self.plan.recipe, metrics, highlight=True)]
-        if self.engine is not None:
-            points += [plots.point(f"{v.recipe_name}@{v.target}", v.metrics)
-                       for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
-                       if v.id != self.variant_id and v.metrics]
+        if self.engine is not None:  # the model's other variants, measured under this run's protocol
+            others = [v for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
+                      if v.id != self.variant_id]
+            chosen = select_runs(self.engine, others, metrics.get(M.EVAL_PROTOCOL) or UNRECORDED).rows
+            points += [plots.point(f"{r.variant.recipe_name}@{r.variant.target} {r.variant.id[:6]}", r.metrics)
+                       for r in chosen]
         out.append(plots.quality_vs_memory(points, metrics.get(M.WEIGHT_BYTES_BASELINE),
                                            folder / "quality_vs_memory.png",
                                            f"{self.plan.model_id}: quality vs weight memory"))

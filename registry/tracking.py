@@ -95,16 +95,28 @@ def client_for(settings: Settings):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment on its GenAI pages (Traces) unless the experiment says it is
+# a machine-learning one; qrecipe's experiments hold runs, params and metrics, so they say so.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def runs_table_url(address: str, experiment: str) -> str:
+    """The experiment's runs table in the MLflow UI at `address` (MLflow 3's route)."""
+    return f"{address.rstrip('/')}/#/experiments/{experiment}/runs"
+
+
 def experiment_id(client, name: str, artifacts: str | None) -> str:
     """The experiment's id, creating it if needed (a concurrent creator may win the race)."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get("mlflow.experimentKind") is None:  # made before qrecipe set the kind
+            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id
     location = f"{artifacts.rstrip('/')}/{name}" if artifacts else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:

@@ -13,9 +13,11 @@ plain form works whether or not the rule spells the field out.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -163,3 +165,34 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         raise _translate(e, overrides) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict) and node:
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(node, default=str) if isinstance(node, (list, dict)) else str(node)}
+
+
+def recipe_changes(recipe: DictConfig) -> list[str] | None:
+    """How a resolved recipe differs from its own file (`recipe=NAME` alone), as override-like
+    text: ['base.group_size=64', '~rules.attn']; None when no recipe file has its name."""
+    name = str(recipe.get("name", ""))
+    if name not in available_recipes():
+        return None
+    mine = OmegaConf.to_container(recipe, resolve=True)
+    theirs = OmegaConf.to_container(compose([f"recipe={name}"]).recipe, resolve=True)
+    for node in (mine, theirs):
+        node.pop("description", None)
+    new, old = _flat(mine), _flat(theirs)
+    changes = [f"{k}={v}" for k, v in new.items() if old.get(k) != v]
+    removed = set()
+    for key in old.keys() - new.keys():
+        parts = key.split(".")
+        # the shortest prefix of the key that nothing in the new recipe keeps
+        top = next(".".join(parts[:i]) for i in range(1, len(parts) + 1)
+                   if not any(k == ".".join(parts[:i]) or k.startswith(".".join(parts[:i]) + ".") for k in new))
+        removed.add(f"~{top}")
+    return changes + sorted(removed)

@@ -53,14 +53,25 @@ class TaskSpec:
     mbpp: str = ""
 
 
+MIN_SPEED_REPEATS = 5  # fewer timed repeats cannot state an interquartile range worth the name
+SPEED_TIMINGS = ("auto", "interleaved", "sequential")
+
+
 @dataclass(frozen=True)
 class SpeedSpec:
+    """How speed is timed (conf/eval/default.yaml explains each field); the roofline
+    prediction (engine/plan/roofline.py) is made for the same workload."""
+
     enabled: bool = True
-    prompt_len: int = 256
+    prompt_len: int = 256  # prefill: batch_size x prompt_len tokens in one forward
     batch_size: int = 1
+    context_len: int = 256  # decode: tokens already in the KV cache when the timed steps start
+    decode_batch_size: int = 1
     new_tokens: int = 8
     warmup: int = 1
-    repeats: int = 3
+    repeats: int = 5
+    max_rel_iqr: float = 0.10  # a model's IQR / median of repeats above which its speedups are noisy
+    timing: str = "auto"  # auto | interleaved | sequential (see engine/evaluate/speed.py)
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,19 @@ def load_settings(cfg: DictConfig) -> Settings:
                     tracking=tracking, registry=registry)
 
 
+def _check_speed(speed: SpeedSpec) -> None:
+    if speed.warmup < 0:
+        raise ConfigError(f"eval.speed.warmup: must be 0 or more, got {speed.warmup}")
+    if speed.repeats < MIN_SPEED_REPEATS:
+        raise ConfigError(f"eval.speed.repeats: at least {MIN_SPEED_REPEATS} timed repeats are needed to state a "
+                          f"spread (median and interquartile range), got {speed.repeats}; set "
+                          f"eval.speed.repeats={MIN_SPEED_REPEATS} or more, or eval.speed.enabled=false")
+    if not 0 < speed.max_rel_iqr < 10:
+        raise ConfigError(f"eval.speed.max_rel_iqr: expected a share such as 0.1 (10%), got {speed.max_rel_iqr}")
+    if speed.timing not in SPEED_TIMINGS:
+        raise ConfigError(f"eval.speed.timing: expected {', '.join(SPEED_TIMINGS)}, got {speed.timing!r}")
+
+
 def _check_eval(spec: EvalSpec) -> EvalSpec:
     """Types the extra texts and checks the measurement fields; returns the typed spec."""
     texts = {}
@@ -239,11 +263,12 @@ def _check_eval(spec: EvalSpec) -> EvalSpec:
                          ("eval.tasks.batch_size", spec.tasks.batch_size),
                          ("eval.speed.prompt_len", spec.speed.prompt_len),
                          ("eval.speed.batch_size", spec.speed.batch_size),
+                         ("eval.speed.context_len", spec.speed.context_len),
+                         ("eval.speed.decode_batch_size", spec.speed.decode_batch_size),
                          ("eval.speed.new_tokens", spec.speed.new_tokens),
                          ("eval.speed.repeats", spec.speed.repeats)):
         _positive(value, where)
-    if spec.speed.warmup < 0:
-        raise ConfigError(f"eval.speed.warmup: must be 0 or more, got {spec.speed.warmup}")
+    _check_speed(spec.speed)
     unknown = [f for f in spec.tasks.families if f not in TASK_FAMILIES]
     if unknown:
         raise ConfigError(f"eval.tasks.families: unknown {unknown}; choose from {list(TASK_FAMILIES)} "

@@ -25,6 +25,7 @@ import torch
 from ..config.settings import Settings
 from ..models.loading import locate
 from .divergence import TextReference
+from .forward import device_label
 from .json_tasks import json_cases
 from .task_metrics import TaskBaseline
 
@@ -68,7 +69,7 @@ def baseline_key_parts(settings: Settings, device: torch.device, dtype: torch.dt
     return {
         "format": BASELINE_FORMAT,
         "model": model_fingerprint(settings),
-        "device": device.type if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "device": device_label(device),
         "dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__.split("+")[0],
         "seq_len": ev.seq_len, "windows": ev.windows, "batch_size": ev.batch_size, "kl_topk": ev.kl_topk,

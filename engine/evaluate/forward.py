@@ -13,6 +13,11 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def device_label(device: torch.device) -> str:
+    """What a measurement ran on: `cpu`, or the GPU's name as torch reports it (NVIDIA H100 80GB HBM3)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 @torch.no_grad()
 def window_logits(model, windows: torch.Tensor, batch_size: int, desc: str = "forward",
                   progress: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

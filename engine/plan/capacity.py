@@ -57,15 +57,17 @@ def kv_tokens_at(weight_bytes: int, tp: int, info: ModelInfo, target: Target, el
     return max(0, int(free // per_token)) if per_token else 0
 
 
-def decode_bytes_per_token(plan, info: ModelInfo, after: bool) -> int:
-    """Weight bytes one decoded token reads at batch 1 (see the module docstring)."""
+def decode_bytes_per_token(plan, info: ModelInfo, after: bool, tokens: int = 1) -> int:
+    """Weight bytes one forward of `tokens` tokens reads (see the module docstring): at batch 1
+    what one decoded token reads; a forward of B tokens reads up to min(num_experts, B x
+    experts_per_token) experts of each expert tensor (engine/plan/roofline.py uses that)."""
     elem = dtype_bytes(plan.dtype)
     embedding = 0 if info.tied_lm_head else info.input_embedding_params * elem
     total = max(0, plan.other_bytes - embedding)
     for lp in plan.layers:
         size = lp.bytes_after if after else lp.bytes_before
         if lp.kind == "experts" and info.experts_per_token:
-            size = size * min(info.experts_per_token, lp.num_experts) // lp.num_experts
+            size = size * min(tokens * info.experts_per_token, lp.num_experts) // lp.num_experts
         total += size
     return total
 

@@ -7,6 +7,7 @@ import re
 
 from ..schemes import SCHEMES
 from ..tables import human_bytes, text_table
+from .roofline import describe_roofline
 from .types import Plan
 
 _INDEX = re.compile(r"\.(\d+)\.")
@@ -92,6 +93,7 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
             lines.append(f"  weight bytes read per decoded token (batch 1{', active experts only' if any_experts else ''}): "
                          f"{human_bytes(c['decode_bytes_per_token_before'])} -> "
                          f"{human_bytes(c['decode_bytes_per_token_after'])}")
+    lines += describe_roofline(plan.roofline)
     x = plan.execution  # engine/streaming/decide.py
     if x:
         lines.append(f"execution: {x['mode']} ({x['reason']})")

@@ -73,6 +73,7 @@ class Plan:
     other_bytes: int  # parameters outside the units (embeddings, norms): kept in float
     capacity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    roofline: dict[str, Any] = field(default_factory=dict)  # predictions on the target (plan/roofline.py)
     # How this machine will run it (engine/streaming/decide.py): in memory or streamed, why, and
     # the estimated peak memory. Like the backend, it depends on the machine, not the variant.
     execution: dict[str, Any] = field(default_factory=dict)
@@ -125,8 +126,8 @@ class Plan:
         return {"model": self.model_id, "model_type": self.model_type, "recipe": self.recipe, "target": self.target,
                 "dtype": self.dtype, "device": self.device, "plan_hash": self.plan_hash,
                 "layers": [asdict(lp) for lp in self.layers], "other_bytes": self.other_bytes,
-                "totals": self.totals(), "capacity": self.capacity, "notes": list(self.notes),
-                "execution": self.execution}
+                "totals": self.totals(), "capacity": self.capacity, "roofline": self.roofline,
+                "notes": list(self.notes), "execution": self.execution}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
@@ -136,4 +137,5 @@ class Plan:
         return cls(model_id=d["model"], model_type=d.get("model_type", ""), recipe=d.get("recipe", ""),
                    target=d["target"], dtype=d["dtype"], device=d.get("device", "cpu"),
                    layers=[LayerPlan(**lp) for lp in d["layers"]], other_bytes=d.get("other_bytes", 0),
-                   capacity=d.get("capacity", {}), notes=list(d.get("notes", [])), execution=d.get("execution", {}))
+                   capacity=d.get("capacity", {}), notes=list(d.get("notes", [])), roofline=d.get("roofline", {}),
+                   execution=d.get("execution", {}))

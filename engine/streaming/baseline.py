@@ -91,8 +91,7 @@ def measure_baseline_streamed(model: StreamedModel, settings: Settings, inputs: 
         notes = full.notes + skipped_notes(why, tasks=False)
         for note in notes:
             say(f"note: {note}")
-        return BaselineSide(full.outputs, True, full.key, full.folder, full.parts, model.float_bytes, None, None,
-                            notes)
+        return BaselineSide(full.outputs, True, full.key, full.folder, full.parts, model.float_bytes, None, notes)
     # What a streamed baseline holds is what a run without task families would: cached under that key.
     no_tasks = dataclasses.replace(settings, eval=dataclasses.replace(ev, tasks=dataclasses.replace(ev.tasks,
                                                                                                      families=())))
@@ -113,5 +112,4 @@ def measure_baseline_streamed(model: StreamedModel, settings: Settings, inputs: 
     notes = lookup.notes + skipped_notes(why, tasks=bool(inputs.items))
     for note in notes:
         say(f"note: {note}")
-    return BaselineSide(outputs, cached, lookup.key, lookup.folder, lookup.parts, model.float_bytes, None, None,
-                        notes)
+    return BaselineSide(outputs, cached, lookup.key, lookup.folder, lookup.parts, model.float_bytes, None, notes)

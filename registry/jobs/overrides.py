@@ -26,14 +26,16 @@ ALLOWED_KEYS = tuple(re.compile(p) for p in (
     r"eval\.(seq_len|windows|batch_size|kl_topk)",
     r"eval\.tasks\.(families|prompts|new_tokens|reference_tokens|max_prompt_tokens|batch_size|chat_template"
     r"|gsm8k|humaneval|mbpp)",
-    r"eval\.speed\.(enabled|prompt_len|batch_size|new_tokens|warmup|repeats)",
+    r"eval\.speed\.(enabled|prompt_len|batch_size|context_len|decode_batch_size|new_tokens|warmup|repeats"
+    r"|max_rel_iqr|timing)",
     r"eval\.memory\.method",
     rf"eval\.data\.{_DATA_FIELDS}",
     rf"eval\.texts\.[A-Za-z0-9_-]+(\.{_DATA_FIELDS})?",
     r"calib\.(samples|seq_len|seed|batch_size)",
     rf"calib\.data\.{_DATA_FIELDS}",
     r"model\.(name|path|gguf_file|dtype|revision|cache_gguf)",
-    r"target\.(memory_gib|compute_capability|capabilities|dtype|memory_utilization|max_devices)",
+    r"target\.(memory_gib|compute_capability|capabilities|dtype|memory_utilization|max_devices|bandwidth_gb_s"
+    r"|dense_tflops(\.[a-z0-9]+)?)",
     r"run\.(seed|device|output_dir|save_checkpoint|streaming|activation_budget_gib)",
 ))
 # Config groups a request may choose from, by the package they fill (None: their own).

@@ -25,6 +25,9 @@ class ServiceState:
     tokens: dict[str, str]  # token -> scope; empty: loopback only, everyone writes
     sections: dict[str, Any]  # the operator's other config sections (gates, for promotion)
     mirror: Any = None  # the MLflow Model Registry mirror promotions move (None: tracking off)
+    # the eval protocol the operator's config measures under on this machine: what promotion
+    # gates judge unless gates.protocol or gates.any_protocol says otherwise
+    default_protocol: str | None = None
 
 
 def create_app(state: ServiceState) -> FastAPI:
