@@ -163,7 +163,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric(SPEED_REPEATS, "timed repeats per model and measurement"),
     Metric(SPEED_TIMING, "interleaved (B V B V ...), sequential (baseline before quantization) or variant only "
                          "(a streamed baseline is not timed)"),
-    Metric(SPEED_TIMING_NOTE, "why the timing was sequential"),
+    Metric(SPEED_TIMING_NOTE, "why the timing was sequential, or why the variant was timed alone"),
     Metric(LAYERS_ON_KERNEL, "quantized layers that ran a kernel of their format"),
     Metric(LAYERS_ON_FALLBACK, "quantized layers that ran a fallback (dequantize, then matmul)"),
     Metric(SPEED_ON_TARGET, "the speed was measured on the target's kind of hardware"),

@@ -31,6 +31,7 @@ from .evaluate.backends_used import backend_record
 from .evaluate.forward import device_label
 from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
+from .evaluate.speed import SEQUENTIAL, VARIANT_ONLY
 from .evaluate.protocol import describe_protocol, eval_protocol, protocol_hash
 from .evaluate.tasks import check_task_data
 from .events import OnEvent, RunEvent, Stage
@@ -112,6 +113,10 @@ def _speed_lines(m: dict[str, Any]) -> list[str]:
             lines.append(f"              timed sequentially: {m[M.SPEED_TIMING_NOTE]}")
         if m.get(M.SPEED_CAVEAT):
             lines.append(f"              {m[M.SPEED_CAVEAT]}")
+    elif m.get(M.SPEED_TIMING) == VARIANT_ONLY:  # a streamed run: no baseline timing, no speedup
+        lines += [f"  speed       measured on {m[M.SPEED_DEVICE_NAME]}, variant only, {m[M.SPEED_REPEATS]} repeats: "
+                  f"prefill {m[M.PREFILL_TOKENS_PER_S]:,.0f} tok/s, decode {m[M.DECODE_MS_PER_TOKEN]:.3g} ms/token",
+                  f"              {m[M.SPEED_TIMING_NOTE]}"]
     if M.PREDICTED_DECODE_SPEEDUP in m:
         pred = f"decode {m[M.PREDICTED_DECODE_MS_PER_TOKEN]:.3g} ms/token ({m[M.PREDICTED_DECODE_SPEEDUP]:.2f}x)"
         if M.PREDICTED_PREFILL_SPEEDUP in m:
@@ -197,6 +202,8 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     check_task_data(settings.eval.tasks)
     peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)
+    if plan.execution.get("mode") == STREAMED:  # its baseline cannot be timed: refuse a timing that needs it
+        suite.streamed_timing_note(settings.eval.speed, plan.execution["reason"])
     say(render_plan(plan))
     out = _output_dir(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
@@ -268,7 +275,8 @@ def _measure(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
                                       "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder)))
     step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}", Stage.BASELINE)
     # before quantizing: keeps a float copy of the baseline (interleaved timing) or times it now
-    timer = suite.SpeedTimer(settings, inputs, model, device, step)
+    timer = suite.SpeedTimer(settings, inputs, model, device, step,
+                             streamed=plan.execution["reason"] if stream else None)
     try:
         step("quantizing ...", Stage.QUANTIZING)
         if stream:  # writes the checkpoint as it goes; the variant fits: it is loaded and measured normally
@@ -313,7 +321,9 @@ def _measure(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
                             f"{got}, planned {plan.layer(name).backend})")
     if report.calibration_tokens:
         metrics[M.CALIBRATION_TOKENS] = report.calibration_tokens
-    speed_notes = [f"speed timed sequentially: {speed[M.SPEED_TIMING_NOTE]}"] if M.SPEED_TIMING_NOTE in speed else []
+    # a streamed run's variant timed alone: base.notes already say why its baseline was not timed
+    sequential = speed.get(M.SPEED_TIMING) == SEQUENTIAL and M.SPEED_TIMING_NOTE in speed
+    speed_notes = [f"speed timed sequentially: {speed[M.SPEED_TIMING_NOTE]}"] if sequential else []
     notes = list(dict.fromkeys(plan.notes + base.notes + report.notes + speed_notes))
     for note in report.notes + speed_notes:
         step(f"note: {note}")

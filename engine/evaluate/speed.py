@@ -165,11 +165,13 @@ def _side(name: str, base: Spread, var: Spread, speedup: Spread, max_rel_iqr: fl
     return out
 
 
-def variant_speed_metrics(var: SpeedSamples, spec: SpeedSpec) -> dict[str, Any]:
-    """The variant's own speed figures, when its baseline was not timed: no speedup, no ratio."""
+def variant_speed_metrics(var: SpeedSamples, spec: SpeedSpec, timing_note: str) -> dict[str, Any]:
+    """The variant's own speed figures, when its baseline was not timed (`timing_note`: why):
+    no speedup, no ratio."""
     return {M.PREFILL_TOKENS_PER_S: var.prefill_tokens_per_s,
             M.DECODE_MS_PER_TOKEN: 1000 * spread(var.decode_step_s).median, M.SPEED_DEVICE: var.device,
-            M.SPEED_DEVICE_NAME: var.device_name, M.SPEED_REPEATS: spec.repeats, M.SPEED_TIMING: VARIANT_ONLY}
+            M.SPEED_DEVICE_NAME: var.device_name, M.SPEED_REPEATS: spec.repeats, M.SPEED_TIMING: VARIANT_ONLY,
+            M.SPEED_TIMING_NOTE: timing_note}
 
 
 def speed_metrics(base: SpeedSamples, var: SpeedSamples, spec: SpeedSpec, timing: str,

@@ -222,20 +222,33 @@ def timing_mode(spec: SpeedSpec, model_bytes: int, free_bytes: int, where: str) 
                        f"the machine's speed between the two is not cancelled)"
 
 
+def streamed_timing_note(spec: SpeedSpec, why: str) -> str:
+    """Why a streamed run (its float model does not fit: `why`, the plan's execution reason)
+    times its variant alone; eval.speed.timing=interleaved or sequential, which need the
+    baseline timed, is refused (run.py asks before any weight is read)."""
+    if spec.enabled and spec.timing in (INTERLEAVED, SEQUENTIAL):
+        raise ConfigError(f"eval.speed.timing={spec.timing}: this run streams its float model from disk ({why}), "
+                          f"so its baseline cannot be timed; set eval.speed.timing=auto (a streamed run then times "
+                          f"the variant alone and says so), eval.speed.enabled=false or run.streaming=never")
+    return (f"the float baseline was streamed from disk ({why}) and not timed: the variant was timed alone, "
+            f"without speedup")
+
+
 class SpeedTimer:
     """Created before quantization: keeps a float copy of the baseline (interleaved timing) or
     times the baseline at once (sequential). `time_variant` then times the variant and frees
-    the copy; `release` frees it on any other way out. Without a model (a streamed run: the
-    float model does not fit) only the variant is timed, and its figures come without ratios."""
+    the copy; `release` frees it on any other way out. A streamed run (`streamed`: the plan's
+    reason; no float model in memory) times only the variant, whose figures come without ratios."""
 
-    def __init__(self, settings: Settings, inputs: EvalInputs, model, device: torch.device, say: Say):
+    def __init__(self, settings: Settings, inputs: EvalInputs, model, device: torch.device, say: Say,
+                 streamed: str | None = None):
         self.spec, self.tokens = settings.eval.speed, inputs.speed_tokens
         self.reference, self.base = None, None
         self.mode, self.note = None, None
         if not self.spec.enabled:
             return
-        if model is None:
-            self.mode = VARIANT_ONLY
+        if streamed is not None:
+            self.mode, self.note = VARIANT_ONLY, streamed_timing_note(self.spec, streamed)
             return
         self.mode, self.note = timing_mode(self.spec, weight_bytes(model), available_bytes(device), str(device))
         if self.mode == INTERLEAVED:
@@ -250,7 +263,7 @@ class SpeedTimer:
             return {}
         if self.mode == VARIANT_ONLY:
             say("timing the variant (its baseline was not timed) ...")
-            return variant_speed_metrics(measure_one(model, self.tokens, self.spec), self.spec)
+            return variant_speed_metrics(measure_one(model, self.tokens, self.spec), self.spec, self.note)
         if self.reference is not None:
             say("timing baseline and variant, interleaved ...")
             self.base, variant = measure_pair(self.reference, model, self.tokens, self.spec)

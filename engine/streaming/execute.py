@@ -22,6 +22,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..config.settings import Settings
+from ..errors import ConfigError
 from ..evaluate.suite import BaselineSide, EvalInputs
 from ..models.loading import load_config
 from ..plan import Plan
@@ -77,7 +78,7 @@ class StreamedRun:
         self.lock.acquire(self.folder)
         self.state = open_state(self.folder, fingerprint(settings, plan, source, device, dtype))
         n = len(self.model.blocks)
-        if self.state.message:
+        if self.state.message and not self.state.resumed:  # an earlier state that did not match
             say(self.state.message)
         if self.state.resumed:
             say(f"resumed from block {self.state.done} of {n}: blocks before it are done ({self.folder})")
@@ -119,7 +120,7 @@ class StreamedRun:
         """The run succeeded: its resume folder goes (unless another run holds it by now)."""
         try:
             self.lock.acquire(self.folder)
-        except Exception:  # noqa: BLE001 - another run took it over: leave it
+        except ConfigError:  # another run took it over: leave it
             return
         try:
             shutil.rmtree(self.folder, ignore_errors=True)

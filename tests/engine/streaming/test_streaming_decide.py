@@ -73,3 +73,19 @@ def test_streaming_refused_for_a_model_it_cannot_stream(settings, tmp_path):
 def test_bad_streaming_setting_is_refused_early(settings):
     with pytest.raises(ConfigError, match="run.streaming: expected auto, always or never, got 'sometimes'"):
         settings("run.streaming=sometimes")
+
+
+@pytest.mark.parametrize("timing", ["interleaved", "sequential"])
+def test_a_timing_that_needs_the_baseline_is_refused_before_a_streamed_run_starts(timing, tmp_path):
+    """A streamed baseline is not timed, so eval.speed.timing=interleaved|sequential cannot be
+    honoured: one sentence naming the field and the fix, before any weight is read or folder made."""
+    from conftest import TINY_RUN, compose_cfg
+    from qrecipe.engine.run import run
+
+    cfg = compose_cfg(*TINY_RUN, "run.streaming=always", f"eval.speed.timing={timing}",
+                      f"paths.root={tmp_path / 'root'}", f"run.resume_dir={tmp_path / 'resume'}")
+    with pytest.raises(ConfigError, match=f"eval.speed.timing={timing}: this run streams its float model from disk "
+                                          r"\(run.streaming=always\), so its baseline cannot be timed; set "
+                                          "eval.speed.timing=auto"):
+        run(cfg, progress=False)
+    assert not (tmp_path / "root" / "runs").exists() and not (tmp_path / "resume").exists()

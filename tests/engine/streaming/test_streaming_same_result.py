@@ -120,7 +120,12 @@ def test_a_streamed_run_measures_its_variant_against_the_streamed_baseline(tmp_p
         assert s[name] == m[name], name
     assert not [k for k in s if k.startswith("task.")]  # the baseline's generations were not streamed
     assert M.PREFILL_TOKENS_PER_S in s and M.DECODE_SPEEDUP not in s and M.DECODE_SPEEDUP in m
+    assert s[M.SPEED_TIMING] == "variant only" and m[M.SPEED_TIMING] == "interleaved"
+    assert s[M.SPEED_TIMING_NOTE].startswith("the float baseline was streamed from disk (run.streaming=always) and "
+                                             "not timed: the variant was timed alone")
+    assert "variant only, 5 repeats: prefill" in streamed_run.human()
     notes = streamed_run.extra["notes"]
+    assert not any(n.startswith("speed timed sequentially") for n in notes)
     assert any(n.startswith("baseline task families not measured") for n in notes)
     assert any(n.startswith("baseline speed and peak memory not measured") for n in notes)
     record = json.loads((streamed_run.output_dir / "metrics.json").read_text())
