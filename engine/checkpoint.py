@@ -26,6 +26,7 @@ from torch import nn
 
 from ..kernels import QuantParams
 from .errors import QRecipeError
+from .files import normal_modes
 from .models.weights import SINGLE_FILE, read_tensor, save_tensors, tensor_files
 from .modules import PackedExperts, QuantExperts, QuantLinear, get_module, set_module
 from .modules.packed import PackedWeights
@@ -86,6 +87,7 @@ def write_metadata(out: Path, model: nn.Module, tokenizer, plan: Plan, dtype: to
         model.generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    normal_modes(out)  # safetensors writes 0600; whoever serves the checkpoint must read it
 
 
 def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:

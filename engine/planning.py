@@ -9,6 +9,7 @@ import torch
 from .config.settings import Settings
 from .models.describe import ModelInfo, describe
 from .models.loading import build_skeleton, load_config, resolve_dtype
+from .models.structure_cache import cached_model_info
 from .plan import Plan, resolve_plan
 from .plan.roofline import roofline_report
 
@@ -24,9 +25,36 @@ def local_device(settings: Settings) -> torch.device:
 
 
 def model_info(settings: Settings) -> ModelInfo:
-    config = load_config(settings.model, Path(settings.paths.cache))
-    skeleton = build_skeleton(config, settings.model.trust_remote_code)
-    return describe(skeleton, config, settings.model.name)
+    """The model's structure, from the structure cache when this config was described before
+    (engine/models/structure_cache.py), else read off its skeleton on the meta device."""
+    cache = Path(settings.paths.cache)
+
+    def read_skeleton() -> ModelInfo:
+        config = load_config(settings.model, cache)
+        skeleton = build_skeleton(config, settings.model.trust_remote_code)
+        return describe(skeleton, config, settings.model.name)
+
+    return cached_model_info(settings.model, cache, read_skeleton)
+
+
+def check_inputs(settings: Settings, plan: Plan) -> None:
+    """Every file the run will read, checked before anything is recorded or loaded (by `qrecipe
+    plan`, `qrecipe run` and a job's submission alike): the eval texts, the task files, and the
+    calibration data only where the plan calibrates (an RTN recipe reads none); and, for a run
+    that streams, no speed timing that needs its (unloaded) baseline."""
+    from .data import check_data
+    from .evaluate.speed import streamed_timing_note
+    from .evaluate.tasks import check_task_data
+    from .streaming.decide import STREAMED
+
+    if plan.execution.get("mode") == STREAMED:
+        streamed_timing_note(settings.eval.speed, plan.execution["reason"])
+
+    for name, data in settings.eval.all_texts().items():
+        check_data(data, settings.eval.text_field(name))
+    check_task_data(settings.eval.tasks)
+    if plan.calibrates:
+        check_data(settings.calib.data, "calib.data")
 
 
 def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[Plan, ModelInfo]:

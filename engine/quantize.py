@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .algorithms import LayerTask, get_algorithm
 from .config.settings import CalibSpec
 from .models.families import moe_layout
 from .modules import PackedExperts, QuantExperts, QuantLinear, UnfusedExperts, concat_rows, get_module, set_module
 from .plan import LayerPlan, Plan
+from .progress import progress_bar
 from .schemes import SCHEMES
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, units.tasks, units,
                                         progress=progress, blocks=blocks)
     else:
-        for lp in tqdm(planned, desc="quantize", unit="layer", disable=not progress, leave=False):
+        for lp in progress_bar(planned, desc="quantize", unit="layer", enabled=progress):
             tasks = {t.name: t for t in units.tasks(model, lp)}
             algo = get_algorithm(lp.algorithm)(list(tasks.values()))
             for name, qw in algo.quantize().items():

@@ -25,7 +25,6 @@ from . import metric_names as M
 from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
-from .data import check_data
 from .evaluate import suite
 from .evaluate.backends_used import backend_record
 from .evaluate.forward import device_label
@@ -33,13 +32,12 @@ from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
 from .evaluate.speed import SEQUENTIAL, VARIANT_ONLY
 from .evaluate.protocol import describe_protocol, eval_protocol, protocol_hash
-from .evaluate.tasks import check_task_data
 from .events import OnEvent, RunEvent, Stage
 from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
 from .plan.render import render_plan
 from .tables import human_bytes
-from .planning import build_plan, local_device
+from .planning import build_plan, check_inputs, local_device
 from .quantize import prepare_model, quantize_model
 from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
 from .streaming import STREAMED, StreamedRun
@@ -79,9 +77,10 @@ class RunResult:
         lines += _speed_lines(m)
         lines.append(f"  weights     {human_bytes(m[M.WEIGHT_BYTES])} vs {human_bytes(m[M.WEIGHT_BYTES_BASELINE])} "
                      f"({m[M.WEIGHT_REDUCTION]:.2f}x smaller)")
-        if M.PEAK_MEMORY_BYTES_BASELINE in m:
-            lines.append(f"  peak memory {human_bytes(m[M.PEAK_MEMORY_BYTES])} vs "
-                         f"{human_bytes(m[M.PEAK_MEMORY_BYTES_BASELINE])} ({m[M.PEAK_MEMORY_METHOD]})")
+        if M.PEAK_MEMORY_BYTES in m:  # a streamed run's baseline is not measured: the variant's alone
+            vs = f" vs {human_bytes(m[M.PEAK_MEMORY_BYTES_BASELINE])}" if M.PEAK_MEMORY_BYTES_BASELINE in m else \
+                " (baseline not measured)"
+            lines.append(f"  peak memory {human_bytes(m[M.PEAK_MEMORY_BYTES])}{vs} ({m[M.PEAK_MEMORY_METHOD]})")
         if M.EVAL_PROTOCOL in m:
             lines.append(f"  protocol    {m[M.EVAL_PROTOCOL]}: {m[M.EVAL_PROTOCOL_TEXT]}")
         lines += [f"  note        {n}" for n in x.get("notes", [])]
@@ -144,15 +143,16 @@ class Steps:
         self.on_event = on_event
         self.stage = Stage.STARTED
 
-    def __call__(self, msg: str, stage: Stage | None = None) -> None:
-        """Print msg; `stage` when the run enters a new stage."""
+    def __call__(self, msg: str, stage: Stage | None = None, **data: Any) -> None:
+        """Print msg; `stage` when the run enters a new stage. on_event may raise (e.g. Cancelled)
+        to stop the run at this boundary."""
         self.stage = stage or self.stage
         say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
         if self.on_event is not None:
-            self.on_event(RunEvent(self.stage, msg))
+            self.on_event(RunEvent(self.stage, msg, data))
 
 
-def _output_dir(settings: Settings, plan: Plan) -> Path:
+def run_folder(settings: Settings, plan: Plan) -> Path:
     """Where the variant folder should go (checked before any work; reserved by reserve_output)."""
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
@@ -162,7 +162,15 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
             raise ConfigError(f"run.output_dir: {out} already exists; choose a new folder or leave it null")
         return out
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+    runs = Path(settings.paths.root) / "runs"
+    out = runs / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+    # The recipe name is validated as a name (engine/recipe/schema.py); this is the second line
+    # of defence: whatever builds the name, the folder lies inside paths.root/runs.
+    if out.resolve().parent != runs.resolve():
+        from .errors import ConfigError
+
+        raise ConfigError(f"recipe.name: {plan.recipe!r} would put the run folder outside {runs}; use a plain name")
+    return out
 
 
 def reserve_output(out: Path, numbered: bool) -> tuple[Path, Path]:
@@ -197,32 +205,33 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     step = Steps(on_event)
     settings = load_settings(cfg)
     device = local_device(settings)
-    for name, data in settings.eval.all_texts().items():
-        check_data(data, settings.eval.text_field(name))
-    check_task_data(settings.eval.tasks)
     peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)
-    if plan.execution.get("mode") == STREAMED:  # its baseline cannot be timed: refuse a timing that needs it
-        suite.streamed_timing_note(settings.eval.speed, plan.execution["reason"])
+    check_inputs(settings, plan)
     say(render_plan(plan))
-    out = _output_dir(settings, plan)
+    out = run_folder(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
     protocol = eval_protocol(settings, device, dtype)  # how it is measured: compare only runs measured alike
-    step(recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype), protocol)),
-         Stage.STARTED)
     staging, renamed = None, False
+    succeeded: list[Callable[[], None]] = []  # what the run undoes only once it is recorded (a resume folder)
     try:
+        where = recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype), protocol))
         out, staging = reserve_output(out, numbered=not settings.run.output_dir)
-        metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol)
+        step(where, Stage.STARTED, output_dir=str(out), staging=str(staging))
+        metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol,
+                                          succeeded)
+        step("recording ...", Stage.RECORDING)
         recorder.outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
-        recorder.succeed(out.resolve(), metrics)
+        recorder.succeed(out.resolve(), metrics)  # from here the run is recorded: nothing below can undo it
     except BaseException as e:
         recorder.fail(e)
         if staging is not None:
             shutil.rmtree(out if renamed else staging, ignore_errors=True)
         raise
+    for then in succeeded:
+        then()
     step(f"done: {out.resolve()}", Stage.DONE)
     return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
                      extra={**recorder.summary(), "notes": notes})
@@ -239,9 +248,10 @@ def _original_weights(settings: Settings) -> Path | None:
 
 
 def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path,
-             recorder: Recorder, step: Steps, progress: bool,
-             protocol: dict[str, Any]) -> tuple[dict[str, Any], list[dict], list[str]]:
-    """(metrics, per-layer errors, notes): the notes say every fallback the run took."""
+             recorder: Recorder, step: Steps, progress: bool, protocol: dict[str, Any],
+             succeeded: list[Callable[[], None]]) -> tuple[dict[str, Any], list[dict], list[str]]:
+    """(metrics, per-layer errors, notes): the notes say every fallback the run took. What to do
+    once the run is recorded goes into `succeeded`."""
     torch.manual_seed(settings.run.seed)
     stream = None  # a model bigger than memory streams from its checkpoint (engine/streaming/)
     if plan.execution.get("mode") == STREAMED:
@@ -253,8 +263,11 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
         step(f"loading {settings.model.name} ({dtype}, {device}) ...", Stage.LOADING)
         model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     try:
-        return _measure(settings, plan, device, dtype, staging, recorder, step, progress, protocol, model, tokenizer,
-                        stream)
+        result = _measure(settings, plan, device, dtype, staging, recorder, step, progress, protocol, model,
+                          tokenizer, stream)
+        if stream is not None:  # its finished blocks are kept until the run is recorded (a cancel may come first)
+            succeeded.append(stream.finish)
+        return result
     finally:
         if stream is not None:
             stream.abandon()
@@ -329,8 +342,6 @@ def _measure(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
         step(f"note: {note}")
     _write(settings, plan, metrics, notes, errors, staging, protocol, calibrated=bool(report.calibration_tokens),
            expert_tokens=report.expert_tokens)
-    if stream:
-        stream.finish()
     return metrics, errors, notes
 
 

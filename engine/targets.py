@@ -16,8 +16,6 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-import torch
-
 from .errors import ConfigError
 
 INT8_MIN_CC = 7.5
@@ -104,6 +102,8 @@ def shipped_roofline(gpu_name: str) -> tuple[float | None, dict[str, float]]:
 
 def detect_local() -> Target:
     """The machine this process runs on, as a target."""
+    import torch
+
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         cc = float(f"{props.major}.{props.minor}")

@@ -28,9 +28,21 @@ from .promotion_commands import add_promotion_commands
 
 
 def settings_for(overrides: list[str]):
+    """The whole config, validated: what commands that judge runs by the eval protocol this
+    machine would measure under need (compare, report, promote)."""
     from qrecipe.engine.config import compose, load_settings
 
     return load_settings(compose(overrides))
+
+
+def store_settings_for(overrides: list[str]):
+    """Only where the registry and the tracking store are (and the operator's sections): the
+    recipe and model are not needed, so nothing heavy (torch) loads for the commands that only
+    read records (variants list, show, history, sync; export; ui)."""
+    from qrecipe.engine.config.compose import compose
+    from qrecipe.engine.config.settings import load_store_settings
+
+    return load_store_settings(compose(overrides))
 
 
 def split_items(items: list[str]) -> tuple[list[str], list[str]]:
@@ -47,15 +59,15 @@ def one_ref(items: list[str], usage: str) -> tuple[str, list[str]]:
     return refs[0], overrides
 
 
-def open_for(settings, catch_up: bool = True):
-    """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands)."""
-    from .db import open_registry
+def open_for(settings, catch_up: bool = True, create: bool = False):
+    """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands).
+    Only a command that records (create=True) makes a registry where none exists."""
+    from .db import open_registry, registry_url
     from .promotion_commands import catch_up_mirror
-    from .recorder import registry_url
 
     if not settings.registry.enabled:
         raise ConfigError("registry.enabled: the registry is off in this config; drop registry=off")
-    engine = open_registry(registry_url(settings))
+    engine = open_registry(registry_url(settings), create=create)
     if catch_up:
         catch_up_mirror(settings, engine)
     return engine
@@ -73,7 +85,14 @@ def cmd_list(args) -> int:
     refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"variants list: unexpected argument {refs[0]!r}; filter with --model NAME")
-    variants = list_variants(open_for(settings_for(overrides)), args.model)
+    from .db import NoRegistry
+
+    try:
+        engine = open_for(store_settings_for(overrides))
+    except NoRegistry as e:
+        print("[]" if args.json else str(e))
+        return 0
+    variants = list_variants(engine, args.model)
     if args.json:
         print(json.dumps([{"id": v.id, "model": v.base_model.name, "recipe": v.recipe_name, "target": v.target,
                            "status": v.status, "runs": v.runs_count, "scheme_mix": v.scheme_mix,
@@ -101,7 +120,7 @@ def cmd_show(args) -> int:
 
     ref, overrides = one_ref(args.items, "variants show: name one variant (its id or a unique prefix), "
                                           "e.g. qrecipe variants show 3f9a")
-    engine = open_for(settings_for(overrides))
+    engine = open_for(store_settings_for(overrides))
     v = find_variant(engine, ref)
     runs = variant_runs(engine, v.id)
     if args.json:
@@ -137,9 +156,17 @@ def cmd_compare(args) -> int:
     from .protocols import choose_runs
     from .queries import find_variant, list_variants
 
+    from .db import NoRegistry
+
     refs, overrides = split_items(args.items)
     settings = settings_for(overrides)
-    engine = open_for(settings)
+    try:
+        engine = open_for(settings)
+    except NoRegistry as e:
+        if refs:
+            raise
+        print("[]" if args.json else str(e))
+        return 0
     variants = [find_variant(engine, r) for r in refs] if refs else list_variants(engine, args.model, True)
     if not variants:
         print("no measured variants to compare: `qrecipe run` records one")
@@ -207,7 +234,7 @@ def cmd_ui(args) -> int:
     refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"ui: unexpected argument {refs[0]!r}; use --host/--port, and KEY=VALUE overrides")
-    settings = settings_for(overrides)
+    settings = store_settings_for(overrides)
     uri = tracking_uri(settings)
     if not uri.startswith("sqlite:"):
         print(f"tracking.uri is the server {uri}: open it in a browser (qrecipe ui serves the embedded store only)")

@@ -25,10 +25,10 @@ def _variant_checkpoint(ref: str, overrides: list[str]):
     from qrecipe.engine.export.compressed_tensors import ExportError
 
     from .artifacts import checkpoint_dir
-    from .commands import open_for, settings_for
+    from .commands import open_for, store_settings_for
     from .queries import find_variant
 
-    settings = settings_for(overrides)
+    settings = store_settings_for(overrides)
     variant = find_variant(open_for(settings, catch_up=False), ref)
     folder = checkpoint_dir(variant.output_dir)
     if folder is None:
@@ -64,7 +64,7 @@ def cmd_export(args) -> int:
         src, variant, settings = _variant_checkpoint(args.source, args.overrides)
         provenance = {"variant_id": variant.id, "recipe": variant.recipe_name, "target": variant.target,
                       "mlflow_run_id": variant.mlflow_run_id}
-    record = export_checkpoint(src, args.out, args.format, provenance)
+    record = export_checkpoint(src, args.out, args.format, provenance, parents=args.parents)
     if variant is not None:
         _record_on_run(settings, variant, args.format, record["output_dir"])
     if args.json:
@@ -84,6 +84,7 @@ def add_export_command(sub, common_flags) -> None:
     p.add_argument("--format", default="compressed-tensors", choices=FORMATS,
                    help="compressed-tensors: safetensors + quantization_config that vLLM and transformers read")
     p.add_argument("--json", action="store_true", help="print the provenance record as JSON")
+    p.add_argument("--parents", action="store_true", help="create OUT_DIR's missing parent folders (default: refuse)")
     common_flags(p)
     p.add_argument("source", metavar="VARIANT|CHECKPOINT", help="a variant id (or prefix), or a checkpoint folder")
     p.add_argument("out", metavar="OUT_DIR", help="the new folder to write (must not exist)")

@@ -123,14 +123,14 @@ def cmd_history(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from .commands import open_for, settings_for, split_items
+    from .commands import open_for, split_items, store_settings_for
     from .mirror import ModelRegistryMirror
 
     refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"variants sync: unexpected argument {refs[0]!r}; it takes only KEY=VALUE overrides "
                           f"and --all")
-    settings = settings_for(overrides)
+    settings = store_settings_for(overrides)
     mirror = ModelRegistryMirror.from_settings(settings)
     if mirror is None:
         raise ConfigError("tracking.enabled: tracking is off in this config, so there is no MLflow to sync; "

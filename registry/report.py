@@ -13,10 +13,9 @@ from qrecipe.engine.tables import human_bytes
 
 from . import plots
 from .compare import legend, markdown_table, render, shipped_targets
-from .db import RegistryError, open_registry
+from .db import RegistryError, open_registry, registry_url
 from .protocols import Measured, choose_runs
 from .queries import list_variants, model_names
-from .recorder import registry_url
 from .tracking import MlflowRun, tracking_uri
 
 
@@ -100,7 +99,7 @@ def write_report(settings: Settings, model: str, out: Path | None = None, *, pro
                  any_protocol: bool = False) -> dict[str, Any]:
     """Write the report (variants' runs under one eval protocol, or under each of theirs with
     any_protocol, one section per protocol); log it to MLflow when tracking is on."""
-    engine = open_registry(registry_url(settings))
+    engine = open_registry(registry_url(settings), create=False)
     variants = list_variants(engine, model, measured_only=True)
     if not variants:
         known = model_names(engine)

@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..algorithms import Algorithm, BlockContext, LayerTask, get_algorithm
 from ..plan import LayerPlan, Plan
+from ..progress import progress_bar
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .blocks import BlockProvider, InMemoryBlocks
@@ -138,8 +138,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
     if blocks.tail_from_hidden and any(lp.calibrates for lp in outside):
         last_needing_data = len(prefixes)  # the outside layers read the last block's outputs: keep them
     inputs = blocks.inputs(windows, batch_size) if last_needing_data >= blocks.start else None
-    bar = tqdm(total=len(prefixes), initial=blocks.start, desc="calibrate", unit="block", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=len(prefixes), initial=blocks.start, desc="calibrate", unit="block", enabled=progress)
     for i in range(blocks.start, len(prefixes)):
         block = blocks.open(i)
         context = BlockContext(prefixes[i], block, plan.model_type)

@@ -9,11 +9,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
 from ..models.spec import ModelSpec
-from ..recipe import Recipe, parse_recipe
 from ..targets import Target, parse_target
 from .typed import build
+
+if TYPE_CHECKING:  # the recipe schema imports the weight formats (torch): loaded when a recipe is parsed
+    from ..recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -194,14 +198,48 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{getattr(e, 'full_key', 'config')}: {str(e).splitlines()[0]}") from None
 
 
-def load_settings(cfg: DictConfig) -> Settings:
-    from ..algorithms import algorithm_names, check_recipe_algorithms
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where records are kept (paths, tracking, registry) and the other subsystems' sections:
+    all that commands reading the registry need. Built without the recipe, model or target, so
+    those commands load no torch."""
 
+    paths: PathsSpec
+    sections: dict[str, Any]
+    raw: DictConfig
+    tracking: TrackingSpec = TrackingSpec()
+    registry: RegistrySpec = RegistrySpec()
+
+
+def _known_sections(cfg: DictConfig) -> dict[str, Any]:
     node = _resolve(cfg)
     for key in node:
         if key not in CORE_SECTIONS + OTHER_SECTIONS:
             raise ConfigError(f"{key}: unknown top-level key; known sections are "
                               f"{', '.join(CORE_SECTIONS + OTHER_SECTIONS)}")
+    return node
+
+
+def _store_sections(node: dict[str, Any], cfg: DictConfig) -> StoreSettings:
+    tracking = build(TrackingSpec, node.get("tracking") or {}, "tracking")
+    registry = build(RegistrySpec, node.get("registry") or {}, "registry")
+    if registry.url is not None and not registry.url.startswith(("sqlite:", "postgresql")):
+        raise ConfigError(f"registry.url: {registry.url!r} is neither sqlite:///PATH nor postgresql://...; "
+                          f"pass one of those or leave it null for SQLite under paths.root")
+    return StoreSettings(paths=build(PathsSpec, node.get("paths"), "paths"),
+                         sections={k: node[k] for k in OTHER_SECTIONS if k in node}, raw=cfg,
+                         tracking=tracking, registry=registry)
+
+
+def load_store_settings(cfg: DictConfig) -> StoreSettings:
+    return _store_sections(_known_sections(cfg), cfg)
+
+
+def load_settings(cfg: DictConfig) -> Settings:
+    from ..algorithms import algorithm_names, check_recipe_algorithms
+    from ..recipe import parse_recipe
+
+    node = _known_sections(cfg)
     recipe = parse_recipe(node.get("recipe"), algorithm_names())
     check_recipe_algorithms(recipe)
     model = build(ModelSpec, node.get("model"), "model")
@@ -224,15 +262,10 @@ def load_settings(cfg: DictConfig) -> Settings:
     if not run.activation_budget_gib >= 0:
         raise ConfigError(f"run.activation_budget_gib: must be 0 or more (GiB of host memory), got "
                           f"{run.activation_budget_gib}")
-    tracking = build(TrackingSpec, node.get("tracking") or {}, "tracking")
-    registry = build(RegistrySpec, node.get("registry") or {}, "registry")
-    if registry.url is not None and not registry.url.startswith(("sqlite:", "postgresql")):
-        raise ConfigError(f"registry.url: {registry.url!r} is neither sqlite:///PATH nor postgresql://...; "
-                          f"pass one of those or leave it null for SQLite under paths.root")
+    store = _store_sections(node, cfg)
     return Settings(recipe=recipe, model=model, eval=eval_spec, calib=calib, target=parse_target(node.get("target")),
-                    run=run, paths=build(PathsSpec, node.get("paths"), "paths"),
-                    sections={k: node[k] for k in OTHER_SECTIONS if k in node}, raw=cfg,
-                    tracking=tracking, registry=registry)
+                    run=run, paths=store.paths, sections=store.sections, raw=cfg, tracking=store.tracking,
+                    registry=store.registry)
 
 
 def _check_speed(speed: SpeedSpec) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from .. import metric_names as M
 from ..config.settings import SpeedSpec
+from ..errors import ConfigError
 from .forward import device_label, model_device
 from .spread import Spread, noise_reasons, paired_speedup, spread
 
@@ -163,6 +164,18 @@ def _side(name: str, base: Spread, var: Spread, speedup: Spread, max_rel_iqr: fl
     if reasons:
         out[noise] = "; ".join(reasons)
     return out
+
+
+def streamed_timing_note(spec: SpeedSpec, why: str) -> str:
+    """Why a streamed run (its float model does not fit: `why`, the plan's execution reason)
+    times its variant alone; eval.speed.timing=interleaved or sequential, which need the
+    baseline timed, is refused (planning.py check_inputs asks before anything is recorded or loaded)."""
+    if spec.enabled and spec.timing in (INTERLEAVED, SEQUENTIAL):
+        raise ConfigError(f"eval.speed.timing={spec.timing}: this run streams its float model from disk ({why}), "
+                          f"so its baseline cannot be timed; set eval.speed.timing=auto (a streamed run then times "
+                          f"the variant alone and says so), eval.speed.enabled=false or run.streaming=never")
+    return (f"the float baseline was streamed from disk ({why}) and not timed: the variant was timed alone, "
+            f"without speedup")
 
 
 def variant_speed_metrics(var: SpeedSamples, spec: SpeedSpec, timing_note: str) -> dict[str, Any]:

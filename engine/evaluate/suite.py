@@ -34,7 +34,7 @@ from .baseline_cache import (BaselineOutputs, UnreadableCache, baseline_key, bas
 from .divergence import compare_pass, reference_pass
 from .memory import available_bytes, child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
 from .speed import INTERLEAVED, SEQUENTIAL, VARIANT_ONLY, SpeedSamples, measure_one, measure_pair, speed_metrics, \
-    speed_tokens, tokens_needed, variant_speed_metrics
+    speed_tokens, streamed_timing_note, tokens_needed, variant_speed_metrics
 from .task_metrics import baseline_tasks, variant_tasks
 from .tasks import TaskItem, build_task_items
 
@@ -220,18 +220,6 @@ def timing_mode(spec: SpeedSpec, model_bytes: int, free_bytes: int, where: str) 
                           f"sequentially and says so) or sequential")
     return SEQUENTIAL, f"{why}, so the baseline was timed before quantization and the variant after (drift in " \
                        f"the machine's speed between the two is not cancelled)"
-
-
-def streamed_timing_note(spec: SpeedSpec, why: str) -> str:
-    """Why a streamed run (its float model does not fit: `why`, the plan's execution reason)
-    times its variant alone; eval.speed.timing=interleaved or sequential, which need the
-    baseline timed, is refused (run.py asks before any weight is read)."""
-    if spec.enabled and spec.timing in (INTERLEAVED, SEQUENTIAL):
-        raise ConfigError(f"eval.speed.timing={spec.timing}: this run streams its float model from disk ({why}), "
-                          f"so its baseline cannot be timed; set eval.speed.timing=auto (a streamed run then times "
-                          f"the variant alone and says so), eval.speed.enabled=false or run.streaming=never")
-    return (f"the float baseline was streamed from disk ({why}) and not timed: the variant was timed alone, "
-            f"without speedup")
 
 
 class SpeedTimer:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..files import normal_modes
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def locate(spec: ModelSpec) -> Location:
             if looks_like_hub_id and spec.allow_hub and os.environ.get("HF_HUB_OFFLINE") != "1":
                 return Location(path, spec.gguf_file, local=False)
             why = "hub access is disabled (model.allow_hub=false or HF_HUB_OFFLINE=1)" if looks_like_hub_id else \
-                "no such folder"
+                "it is a file, not a folder" if folder.exists() else "no such folder"
             raise ConfigError(f"model.path: {path!r} is not a local model folder ({why}); pass "
                               f"model=hf model.path=DIR with a folder holding config.json")
     if spec.gguf_file and not (folder / spec.gguf_file).is_file():
@@ -122,6 +123,7 @@ def convert_gguf(loc: Location, spec: ModelSpec, cache_root: Path) -> Path:
         try:
             model.save_pretrained(tmp)
             _gguf_tokenizer(loc).save_pretrained(tmp)
+            normal_modes(tmp)
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -44,24 +44,15 @@ def file_stamps(folder: Path) -> list[dict]:
             for f in sorted(set(tensor_files(folder).values()))]
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file whole or not at all (a temporary name, then a rename), with the
-    process's normal file mode: safetensors itself creates files readable by their owner only."""
+    """Write a safetensors file whole or not at all (a temporary name, then a rename). Its mode is
+    safetensors' owner-only one: a folder others read is given normal modes when it is finished
+    (engine/files.py normal_modes)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
-    os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
 
 

@@ -76,13 +76,17 @@ class StreamedRun:
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self.lock = ResumeLock(self.folder)
         self.lock.acquire(self.folder)
-        self.state = open_state(self.folder, fingerprint(settings, plan, source, device, dtype))
-        n = len(self.model.blocks)
-        if self.state.message and not self.state.resumed:  # an earlier state that did not match
-            say(self.state.message)
-        if self.state.resumed:
-            say(f"resumed from block {self.state.done} of {n}: blocks before it are done ({self.folder})")
         self.notes: list[str] = []
+        try:
+            self.state = open_state(self.folder, fingerprint(settings, plan, source, device, dtype))
+            n = len(self.model.blocks)
+            if self.state.message and not self.state.resumed:  # an earlier state that did not match
+                say(self.state.message)
+            if self.state.resumed:  # (say may raise: a job cancelled at this step)
+                say(f"resumed from block {self.state.done} of {n}: blocks before it are done ({self.folder})")
+        except BaseException:
+            self.lock.release()
+            raise
 
     def measure_baseline(self, inputs: EvalInputs) -> BaselineSide:
         """The float baseline, block by block or from the cache; its notes say what it leaves out."""
@@ -117,7 +121,8 @@ class StreamedRun:
         return model
 
     def finish(self) -> None:
-        """The run succeeded: its resume folder goes (unless another run holds it by now)."""
+        """The run succeeded and is recorded: its resume folder goes (unless another run holds it
+        by now)."""
         try:
             self.lock.acquire(self.folder)
         except ConfigError:  # another run took it over: leave it

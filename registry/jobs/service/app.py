@@ -1,4 +1,6 @@
-"""The FastAPI app: OpenAPI docs at /docs, JSON errors, a body size limit, bearer tokens."""
+"""The FastAPI app: JSON errors with the documented statuses only, a body size limit, bearer
+tokens; the API's description at /openapi.json, and Swagger UI at /docs only with service.docs
+(its page loads assets from a CDN, which an offline machine cannot reach)."""
 
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ class ServiceState:
 
 
 def create_app(state: ServiceState) -> FastAPI:
+    # redirect_slashes=False: /jobs/ is a 404 like any unknown path, not a 307 to /jobs
     app = FastAPI(title="qrecipe", version="1", description="Submit, watch and cancel recipe runs; read the "
-                  "registry's variants. Send 'Authorization: Bearer TOKEN' when the service has tokens.")
+                  "registry's variants. Send 'Authorization: Bearer TOKEN' when the service has tokens.",
+                  docs_url="/docs" if state.service.docs else None, redoc_url=None, redirect_slashes=False)
     for name, value in vars(state).items():
         setattr(app.state, name, value)
     errors.install(app)

@@ -35,7 +35,7 @@ class Operator:
     def load(cls, items: list[str]) -> "Operator":
         from qrecipe.engine.config import compose, load_settings
 
-        from ...recorder import registry_url
+        from ...db import registry_url
 
         settings = load_settings(compose(with_operator_groups(items)))
         if not settings.registry.enabled:

@@ -3,8 +3,9 @@ print {"rss_before", "peak_rss", "seconds"} as JSON on the last stdout line.
 
     python stream_child.py '{"overrides": [...], "out": DIR}'
 
-RSS before is read after the imports, the config and the plan (the model's skeleton on the
-meta device): what is left is the run's own memory. The peak is the kernel's high-water mark
+RSS before is read after the imports, the config, the plan and the model's skeleton on the meta
+device (which imports transformers' modeling code: planning may not, its model description being
+cached, engine/models/structure_cache.py): what is left is the run's own memory. The peak is the kernel's high-water mark
 of this process (VmHWM: anonymous and file-backed pages together, so a mapped checkpoint counts).
 """
 
@@ -27,7 +28,7 @@ def main(request: dict) -> dict:
     import torch
 
     from qrecipe.engine.config import compose, load_settings
-    from qrecipe.engine.models.loading import resolve_dtype
+    from qrecipe.engine.models.loading import build_skeleton, load_config, resolve_dtype
     from qrecipe.engine.planning import build_plan
     from qrecipe.engine.streaming import quantize_to_checkpoint
 
@@ -35,6 +36,7 @@ def main(request: dict) -> dict:
     device = torch.device("cpu")
     plan, _ = build_plan(settings, device)
     dtype = resolve_dtype(settings.model.dtype, device)
+    build_skeleton(load_config(settings.model, Path(settings.paths.cache)))  # the modeling code imported
     torch.ones(64, 64) @ torch.ones(64, 64)  # thread pools up before the reading
     before = status("VmRSS")
     start = time.perf_counter()

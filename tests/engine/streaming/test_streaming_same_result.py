@@ -19,6 +19,7 @@ import torch
 
 from streaming_helpers import assert_same_tensors, in_memory, settings_of, streamed
 from qrecipe.engine.checkpoint import load_checkpoint
+from qrecipe.engine.files import current_umask
 from qrecipe.engine.models.weights import INDEX_FILE
 
 TINY = ("model=tinystories-656k", "data@calib.data=tinystories", "calib.samples=8", "calib.seq_len=128")
@@ -55,16 +56,10 @@ def test_streamed_and_in_memory_runs_give_identical_checkpoints(case, tmp_path):
     assert shards == [f"model-{i:05d}-of-{blocks + 1:05d}.safetensors" for i in range(1, blocks + 2)]
     assert index["weight_map"]["model.layers.0.self_attn.q_proj.qweight"] == shards[0]
     assert [p.name for p in (tmp_path / "resume").iterdir() if p.suffix != ".lock"] == []  # gone once done
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~current_umask()
     for f in shards + ["qrecipe_quant.json"]:
         assert stat.S_IMODE(os.stat(tmp_path / "streamed" / f).st_mode) == mode, f
     assert stat.S_IMODE(os.stat(tmp_path / "memory" / "model.safetensors").st_mode) == mode
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def test_streamed_baseline_reference_is_the_in_memory_one(tiny_model, tmp_path):
