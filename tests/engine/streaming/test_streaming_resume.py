@@ -63,3 +63,32 @@ def test_the_fingerprint_follows_the_model_files_the_plan_and_the_calibration(tm
     assert of("recipe.base.group_size=32")["plan_hash"] != base["plan_hash"]
     (model / "model.safetensors").touch()  # same bytes, a new modification time: not the same files
     assert of()["model"] != base["model"]
+
+
+def test_a_streamed_run_cancelled_while_recording_keeps_its_blocks_for_the_next(tmp_path, monkeypatch):
+    """Cancelled at the last point a run can be (its folder complete, being recorded): nothing is
+    recorded, the finished blocks stay, and the same run again resumes with every block done."""
+    import json
+
+    from conftest import TINY_RUN, compose_cfg
+    from qrecipe.engine.events import Stage
+    from qrecipe.engine.process import Cancelled
+    from qrecipe.engine.run import run
+
+    monkeypatch.setenv("QRECIPE_HOME", str(tmp_path / "home"))
+    cfg = compose_cfg(*TINY_RUN, "eval.windows=2", "eval.seq_len=64", "recipe=gptq", "data@calib.data=tinystories",
+                      "calib.samples=4", "calib.seq_len=64", "eval.speed.enabled=false", "eval.tasks.families=[]",
+                      "run.streaming=always", f"run.resume_dir={tmp_path / 'resume'}")
+
+    def cancel_at_recording(event):
+        if event.stage is Stage.RECORDING:
+            raise Cancelled("cancelled while recording")
+
+    with pytest.raises(Cancelled):
+        run(cfg, progress=False, on_event=cancel_at_recording)
+    (folder,) = [p for p in (tmp_path / "resume").iterdir() if p.suffix != ".lock"]
+    assert json.loads((folder / "state.json").read_text())["done"] == 2  # TinyStories-656K: 2 blocks
+    assert not list((tmp_path / "home" / "runs").iterdir())
+    result = run(cfg, progress=False)
+    assert any("resumed at block 2 of 2" in n for n in result.extra["notes"])
+    assert not folder.exists()
