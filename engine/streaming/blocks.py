@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..calibration.capture import capture_inputs, hidden_of
-from ..modules import QuantLinear, set_module
+from ..models.families import moe_layout
+from ..modules import PackedExperts, QuantExperts, QuantLinear, get_module, set_module
 from ..plan import Plan
 from .activations import ActivationStore, StoredInputs
 from .resume import ResumeState
@@ -37,11 +38,23 @@ class StreamedBlocks:
         # Blocks a previous run finished are in their shards; the skeleton gets their (empty)
         # QuantLinears so it describes the checkpoint as a run that did them all would.
         done = tuple(p + "." for p in self.prefixes[:self.start])
+        experts: dict[str, dict[str, PackedExperts]] = {}  # experts module -> its two tensors
         for lp in plan.quantized():
-            if lp.name.startswith(done):
+            if not lp.name.startswith(done):
+                continue
+            if lp.kind == "experts":
+                owner, _, leaf = lp.name.rpartition(".")
+                experts.setdefault(owner, {})[leaf] = PackedExperts(
+                    lp.num_experts, lp.in_features, lp.out_features, scheme=lp.scheme, params=lp.quant_params(),
+                    dtype=model.dtype, device="meta")
+            else:
                 set_module(model.model, lp.name, QuantLinear(lp.in_features, lp.out_features, bias=lp.bias,
                                                              scheme=lp.scheme, params=lp.quant_params(),
                                                              dtype=model.dtype, device="meta"))
+        layout = moe_layout(plan.model_type)
+        for owner, tensors in experts.items():  # the plan quantizes both tensors of an experts module
+            set_module(model.model, owner, QuantExperts(tensors[layout.gate_up], tensors[layout.down],
+                                                        get_module(model.model, owner).act_fn))
         self.store = ActivationStore(state.activations, budget_bytes, durable=True)
         self.block_seconds: list[float] = []
         self._opened = 0.0

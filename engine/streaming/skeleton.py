@@ -6,6 +6,12 @@ checkpoint and freed again (accelerate's `init_empty_weights` and
 Tied tensors (an lm_head sharing the embedding) are one tensor under several names: whichever
 name the checkpoint stores is read, once, and set under every name, so the copy written
 afterwards records the alias exactly as a model loaded whole does.
+
+A mixture-of-experts block's fused experts tensors (`mlp.experts.gate_up_proj` [E, 2I, H],
+`down_proj` [E, H, I]) are not in a hub checkpoint, which keeps one linear per expert and
+projection (families.py MoeLayout): they are assembled from those, expert by expert (gate rows,
+then up rows), as transformers' conversion mapping does when it loads the folder whole; a
+router the checkpoint names differently (Mixtral's `block_sparse_moe.gate`) is read under its name.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from torch import nn
 
 from ..calibration.capture import find_blocks
 from ..errors import ConfigError
-from ..models.families import final_norm
+from ..models.families import final_norm, moe_layout
 from .source import WeightSource
 
 
@@ -43,6 +49,7 @@ class StreamedModel:
                               f"set run.streaming=never")
         self.blocks_name, self.blocks = found
         self.norm_name = norm
+        self.moe = moe_layout(getattr(config, "model_type", ""))
         # every tensor name -> the names sharing its storage (itself included)
         groups: dict[int, list[str]] = {}
         for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers()):
@@ -85,11 +92,7 @@ class StreamedModel:
             current = self.model.get_parameter(name) if _is_param(self.model, name) else self.model.get_buffer(name)
             if current.device.type != "meta":
                 continue
-            stored = next((n for n in group if n in self.source), None)
-            if stored is None:
-                raise ConfigError(f"model.path: {self.source.folder} has no tensor {name!r} (nor a tied copy of it); "
-                                  f"the checkpoint does not match its config.json")
-            value = self.source.read(stored, self.device, current.dtype)
+            value = self._read(group, current)
             for alias in group:
                 set_module_tensor_to_device(self.model, alias, self.device, value=value, clear_cache=False)
 
@@ -100,6 +103,40 @@ class StreamedModel:
         for name in {a for n in names for a in self.tied.get(n, [n]) if self._exists(a)}:
             set_module_tensor_to_device(self.model, name, "meta", clear_cache=False)
         _empty_cache(self.device)
+
+    def _read(self, group: list[str], current: torch.Tensor) -> torch.Tensor:
+        """The tensor stored under one of the names in `group` (a tensor and its tied names), or
+        a mixture-of-experts tensor assembled from the checkpoint's per-expert linears."""
+        stored = next((n for n in group if n in self.source), None)
+        if stored is not None:
+            return self.source.read(stored, self.device, current.dtype)
+        parts = self._moe_parts(group[0], current)
+        if parts is None or any(n not in self.source for rows in parts for n in rows):
+            raise ConfigError(f"model.path: {self.source.folder} has no tensor {group[0]!r} (nor a tied copy of it); "
+                              f"the checkpoint does not match its config.json")
+        if len(parts) == 1 and len(parts[0]) == 1:  # a renamed router
+            return self.source.read(parts[0][0], self.device, current.dtype)
+        return torch.stack([torch.cat([self.source.read(n, self.device, current.dtype) for n in rows])
+                            for rows in parts])
+
+    def _moe_parts(self, name: str, current: torch.Tensor) -> list[list[str]] | None:
+        """Where the checkpoint keeps model tensor `name` of a MoE block (MoeLayout: the hub's
+        per-expert names): [[checkpoint names whose rows, concatenated, are expert e's]] for a
+        fused experts tensor, [[one name]] for a tensor it only renames (Mixtral's router), or
+        None outside a MoE block."""
+        layout = self.moe
+        inside = self.blocks_name + "."
+        if layout is None or not name.startswith(inside):
+            return None
+        index, _, rest = name[len(inside):].partition(".")
+        block = f"{self.blocks_name}.{index}"
+        owner, _, leaf = rest.rpartition(".")
+        if owner == layout.experts and leaf in (layout.gate_up, layout.down):
+            prefix = layout.checkpoint_name(block, layout.experts)
+            shards = [shard for shard, _ in layout.checkpoint_shards_of(leaf)]
+            return [[f"{prefix}.{e}.{shard}.weight" for shard in shards] for e in range(current.shape[0])]
+        renamed = layout.checkpoint_name(block, rest)
+        return None if renamed == name else [[renamed]]
 
     def _exists(self, name: str) -> bool:
         owner, _, leaf = name.rpartition(".")
