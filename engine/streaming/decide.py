@@ -55,7 +55,7 @@ def free_device_bytes(device: torch.device) -> int:
 def _blocks(info: ModelInfo) -> dict[str, list]:
     pattern = re.compile("^(" + "|".join(re.escape(b) for b in BLOCK_LISTS) + r")\.(\d+)\.")
     out: dict[str, list] = {}
-    for li in info.linears:
+    for li in info.units:  # linears, expert tensors (all their experts) and MoE routers
         m = pattern.match(li.name)
         if m:
             out.setdefault(m.group(0), []).append(li)
@@ -68,7 +68,7 @@ def estimate(settings: Settings, plan: Plan, info: ModelInfo, dtype: torch.dtype
     h, v = info.hidden_size, info.vocab_size
     blocks = _blocks(info)
     by_name = {lp.name: lp for lp in plan.layers}
-    linear_params = sum(li.numel + (li.out_features if li.bias else 0) for li in info.linears
+    linear_params = sum(li.numel + (li.out_features if li.bias else 0) for li in info.units
                         if li.name != info.tied_lm_head)
     float_bytes = (linear_params + info.other_params) * e
     norms = 2 * h  # a block's norms, beside its linears
@@ -81,11 +81,16 @@ def estimate(settings: Settings, plan: Plan, info: ModelInfo, dtype: torch.dtype
     stats = 0
     if hessian and blocks:
         lis = max(blocks.values(), key=lambda ls: sum(li.numel for li in ls))
-        shared = {g[0]: g for g in info.fused_groups}
-        grouped = {n for g in info.fused_groups for n in g[1:]}
+        # linears a serving engine fuses read one input (q/k/v, gate/up); an experts module's
+        # gate_up and down, fused into one MoE layer, do not
+        kinds = {u.name: u.kind for u in info.units}
+        grouped = {n for g in info.fused_groups if kinds.get(g[0]) == "linear" for n in g[1:]}
         k_max = max(li.in_features for li in lis)
-        stats = sum(li.in_features ** 2 * 4 for li in lis if li.name not in grouped or li.name in shared)
-        stats += 3 * k_max ** 2 * 4 + 3 * max(li.numel for li in lis) * 4  # GPTQ's factor: <= 3 at a time
+        # one Gram matrix per input read (an expert tensor: one per expert, its gate and up share one)
+        stats = sum(li.in_features ** 2 * 4 * li.num_experts for li in lis
+                    if li.kind != "router" and li.name not in grouped)
+        # GPTQ's factorization: <= 3 copies at a time of one linear's (one expert's) matrices
+        stats += 3 * k_max ** 2 * 4 + 3 * max(li.in_features * li.out_features for li in lis) * 4
     seq, batch = calib.seq_len, calib.batch_size
     work = batch * seq * ((8 * h + 3 * widest) + info.num_heads * seq) * e if calibrates else 0
     acts = calib.samples * seq * h * e if calibrates else 0

@@ -89,3 +89,45 @@ def test_a_timing_that_needs_the_baseline_is_refused_before_a_streamed_run_start
                                           "eval.speed.timing=auto"):
         run(cfg, progress=False)
     assert not (tmp_path / "root" / "runs").exists() and not (tmp_path / "resume").exists()
+
+
+def test_a_moe_model_is_estimated_with_all_its_experts(settings, tmp_path):
+    """Qwen3-30B-A3B's structure (tests/fixtures/moe; 2 of its 48 layers, to keep it quick): the
+    float weights and the largest block count every expert (128 per layer) and the router, as
+    the model's own parameters do; its GPTQ statistics a Gram matrix per expert and input."""
+    import json
+    from pathlib import Path
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads((Path(__file__).parents[2] / "fixtures" / "moe" / "qwen3-30b-a3b" / "config.json").read_text())
+    folder = tmp_path / "qwen3-30b-a3b-2-layers"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    params = sum(p.numel() for p in model.parameters())  # tied tensors once
+    block = sum(p.numel() for p in model.model.layers[0].parameters())
+    s = settings("model=hf", f"model.path={folder}", "recipe=gptq", "model.dtype=bfloat16", "calib.samples=8",
+                 "calib.seq_len=512")
+    plan, info = build_plan(s, torch.device("cpu"))
+    t = execution_plan(s, plan, info, torch.device("cuda"), torch.bfloat16, free_bytes=80 * GIB)["terms"]
+    assert abs(t["float_weights"] - 2 * params) < 1e-4 * 2 * params, (t["float_weights"], 2 * params)
+    assert abs(t["largest_block"] - 2 * block) < 1e-3 * 2 * block, (t["largest_block"], 2 * block)
+    h, i, e = 2048, 768, 128  # per expert: gate_up reads h, down reads i; attention: q/k/v share one, o_proj
+    assert t["calibration_stats"] >= 4 * (e * (h * h + i * i) + h * h + 4096 * 4096)
+
+
+def test_auto_runs_a_model_it_cannot_stream_in_memory_and_says_why(settings, tmp_path):
+    import json
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4,
+        "vocab_size": 128, "n_positions": 64}))
+    s = settings("model=hf", f"model.path={tmp_path / 'm'}", "recipe=w8a16")
+    plan, info = build_plan(s, torch.device("cpu"))
+    x = execution_plan(s, plan, info, torch.device("cpu"), torch.float32, free_bytes=1024)
+    assert x["mode"] == "in-memory"
+    assert "but model type 'gpt2' cannot stream (engine/models/families.py FINAL_NORMS); running in memory" in x["reason"]
