@@ -3,7 +3,8 @@ tests/moe_models.py (2 blocks, 4 experts, top-2; saved in the hub's per-expert l
 the streamed run fuses itself, tensor by tensor, as transformers does when it loads the folder
 whole) quantized with GPTQ on every linear and expert tensor, on 8 windows of 128 tokens of
 real text: the same packed tensors bit for bit, the same per-expert token counts and notes,
-the same logits; and a run stopped after its first block resumes into the same checkpoint.
+the same logits; a run stopped after its first block resumes into the same checkpoint; and the
+float baseline streamed block by block scores exactly as the model loaded whole.
 """
 
 from __future__ import annotations
@@ -60,3 +61,27 @@ def test_a_streamed_moe_run_gives_the_in_memory_checkpoint_and_resumes_into_it(a
     assert any(m.startswith("resumed from block 1 of 2") for m in said), said
     assert_same_tensors(tmp_path / "memory", tmp_path / "resumed")
     assert json.loads((tmp_path / "resumed" / "qrecipe_quant.json").read_text()) == meta["memory"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_moe_baseline_streamed_block_by_block_is_the_in_memory_one(arch, moe_dirs, tmp_path):
+    """Perplexity, top-k log-probs and ids of the float MoE, its blocks read from the per-expert
+    checkpoint one at a time, equal those of the model loaded whole by transformers."""
+    from conftest import STORIES
+    from moe_models import load_moe
+    from transformers import AutoTokenizer
+
+    from qrecipe.engine.data import token_windows
+    from qrecipe.engine.evaluate.divergence import reference_pass
+    from qrecipe.engine.streaming.baseline import streamed_references
+    from qrecipe.engine.streaming.skeleton import StreamedModel
+    from qrecipe.engine.streaming.source import WeightSource
+
+    model = load_moe(moe_dirs[arch])
+    windows = token_windows(AutoTokenizer.from_pretrained(moe_dirs[arch]), [STORIES.read_text(encoding="utf-8")], 128, 4)
+    ref = reference_pass(model, windows, 2, 16, progress=False)
+    skeleton = StreamedModel(model.config, WeightSource(moe_dirs[arch]), torch.device("cpu"), torch.float32)
+    got = streamed_references(skeleton, {"stories": windows}, 2, 16, tmp_path / "work", 1 << 30,
+                              lambda m: None)["stories"]
+    assert got.nll == ref.nll and got.tokens == ref.tokens
+    assert torch.equal(got.topk_logp, ref.topk_logp) and torch.equal(got.topk_ids, ref.topk_ids)
