@@ -38,6 +38,7 @@ class InputStats:
         # False once a batch's float and quantized inputs were not the same tokens (a routed
         # expert receives different tokens in the two models): the cross moment is then unusable
         self.cross_paired = True
+        self._mean = False  # _xtx holds the mean (hessian was read), no longer the running sum
 
     def observe_float(self, x: torch.Tensor, batch: int) -> None:
         """The float model's input for calibration batch `batch` (update() sees its pair next)."""
@@ -45,6 +46,8 @@ class InputStats:
             self._float_inputs[batch] = x.detach().reshape(-1, self.in_features).to(torch.float32)
 
     def update(self, x: torch.Tensor, batch: int = 0) -> None:
+        if self._mean:
+            raise RuntimeError("InputStats.update after its hessian was read")
         x = x.detach()
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         self.tokens += x2.shape[0]
@@ -68,8 +71,13 @@ class InputStats:
 
     @property
     def hessian(self) -> torch.Tensor:
-        """E[x x^T] over the calibration tokens [K, K] (float32)."""
-        return self._xtx / max(self.tokens, 1)
+        """E[x x^T] over the calibration tokens [K, K] (float32), not to be written to. The first
+        read turns the running sum into the mean in place: one K x K matrix is kept, not two
+        (a down_proj of Llama-3-8B: K = 14336, 822 MB each)."""
+        if not self._mean:
+            self._xtx.div_(max(self.tokens, 1))
+            self._mean = True
+        return self._xtx
 
     @property
     def cross(self) -> torch.Tensor:
