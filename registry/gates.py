@@ -199,16 +199,12 @@ def check_gates(thresholds: Thresholds, metrics: Mapping[str, Any]) -> list[Gate
             flag, why = _NOISE.get(metric, (None, None))
             noise = (str(metrics.get(why) or "flagged noisy") if flag and metrics.get(flag) else None)
             checks.append(GateCheck(gate, metric, op, float(threshold), _number(metrics.get(metric)), noise))
-    for family in sorted(thresholds.min_task_agreement):
-        threshold = thresholds.min_task_agreement[family]
-        if threshold is not None:
-            metric = M.task_metric(family, M.GREEDY_MATCH)
-            checks.append(GateCheck(f"min_task_agreement.{family}", metric, ">=", float(threshold),
-                                    _number(metrics.get(metric))))
-    for task in sorted(thresholds.max_task_flip_rate):
-        threshold = thresholds.max_task_flip_rate[task]
-        if threshold is not None:
-            metric = M.lm_eval_metric(task, M.FLIP_RATE)
-            checks.append(GateCheck(f"max_task_flip_rate.{task}", metric, "<=", float(threshold),
-                                    _number(metrics.get(metric))))
+    # gates with one threshold per task family or lm-eval task: (gate, its thresholds, metric of a key, op)
+    keyed = [("min_task_agreement", thresholds.min_task_agreement, lambda k: M.task_metric(k, M.GREEDY_MATCH), ">="),
+             ("max_task_flip_rate", thresholds.max_task_flip_rate, lambda k: M.lm_eval_metric(k, M.FLIP_RATE), "<=")]
+    for gate, by_key, metric_of, op in keyed:
+        for key in sorted(by_key):
+            if by_key[key] is not None:
+                metric = metric_of(key)
+                checks.append(GateCheck(f"{gate}.{key}", metric, op, float(by_key[key]), _number(metrics.get(metric))))
     return checks
