@@ -146,11 +146,32 @@ def _translate(e: Exception, overrides: list[str]) -> ConfigError:
     return ConfigError(" ".join(msg.strip().split()))
 
 
+_RECIPE_FILE = re.compile(r"^recipe=(.+\.ya?ml)$")
+
+
+def recipe_files(overrides: list[str]) -> list[str]:
+    """`recipe=PATH.yaml` (a recipe file anywhere, e.g. one `qrecipe search` wrote) -> the file
+    registered in the group under its stem, and the override rewritten to `recipe=STEM`."""
+    out = []
+    for text in overrides:
+        m = _RECIPE_FILE.match(text)
+        if m:
+            path = Path(m.group(1)).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"recipe={m.group(1)}: no such recipe file; pass an existing .yaml file or a recipe "
+                                  f"name ({', '.join(available_recipes())})")
+            ConfigStore.instance().store(group="recipe", name=path.stem, node=OmegaConf.load(path), provider="qrecipe")
+            _registered[path.stem] = path.resolve()
+            text = f"recipe={path.stem}"
+        out.append(text)
+    return out
+
+
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The composed config for these overrides (Hydra's compose API: no output folders, no cwd change)."""
     register_resolvers()
     register_recipes()
-    overrides = normalize_overrides(list(overrides))
+    overrides = normalize_overrides(recipe_files(list(overrides)))
     for ov in parse_overrides(overrides):
         key = ov.key_or_group
         if key == "hydra" or key.startswith(("hydra.", "hydra/")) or ov.package and ov.package.startswith("hydra"):

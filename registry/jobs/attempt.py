@@ -55,7 +55,7 @@ def run_job(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     kind = payload["kind"]
     if kind == "sleep":
         return _sleep(payload["params"], emit)
-    if kind in ("run", "plan"):
+    if kind in ("run", "plan", "search"):
         return _recipe(payload, emit)
     raise ValueError(f"unknown job kind {kind!r}")
 
@@ -91,6 +91,8 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     check_paths(settings, [Path(r) for r in payload["allowed_roots"]], allow_hub=payload["allow_hub"])
     if payload["kind"] == "plan":
         return _plan(settings, emit)
+    if payload["kind"] == "search":
+        return _search(cfg, emit)
     from qrecipe.engine.run import run
 
     def on_event(name: str, data: dict) -> None:
@@ -103,6 +105,22 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     summary = result.summary()
     return {k: summary.get(k) for k in ("variant_id", "run_number", "output_dir", "plan_hash", "recipe", "model",
                                         "target", "mlflow_run_id", "tracking_uri", "metrics")}
+
+
+def _search(cfg, emit: Events) -> dict[str, Any]:
+    from ..search_flow import render, search_and_record
+
+    def on_event(name: str, data: dict) -> None:
+        if name == "started":
+            emit("started", variant_id=data.get("variant_id"), run_number=data.get("run_number"))
+        elif name == "stage":
+            emit("stage", stage=data["stage"], progress=data["progress"])
+
+    outcome = search_and_record(cfg, on_event=on_event, progress=False)
+    print(render(outcome), flush=True)
+    return {k: outcome.get(k) for k in ("recipe", "recipe_path", "model", "target", "budget", "predicted", "measured",
+                                        "points", "spearman", "sensitivities", "seconds", "variant_id", "search_id",
+                                        "mlflow_run_id", "run_output_dir")}
 
 
 def _plan(settings, emit: Events) -> dict[str, Any]:
