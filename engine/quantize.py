@@ -74,13 +74,13 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
                    tokenizer=None, progress: bool = True) -> QuantReport:
     """Quantize the plan's layers in place. `calibration` is the calib spec (windows are
     sampled with `tokenizer`) or the token windows themselves [samples, seq_len]."""
-    from .calibration import calibrate_and_quantize, layer_calibrates
+    from .calibration import calibrate_and_quantize
 
     start = time.perf_counter()
     planned = plan.quantized()
     notes: list[str] = []
     tokens = 0
-    if any(layer_calibrates(lp) for lp in planned):
+    if plan.calibrates:
         windows, batch_size = _windows(calibration, tokenizer)
         tokens = windows.numel()
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, layer_task,

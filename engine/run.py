@@ -1,9 +1,11 @@
-"""One recipe run: plan, record its start, load, measure the baseline, quantize, measure the
-variant against it, write the variant folder, record the result (MLflow and the registry).
+"""One recipe run: plan, load, measure the baseline, quantize, measure the variant against it,
+write the variant folder. The run returns its result and tells its caller what it is doing
+through typed stage events (engine/events.py); it records nothing itself: a caller that keeps
+records passes a Recorder (engine/recording.py), e.g. the registry's (registry/recorder.py).
 
 The output folder is staged under a hidden name and renamed into place only when every
-file is written, so a failed run leaves nothing half-written behind; the registry then
-marks the run failed and its MLflow run is ended FAILED (registry/recorder.py).
+file is written, so a failed run leaves nothing half-written behind; the recorder is then
+told the run failed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import metric_names as M
 from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
@@ -28,11 +31,14 @@ from .evaluate import suite
 from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
 from .evaluate.tasks import check_task_data
+from .events import OnEvent, RunEvent, Stage
 from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
-from .plan.render import human_bytes, render_plan
+from .plan.render import render_plan
+from .tables import human_bytes
 from .planning import build_plan, local_device
 from .quantize import prepare_model, quantize_model
+from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +60,29 @@ class RunResult:
         lines = [
             f"variant {x.get('variant_id') or self.plan.recipe} ({self.plan.recipe} of {self.plan.model_id} for "
             f"{self.plan.target}, {self.plan.scheme_mix()})",
-            f"  perplexity  {m['ppl']:.4f} vs baseline {m['ppl_baseline']:.4f} ({m['ppl_delta_pct']:+.2f}%) "
-            f"on {m['eval_tokens']:,} tokens of {m['eval_data']}",
-            f"  divergence  KL {m['kl_mean']:.4f} mean, {m['kl_p99']:.4f} p99; top-1 agreement "
-            f"{100 * m['top1_agreement']:.1f}%",
+            f"  perplexity  {m[M.PPL]:.4f} vs baseline {m[M.PPL_BASELINE]:.4f} ({m[M.PPL_DELTA_PCT]:+.2f}%) "
+            f"on {m[M.EVAL_TOKENS]:,} tokens of {m[M.EVAL_DATA]}",
+            f"  divergence  KL {m[M.KL_MEAN]:.4f} mean, {m[M.KL_P99]:.4f} p99; top-1 agreement "
+            f"{100 * m[M.TOP1_AGREEMENT]:.1f}%",
         ]
         families = sorted({k.split(".")[1] for k in m if k.startswith("task.") and k.count(".") == 2})
         if families:
-            lines.append("  tasks       " + "; ".join(
-                f"{f} {m[f'task.{f}.greedy_match']:.2f} match, {m[f'task.{f}.loglik_delta']:+.3f} loglik"
-                + (f", {m[f'task.{f}.valid_rate']:.2f} valid" if f"task.{f}.valid_rate" in m else "")
-                for f in families))
-        if "decode_speedup" in m:
-            lines.append(f"  speed       prefill {m['prefill_tokens_per_s']:,.0f} tok/s ({m['prefill_speedup']:.2f}x), "
-                         f"decode {m['decode_ms_per_token']:.1f} ms/token ({m['decode_speedup']:.2f}x) on "
-                         f"{m['speed_device']}")
-        lines.append(f"  weights     {human_bytes(m['weight_bytes'])} vs {human_bytes(m['weight_bytes_baseline'])} "
-                     f"({m['weight_reduction']:.2f}x smaller)")
-        if "peak_memory_bytes" in m:
-            lines.append(f"  peak memory {human_bytes(m['peak_memory_bytes'])} vs "
-                         f"{human_bytes(m['peak_memory_bytes_baseline'])} ({m['peak_memory_method']})")
+            def task(f: str) -> str:
+                valid = M.task_metric(f, M.VALID_RATE)
+                return (f"{f} {m[M.task_metric(f, M.GREEDY_MATCH)]:.2f} match, "
+                        f"{m[M.task_metric(f, M.LOGLIK_DELTA)]:+.3f} loglik"
+                        + (f", {m[valid]:.2f} valid" if valid in m else ""))
+            lines.append("  tasks       " + "; ".join(task(f) for f in families))
+        if M.DECODE_SPEEDUP in m:
+            lines.append(f"  speed       prefill {m[M.PREFILL_TOKENS_PER_S]:,.0f} tok/s ({m[M.PREFILL_SPEEDUP]:.2f}x), "
+                         f"decode {m[M.DECODE_MS_PER_TOKEN]:.1f} ms/token ({m[M.DECODE_SPEEDUP]:.2f}x) on "
+                         f"{m[M.SPEED_DEVICE]}")
+        lines.append(f"  weights     {human_bytes(m[M.WEIGHT_BYTES])} vs {human_bytes(m[M.WEIGHT_BYTES_BASELINE])} "
+                     f"({m[M.WEIGHT_REDUCTION]:.2f}x smaller)")
+        if M.PEAK_MEMORY_BYTES in m:
+            lines.append(f"  peak memory {human_bytes(m[M.PEAK_MEMORY_BYTES])} vs "
+                         f"{human_bytes(m[M.PEAK_MEMORY_BYTES_BASELINE])} ({m[M.PEAK_MEMORY_METHOD]})")
+        lines += [f"  note        {n}" for n in x.get("notes", [])]
         lines.append(f"  written to  {self.output_dir}")
         if x.get("mlflow_run_id"):
             lines.append(f"  MLflow run  {x['mlflow_run_id']} in {x['tracking_uri']} (browse: qrecipe ui)")
@@ -86,20 +95,23 @@ def say(msg: str) -> None:
 
 class Steps:
     """Progress lines stamped with the seconds since the run started (where the time goes);
-    each is also passed to on_event("step", {"message": ...}) when a caller listens (a job)."""
+    each is also passed to on_event as a RunEvent of the stage the run is in."""
 
-    def __init__(self, on_event: Callable[[str, dict], None] | None = None) -> None:
+    def __init__(self, on_event: OnEvent | None = None) -> None:
         self.start = time.monotonic()
         self.on_event = on_event
+        self.stage = Stage.STARTED
 
-    def __call__(self, msg: str) -> None:
+    def __call__(self, msg: str, stage: Stage | None = None) -> None:
+        """Print msg; `stage` when the run enters a new stage."""
+        self.stage = stage or self.stage
         say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
         if self.on_event is not None:
-            self.on_event("step", {"message": msg})
+            self.on_event(RunEvent(self.stage, msg))
 
 
 def _output_dir(settings: Settings, plan: Plan) -> Path:
-    """Where the variant folder should go (checked before any work; reserved by _reserve)."""
+    """Where the variant folder should go (checked before any work; reserved by reserve_output)."""
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
         if out.exists():
@@ -111,7 +123,7 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
     return Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
 
 
-def _reserve(out: Path, numbered: bool) -> tuple[Path, Path]:
+def reserve_output(out: Path, numbered: bool) -> tuple[Path, Path]:
     """(folder, its staging folder), the staging folder created here and by no one else.
 
     Runs started in the same second with the same recipe want the same name; creating the
@@ -135,11 +147,11 @@ def _reserve(out: Path, numbered: bool) -> tuple[Path, Path]:
     raise RuntimeError(f"no free run folder name next to {out}")
 
 
-def run(cfg: DictConfig, progress: bool = True, on_event: Callable[[str, dict], None] | None = None) -> RunResult:
-    """on_event(name, data), when given, hears "started" (the registry run: variant_id,
-    run_number) and each "step" of the run: how a job reports its progress."""
-    from ..registry.recorder import RunRecorder
-
+def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True,
+        on_event: OnEvent | None = None) -> RunResult:
+    """Run the recipe in `cfg`. `recorder` keeps the record of the run (none by default);
+    `on_event` hears a RunEvent at each step (how a job reports its stage and progress)."""
+    recorder = recorder if recorder is not None else NullRecorder()
     step = Steps(on_event)
     settings = load_settings(cfg)
     device = local_device(settings)
@@ -151,15 +163,12 @@ def run(cfg: DictConfig, progress: bool = True, on_event: Callable[[str, dict], 
     say(render_plan(plan))
     out = _output_dir(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
-    recorder = RunRecorder(settings, plan, info.model_type, str(device), str(dtype).replace("torch.", ""))
-    if on_event is not None:
-        on_event("started", recorder.summary())
-    step(recorder.describe_start())
+    step(recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype))), Stage.STARTED)
     staging, renamed = None, False
     try:
-        out, staging = _reserve(out, numbered=not settings.run.output_dir)
+        out, staging = reserve_output(out, numbered=not settings.run.output_dir)
         metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
-        recorder.log_outputs(staging, metrics, errors)
+        recorder.outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
         recorder.succeed(out.resolve(), metrics)
@@ -168,8 +177,13 @@ def run(cfg: DictConfig, progress: bool = True, on_event: Callable[[str, dict], 
         if staging is not None:
             shutil.rmtree(out if renamed else staging, ignore_errors=True)
         raise
+    step(f"done: {out.resolve()}", Stage.DONE)
     return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
                      extra=recorder.summary())
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _original_weights(settings: Settings) -> Path | None:
@@ -178,47 +192,50 @@ def _original_weights(settings: Settings) -> Path | None:
     return Path(loc.source) if loc.local and not loc.gguf_file else None
 
 
-def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path, recorder,
-             step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
+def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path,
+             recorder: Recorder, step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
     torch.manual_seed(settings.run.seed)
-    dtype_name = str(dtype).replace("torch.", "")
-    step(f"loading {settings.model.name} ({dtype}, {device}) ...")
+    dtype_name = _dtype_name(dtype)
+    step(f"loading {settings.model.name} ({dtype}, {device}) ...", Stage.LOADING)
     model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     inputs = suite.prepare_inputs(settings, tokenizer)
-    step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device))
+    step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device),
+         Stage.BASELINE)
     base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
-    recorder.record_baseline(base.key, str(device), dtype_name, base.key_parts,
-                             {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
-                              "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder))
-    step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}")
+    recorder.baseline(BaselineRecord(base.key, str(device), dtype_name, base.key_parts,
+                                     {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
+                                      "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder)))
+    step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}; quantizing ...",
+         Stage.QUANTIZING)
     report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
     backends = prepare_model(model)
-    step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the baseline ...")
+    step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the baseline ...",
+         Stage.SCORING)
     metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
-    step("timing the variant ...")
+    step("timing the variant ...", Stage.TIMING)
     speed = suite.measure_variant_speed(model, settings, inputs)
     method = peak_method(settings.eval.memory.method, device)
     if settings.run.save_checkpoint or method == "child":  # the child process loads the variant from it
-        step("writing checkpoint ...")
+        step("writing checkpoint ...", Stage.CHECKPOINT)
         save_checkpoint(model, tokenizer, plan, staging / "model")
     if method != "off":
-        step("peak memory of the variant ...")
+        step("peak memory of the variant ...", Stage.PEAK_MEMORY)
     peak = suite.measure_variant_peak(settings, device, model, staging / "model")
     if not settings.run.save_checkpoint:
         shutil.rmtree(staging / "model", ignore_errors=True)
-    step("per-layer error ...")
+    step("per-layer error ...", Stage.LAYER_ERROR)
     errors = layer_errors(model, _original_weights(settings))
     metrics.update(suite.speed_and_memory_metrics(base, speed, peak, weight_bytes(model), method))
     metrics.update(summarize(errors))
     metrics.update({
-        "baseline_cached": base.cached, "quantize_seconds": report.seconds, "layers_quantized": report.layers,
-        "layers_emulated": sum(1 for lp in plan.layers if lp.emulated), "device": str(device), "dtype": dtype_name,
+        M.BASELINE_CACHED: base.cached, M.QUANTIZE_SECONDS: report.seconds, M.LAYERS_QUANTIZED: report.layers,
+        M.LAYERS_EMULATED: sum(1 for lp in plan.layers if lp.emulated), M.DEVICE: str(device), M.DTYPE: dtype_name,
     })
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees
         log.warning("backends differ from the plan for %d layers (e.g. %s)", len(mismatched), next(iter(mismatched)))
     if report.calibration_tokens:
-        metrics["calibration_tokens"] = report.calibration_tokens
+        metrics[M.CALIBRATION_TOKENS] = report.calibration_tokens
     _write(settings, plan, metrics, report.notes, errors, staging, calibrated=bool(report.calibration_tokens))
     return metrics, errors
 

@@ -44,9 +44,27 @@ class QuantizedWeight:
 
 
 class WeightFormat(ABC):
+    """A format's traits are class attributes here, so nothing else in qrecipe tests a format's
+    name: adding a format is its folder, one line in kernels/__init__.py and its export mapping."""
+
     name: str
     weight_bits: int
     activation_dtype: str  # "float" (weight-only), "int8" or "fp8"
+    scale_dtype: torch.dtype  # how weight scales are stored (codes are computed with the rounded scale)
+    float_codes: bool = False  # codes are floating-point values (FP8 E4M3), not integers on a grid
+    group_sizes: tuple[int, ...] = ()  # group sizes allowed besides per-channel; () per-channel only
+    default_group_size: int | None = None  # None: per-channel
+    asymmetric_ok: bool = False  # weights may carry zero points
+    activation_modes: tuple[str, ...] = ()  # how activations are quantized (first is the default); ()
+    # for weight-only formats
+
+    @property
+    def weight_only(self) -> bool:
+        return self.activation_dtype == "float"
+
+    def stores_zero(self, p: QuantParams) -> bool:
+        """Whether a layer with these parameters keeps integer zero points."""
+        return self.asymmetric_ok and not p.symmetric
 
     @abstractmethod
     def buffer_specs(self, out_features: int, in_features: int, p: QuantParams) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -16,6 +16,8 @@ from .format import QuantizedWeight, QuantParams, WeightFormat
 
 class ScaledActivationFormat(WeightFormat):
     weight_bits = 8
+    scale_dtype = torch.float32
+    activation_modes = ("dynamic", "static")
     code_dtype: torch.dtype  # storage dtype of the weight codes
     act_max: float  # activations are scaled so that absmax maps onto this
 
@@ -25,7 +27,8 @@ class ScaledActivationFormat(WeightFormat):
     def _load_codes(self, qweight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _quantize_activations(self, x2d: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def quantize_activations(self, x2d: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Activation codes of x [M, K] for a per-token [M, 1] or per-tensor scale."""
         raise NotImplementedError
 
     def _accumulate(self, xq: torch.Tensor, qweight: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,7 @@ class ScaledActivationFormat(WeightFormat):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         s_x = activation_scale(x2, self.act_max, buffers.get("input_scale"))
-        acc = self._accumulate(self._quantize_activations(x2, s_x), buffers["qweight"])
+        acc = self._accumulate(self.quantize_activations(x2, s_x), buffers["qweight"])
         y = acc * s_x * buffers["weight_scale"].reshape(1, -1)
         if bias is not None:
             y = y + bias.to(torch.float32)

@@ -13,10 +13,14 @@ from .affine import dequantize_codes
 from .format import QuantizedWeight, QuantParams, WeightFormat
 
 SCALE_DTYPE = torch.float16
+GROUP_SIZES = (32, 64, 128)
 
 
 class IntWeightOnlyFormat(WeightFormat):
     activation_dtype = "float"
+    scale_dtype = SCALE_DTYPE
+    group_sizes = GROUP_SIZES
+    asymmetric_ok = True
     code_dtype: torch.dtype  # storage dtype of packed codes and zero points
 
     def _codes_shape(self, out_features: int, in_features: int) -> tuple[int, int]:

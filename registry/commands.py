@@ -1,4 +1,4 @@
-"""The registry's commands (engine/cli.py registers them):
+"""The registry's commands (registry/cli.py registers them):
 
     qrecipe variants list [--model M] [--json]          every variant, its status and headline numbers
     qrecipe variants show VARIANT [--json]              one variant (id or unique prefix): metrics and runs
@@ -21,32 +21,33 @@ import time
 import urllib.request
 from pathlib import Path
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.errors import ConfigError, QRecipeError
 
 from .promotion_commands import add_promotion_commands
 
 
-def _settings(overrides: list[str]):
+def settings_for(overrides: list[str]):
     from qrecipe.engine.config import compose, load_settings
 
     return load_settings(compose(overrides))
 
 
-def _split(items: list[str]) -> tuple[list[str], list[str]]:
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
     """(variant refs, config overrides): overrides are the items with '='."""
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
-def _one_ref(items: list[str], usage: str) -> tuple[str, list[str]]:
+def one_ref(items: list[str], usage: str) -> tuple[str, list[str]]:
     """(the one positional argument, config overrides); `usage` is the error when there is not
     exactly one."""
-    refs, overrides = _split(items)
+    refs, overrides = split_items(items)
     if len(refs) != 1:
         raise ConfigError(usage)
     return refs[0], overrides
 
 
-def _engine(settings, catch_up: bool = True):
+def open_for(settings, catch_up: bool = True):
     """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands)."""
     from .db import open_registry
     from .promotion_commands import catch_up_mirror
@@ -65,14 +66,14 @@ def _fmt(value, spec: str) -> str:
 
 
 def cmd_list(args) -> int:
-    from qrecipe.engine.plan.render import _table
+    from qrecipe.engine.tables import text_table
 
     from .queries import list_variants
 
-    refs, overrides = _split(args.items)
+    refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"variants list: unexpected argument {refs[0]!r}; filter with --model NAME")
-    variants = list_variants(_engine(_settings(overrides)), args.model)
+    variants = list_variants(open_for(settings_for(overrides)), args.model)
     if args.json:
         print(json.dumps([{"id": v.id, "model": v.base_model.name, "recipe": v.recipe_name, "target": v.target,
                            "status": v.status, "runs": v.runs_count, "scheme_mix": v.scheme_mix,
@@ -86,9 +87,9 @@ def cmd_list(args) -> int:
     for v in variants:
         m = v.metrics or {}
         rows.append([v.id, v.base_model.name, v.recipe_name, v.target, v.status, str(v.runs_count),
-                     _fmt(m.get("ppl_delta_pct"), "+.2f"), _fmt(m.get("kl_mean"), ".4f"),
-                     _fmt(m.get("weight_reduction"), ".2f"), v.scheme_mix, str(v.updated_at)[:19]])
-    print(_table(["variant", "model", "recipe", "target", "status", "runs", "ppl %", "KL", "memory x", "schemes",
+                     _fmt(m.get(M.PPL_DELTA_PCT), "+.2f"), _fmt(m.get(M.KL_MEAN), ".4f"),
+                     _fmt(m.get(M.WEIGHT_REDUCTION), ".2f"), v.scheme_mix, str(v.updated_at)[:19]])
+    print(text_table(["variant", "model", "recipe", "target", "status", "runs", "ppl %", "KL", "memory x", "schemes",
                   "updated"], rows))
     return 0
 
@@ -96,9 +97,9 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from .queries import find_variant, variant_runs
 
-    ref, overrides = _one_ref(args.items, "variants show: name one variant (its id or a unique prefix), "
+    ref, overrides = one_ref(args.items, "variants show: name one variant (its id or a unique prefix), "
                                           "e.g. qrecipe variants show 3f9a")
-    engine = _engine(_settings(overrides))
+    engine = open_for(settings_for(overrides))
     v = find_variant(engine, ref)
     runs = variant_runs(engine, v.id)
     if args.json:
@@ -131,8 +132,8 @@ def cmd_compare(args) -> int:
     from .compare import legend, matrix_row, render_text, shipped_targets
     from .queries import find_variant, list_variants
 
-    refs, overrides = _split(args.items)
-    engine = _engine(_settings(overrides))
+    refs, overrides = split_items(args.items)
+    engine = open_for(settings_for(overrides))
     variants = [find_variant(engine, r) for r in refs] if refs else list_variants(engine, args.model, True)
     if not variants:
         print("no measured variants to compare: `qrecipe run` records one")
@@ -167,9 +168,9 @@ def _print_searches(engine, model: str) -> None:
 def cmd_report(args) -> int:
     from .report import write_report
 
-    ref, overrides = _one_ref(args.items, "report: name one model, e.g. qrecipe report smollm2-135m "
+    ref, overrides = one_ref(args.items, "report: name one model, e.g. qrecipe report smollm2-135m "
                                           "(`qrecipe variants list` shows them)")
-    result = write_report(_settings(overrides), ref, Path(args.out).resolve() if args.out else None)
+    result = write_report(settings_for(overrides), ref, Path(args.out).resolve() if args.out else None)
     print(f"report: {result['report']}")
     for p in result["plots"]:
         print(f"plot:   {p}")
@@ -196,10 +197,10 @@ def _stderr_fd():
 def cmd_ui(args) -> int:
     from .tracking import artifact_root, ensure_store, tracking_uri
 
-    refs, overrides = _split(args.items)
+    refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"ui: unexpected argument {refs[0]!r}; use --host/--port, and KEY=VALUE overrides")
-    settings = _settings(overrides)
+    settings = settings_for(overrides)
     uri = tracking_uri(settings)
     if not uri.startswith("sqlite:"):
         print(f"tracking.uri is the server {uri}: open it in a browser (qrecipe ui serves the embedded store only)")

@@ -17,7 +17,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from qrecipe.engine.plan.render import _table
+from qrecipe.engine import metric_names as M
+from qrecipe.engine.tables import text_table
 from qrecipe.engine.targets import Target, parse_target
 
 from .models import Variant
@@ -47,12 +48,12 @@ def matrix_row(variant: Variant, targets: list[Target]) -> dict[str, Any]:
     m = variant.metrics or {}
     return {
         "variant": variant.id, "model": variant.base_model.name, "recipe": variant.recipe_name,
-        "target": variant.target, "weight_reduction": m.get("weight_reduction"),
-        "decode_speedup": m.get("decode_speedup"), "prefill_speedup": m.get("prefill_speedup"),
-        "ppl_delta_pct": m.get("ppl_delta_pct"), "kl_mean": m.get("kl_mean"),
-        "top1_agreement": m.get("top1_agreement"), "worst_family": m.get("task.worst_family"),
-        "worst_family_match": m.get("task.worst_greedy_match"),
-        "serves_on": serves_on(variant.requires or [], m.get("weight_bytes"), targets),
+        "target": variant.target, "weight_reduction": m.get(M.WEIGHT_REDUCTION),
+        "decode_speedup": m.get(M.DECODE_SPEEDUP), "prefill_speedup": m.get(M.PREFILL_SPEEDUP),
+        "ppl_delta_pct": m.get(M.PPL_DELTA_PCT), "kl_mean": m.get(M.KL_MEAN),
+        "top1_agreement": m.get(M.TOP1_AGREEMENT), "worst_family": m.get(M.TASK_WORST_FAMILY),
+        "worst_family_match": m.get(M.TASK_WORST_GREEDY_MATCH),
+        "serves_on": serves_on(variant.requires or [], m.get(M.WEIGHT_BYTES), targets),
         "scheme_mix": variant.scheme_mix, "status": variant.status, "runs": variant.runs_count,
     }
 
@@ -71,7 +72,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 
 def render_text(rows: list[dict[str, Any]]) -> str:
-    return _table(COLUMNS, [_cells(r) for r in rows])
+    return text_table(COLUMNS, [_cells(r) for r in rows])
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -19,13 +19,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.errors import ConfigError
 
 # gate -> (metric, comparison)
 _SCALAR_GATES = {
-    "max_ppl_increase_pct": ("ppl_delta_pct", "<="),
-    "max_kl_mean": ("kl_mean", "<="),
-    "min_top1_agreement": ("top1_agreement", ">="),
+    "max_ppl_increase_pct": (M.PPL_DELTA_PCT, "<="),
+    "max_kl_mean": (M.KL_MEAN, "<="),
+    "min_top1_agreement": (M.TOP1_AGREEMENT, ">="),
 }
 _LAYERS = ("models", "recipes")
 
@@ -146,7 +147,7 @@ def check_gates(thresholds: Thresholds, metrics: Mapping[str, Any]) -> list[Gate
     for family in sorted(thresholds.min_task_agreement):
         threshold = thresholds.min_task_agreement[family]
         if threshold is not None:
-            metric = f"task.{family}.greedy_match"
+            metric = M.task_metric(family, M.GREEDY_MATCH)
             checks.append(GateCheck(f"min_task_agreement.{family}", metric, ">=", float(threshold),
                                     _number(metrics.get(metric))))
     return checks

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qrecipe.engine import metric_names as M
+
 MIB = 2**20
 
 
@@ -19,8 +21,8 @@ def _pyplot():
 
 def point(label: str, metrics: dict[str, Any], highlight: bool = False) -> dict[str, Any]:
     """One variant on the quality-vs-memory plot, from its metrics."""
-    return {"label": label, "weight_bytes": metrics.get("weight_bytes"), "ppl_delta_pct": metrics.get("ppl_delta_pct"),
-            "kl_mean": metrics.get("kl_mean"), "highlight": highlight}
+    return {"label": label, M.WEIGHT_BYTES: metrics.get(M.WEIGHT_BYTES), M.PPL_DELTA_PCT: metrics.get(M.PPL_DELTA_PCT),
+            M.KL_MEAN: metrics.get(M.KL_MEAN), "highlight": highlight}
 
 
 def quality_vs_memory(points: list[dict[str, Any]], baseline_bytes: int | None, path: Path, title: str) -> Path:
@@ -31,14 +33,14 @@ def quality_vs_memory(points: list[dict[str, Any]], baseline_bytes: int | None, 
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, ylabel in ((axes[0], "ppl_delta_pct", "perplexity change vs baseline (%)"),
-                            (axes[1], "kl_mean", "mean KL(baseline || variant) (nats)")):
+    for ax, key, ylabel in ((axes[0], M.PPL_DELTA_PCT, "perplexity change vs baseline (%)"),
+                            (axes[1], M.KL_MEAN, "mean KL(baseline || variant) (nats)")):
         for p in points:
-            if p.get(key) is None or p.get("weight_bytes") is None:
+            if p.get(key) is None or p.get(M.WEIGHT_BYTES) is None:
                 continue
-            ax.scatter(p["weight_bytes"] / MIB, p[key], s=60 if p.get("highlight") else 30,
+            ax.scatter(p[M.WEIGHT_BYTES] / MIB, p[key], s=60 if p.get("highlight") else 30,
                        color="tab:red" if p.get("highlight") else "tab:blue", zorder=3)
-            ax.annotate(p["label"], (p["weight_bytes"] / MIB, p[key]), fontsize=7, xytext=(4, 3),
+            ax.annotate(p["label"], (p[M.WEIGHT_BYTES] / MIB, p[key]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
         if baseline_bytes:
             ax.scatter(baseline_bytes / MIB, 0, marker="*", s=120, color="black", zorder=3)
@@ -83,7 +85,7 @@ def task_families(rows: list[dict[str, Any]], families: list[str], path: Path, t
     fig, ax = plt.subplots(figsize=(max(6, len(families) * 1.8), 4))
     width = 0.8 / max(1, len(rows))
     for i, row in enumerate(rows):
-        values = [row["metrics"].get(f"task.{f}.greedy_match") or 0 for f in families]
+        values = [row["metrics"].get(M.task_metric(f, M.GREEDY_MATCH)) or 0 for f in families]
         ax.bar([j + i * width for j in range(len(families))], values, width=width, label=row["label"])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(families))], families)
     ax.set_ylim(0, 1.05)
@@ -106,8 +108,8 @@ def pareto_front(points: list[dict[str, Any]], path: Path, title: str) -> Path:
     chosen, pareto_kl, pareto_ppl}."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, front_key, ylabel in ((axes[0], "kl_mean", "pareto_kl", "mean KL(baseline || variant) (nats)"),
-                                       (axes[1], "ppl_delta_pct", "pareto_ppl", "perplexity change vs baseline (%)")):
+    for ax, key, front_key, ylabel in ((axes[0], M.KL_MEAN, "pareto_kl", "mean KL(baseline || variant) (nats)"),
+                                       (axes[1], M.PPL_DELTA_PCT, "pareto_ppl", "perplexity change vs baseline (%)")):
         shown = [p for p in points if (p.get("measured") or {}).get(key) is not None]
         front = sorted((p for p in shown if p.get(front_key)), key=lambda p: p["weight_bytes"])
         if front:
@@ -119,9 +121,9 @@ def pareto_front(points: list[dict[str, Any]], path: Path, title: str) -> Path:
                        zorder=3)
             ax.annotate(p["label"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
             predicted = (p.get("predicted") or {}).get(key)
-            if key == "kl_mean" and predicted is not None:
+            if key == M.KL_MEAN and predicted is not None:
                 ax.scatter(x, predicted, s=30, facecolors="none", edgecolors="gray", zorder=3)
-        if key == "kl_mean":
+        if key == M.KL_MEAN:
             ax.scatter([], [], s=30, facecolors="none", edgecolors="gray", label="predicted (calibration slice)")
         ax.set_xlabel("weight memory (MiB)")
         ax.set_ylabel(ylabel)

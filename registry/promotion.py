@@ -105,10 +105,6 @@ class PromotionResult:
     def alias(self) -> str:
         return alias_name(self.stage, self.target)
 
-    @property
-    def failed_checks(self) -> list[GateCheck]:
-        return [c for c in self.checks if not c.passed]
-
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "changed": self.changed, "promotion_id": self.promotion_id,
                 "model": self.model, "target": self.target, "stage": self.stage, "alias": self.alias,

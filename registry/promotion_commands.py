@@ -19,13 +19,13 @@ from qrecipe.engine.errors import ConfigError
 
 def _parts(args, what: str, usage: str):
     """(the one positional argument, settings, registry engine, mirror)."""
-    from .commands import _engine, _one_ref, _settings
+    from .commands import open_for, one_ref, settings_for
     from .mirror import ModelRegistryMirror
 
-    ref, overrides = _one_ref(args.items, f"variants {args.variants_command}: name one {what}, e.g. {usage}")
-    settings = _settings(overrides)
+    ref, overrides = one_ref(args.items, f"variants {args.variants_command}: name one {what}, e.g. {usage}")
+    settings = settings_for(overrides)
     # promote and rollback sync the mirror themselves, after their commit
-    engine = _engine(settings, catch_up=args.variants_command == "history")
+    engine = open_for(settings, catch_up=args.variants_command == "history")
     return ref, settings, engine, ModelRegistryMirror.from_settings(settings)
 
 
@@ -69,8 +69,8 @@ def cmd_promote(args) -> int:
 def cmd_rollback(args) -> int:
     from .promotion import rollback
 
-    model, _settings, engine, mirror = _parts(args, "base model",
-                                              "qrecipe variants rollback smollm2-135m --target h100")
+    model, _, engine, mirror = _parts(args, "base model",
+                                       "qrecipe variants rollback smollm2-135m --target h100")
     result = rollback(engine, model, args.target, stage=args.stage, reason=args.reason, actor=_actor(args),
                       mirror=mirror)
     _print_result(result, args.json)
@@ -89,11 +89,11 @@ def _gates_cell(gates: dict | None) -> str:
 
 
 def cmd_history(args) -> int:
-    from qrecipe.engine.plan.render import _table
+    from qrecipe.engine.tables import text_table
 
     from .promotion_history import history, stage_holders
 
-    model, _settings, engine, _mirror = _parts(args, "base model", "qrecipe variants history smollm2-135m")
+    model, _, engine, _mirror = _parts(args, "base model", "qrecipe variants history smollm2-135m")
     entries = history(engine, model, args.target, args.stage)
     holders = [p for p in stage_holders(engine, model) if (not args.target or p.target == args.target)
                and (not args.stage or p.stage == args.stage)]
@@ -109,7 +109,7 @@ def cmd_history(args) -> int:
     rows = [[str(e.id), str(e.created_at)[:19], e.action, e.target, e.stage, e.previous_variant_id or "-",
              f"{e.variant_id} ({e.variant_recipe})", e.actor, "yes" if e.forced else "", _gates_cell(e.gates),
              e.reason or ""] for e in entries]
-    print(_table(["#", "when (UTC)", "action", "target", "stage", "from", "to", "who", "forced", "gates", "reason"],
+    print(text_table(["#", "when (UTC)", "action", "target", "stage", "from", "to", "who", "forced", "gates", "reason"],
                  rows))
     for p in holders:
         mirrored = "mirrored in MLflow" if p.mirrored_promotion_id == p.promotion_id else "MLflow mirror pending"
@@ -118,19 +118,19 @@ def cmd_history(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from .commands import _engine, _settings, _split
+    from .commands import open_for, settings_for, split_items
     from .mirror import ModelRegistryMirror
 
-    refs, overrides = _split(args.items)
+    refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"variants sync: unexpected argument {refs[0]!r}; it takes only KEY=VALUE overrides "
                           f"and --all")
-    settings = _settings(overrides)
+    settings = settings_for(overrides)
     mirror = ModelRegistryMirror.from_settings(settings)
     if mirror is None:
         raise ConfigError("tracking.enabled: tracking is off in this config, so there is no MLflow to sync; "
                           "drop tracking=off")
-    report = mirror.sync(_engine(settings, catch_up=False), everything=args.all)
+    report = mirror.sync(open_for(settings, catch_up=False), everything=args.all)
     if args.json:
         print(json.dumps({"synced": report.synced, "pending": report.pending}))
     else:

@@ -1,4 +1,5 @@
-"""What one `qrecipe run` leaves in the registry and in MLflow, from start to end.
+"""What one `qrecipe run` leaves in the registry and in MLflow, from start to end: the
+engine's Recorder (engine/recording.py) that the CLI and job attempts pass to engine.run.
 
     start      (before the model loads) the variant is found or created and a `running` run
                row added; an MLflow run is started RUNNING with its params and tags
@@ -22,10 +23,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from qrecipe.engine.algorithms import get_algorithm
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.config.settings import Settings
 from qrecipe.engine.errors import QRecipeError
 from qrecipe.engine.plan import Plan
+from qrecipe.engine.recording import BaselineRecord, RunStart
 from qrecipe.engine.schemes import SCHEMES
 
 from . import plots
@@ -46,17 +48,13 @@ def registry_url(settings: Settings) -> str:
     return settings.registry.url or default_url(settings.paths.root)
 
 
-def _calibrates(plan: Plan) -> bool:
-    return any(get_algorithm(lp.algorithm).needs_calibration for lp in plan.quantized())
-
-
 def recipe_hash(settings: Settings, plan: Plan) -> str:
     """The resolved recipe without its description; with the calibration settings when a
     layer's algorithm calibrates (they change the weights, so they are part of the variant)."""
     recipe = OmegaConf.to_container(settings.raw.recipe, resolve=True)
     recipe.pop("description", None)
     payload: dict[str, Any] = {"recipe": recipe}
-    if _calibrates(plan):
+    if plan.calibrates:
         payload["calib"] = OmegaConf.to_container(settings.raw.calib, resolve=True)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -72,7 +70,7 @@ def run_params(settings: Settings, plan: Plan, ident: VariantIdentity, device: s
     raw = settings.raw
     params = flatten(OmegaConf.to_container(raw.recipe, resolve=True), "recipe")
     params.update(flatten(OmegaConf.to_container(raw.eval, resolve=True), "eval"))
-    if _calibrates(plan):
+    if plan.calibrates:
         params.update(flatten(OmegaConf.to_container(raw.calib, resolve=True), "calib"))
     params.update({"model": plan.model_id, "model.path": settings.model.path, "model.type": ident.model_type,
                    "target": plan.target, "device": device, "dtype": dtype, "plan_hash": plan.plan_hash,
@@ -106,23 +104,32 @@ def _start_mlflow(settings: Settings, model: str, name: str, tags: dict[str, str
 
 
 class RunRecorder:
-    def __init__(self, settings: Settings, plan: Plan, model_type: str, device: str, dtype: str):
-        self.settings, self.plan = settings, plan
-        self.ident = identity(settings, plan, model_type)
-        self.engine = open_registry(registry_url(settings)) if settings.registry.enabled else None
+    """Registry rows and an MLflow run for one engine run (engine.recording.Recorder)."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.plan: Plan | None = None
+        self.ident: VariantIdentity | None = None
+        self.engine = None
         self.handle: RunHandle | None = None
         self.mlflow: MlflowRun | None = None
         self.baseline_id: int | None = None
+
+    def start(self, run: RunStart) -> str:
+        settings, plan = self.settings, self.plan = run.settings, run.plan
+        self.ident = identity(settings, plan, run.model_type)
+        self.engine = open_registry(registry_url(settings)) if settings.registry.enabled else None
         if self.engine is not None:
-            self.handle = begin_run(self.engine, self.ident, device, versions()["qrecipe"], git_commit())
+            self.handle = begin_run(self.engine, self.ident, run.device, versions()["qrecipe"], git_commit())
         try:
             if settings.tracking.enabled:
                 name = f"{plan.recipe}@{plan.target}" + (f" #{self.handle.run_number}" if self.handle else "")
                 self.mlflow = _start_mlflow(settings, plan.model_id, name, run_tags(plan, self.ident, self.handle))
-                self.mlflow.log_params(run_params(settings, plan, self.ident, device, dtype))
+                self.mlflow.log_params(run_params(settings, plan, self.ident, run.device, run.dtype))
         except BaseException as e:
             self.fail(e)
             raise
+        return self.describe_start()
 
     @property
     def variant_id(self) -> str:
@@ -137,20 +144,19 @@ class RunRecorder:
             where.append(f"MLflow run {self.mlflow.run_id} ({tracking_uri(self.settings)})")
         return "; ".join(where) or "tracking and registry are off"
 
-    def record_baseline(self, key: str, device: str, dtype: str, key_parts: dict, metrics: dict,
-                        cache_path: str) -> None:
+    def baseline(self, b: BaselineRecord) -> None:
         if self.engine is not None:
-            self.baseline_id = record_baseline(self.engine, self.plan.model_id, key, device, dtype, key_parts,
-                                               metrics, cache_path)
+            self.baseline_id = record_baseline(self.engine, self.plan.model_id, b.key, b.device, b.dtype,
+                                               b.key_parts, b.metrics, b.cache_path)
 
-    def log_outputs(self, staging: Path, metrics: dict[str, Any], layer_errors: list[dict]) -> None:
+    def outputs(self, staging: Path, metrics: dict[str, Any], layer_errors: list[dict]) -> None:
         """Metrics, the run folder's files and the plots, while the MLflow run is still RUNNING."""
         if self.mlflow is None:
             return
         self.mlflow.log_metrics(metrics)
-        self.mlflow.set_tags({"qrecipe.device": str(metrics.get("device", "")),
-                              "qrecipe.peak_memory_method": str(metrics.get("peak_memory_method", "-")),
-                              "qrecipe.worst_family": str(metrics.get("task.worst_family", "-"))})
+        self.mlflow.set_tags({"qrecipe.device": str(metrics.get(M.DEVICE, "")),
+                              "qrecipe.peak_memory_method": str(metrics.get(M.PEAK_MEMORY_METHOD, "-")),
+                              "qrecipe.worst_family": str(metrics.get(M.TASK_WORST_FAMILY, "-"))})
         for name in RUN_FILES:
             if (staging / name).is_file():
                 self.mlflow.log_artifact(staging / name)
@@ -165,7 +171,7 @@ class RunRecorder:
             points += [plots.point(f"{v.recipe_name}@{v.target}", v.metrics)
                        for v in list_variants(self.engine, self.plan.model_id, measured_only=True)
                        if v.id != self.variant_id and v.metrics]
-        out.append(plots.quality_vs_memory(points, metrics.get("weight_bytes_baseline"),
+        out.append(plots.quality_vs_memory(points, metrics.get(M.WEIGHT_BYTES_BASELINE),
                                            folder / "quality_vs_memory.png",
                                            f"{self.plan.model_id}: quality vs weight memory"))
         if layer_errors:
@@ -200,6 +206,8 @@ class RunRecorder:
                 log.warning("could not mark registry run %s failed: %s", self.handle.run_id, e)
 
     def summary(self) -> dict[str, Any]:
+        if self.ident is None:  # not started
+            return {}
         return {"variant_id": self.variant_id, "run_number": self.handle.run_number if self.handle else None,
                 "mlflow_run_id": self.mlflow.run_id if self.mlflow else None,
                 "tracking_uri": tracking_uri(self.settings) if self.settings.tracking.enabled else None}

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qrecipe.engine import metric_names as M
 from qrecipe.engine.config.settings import Settings
-from qrecipe.engine.plan.render import human_bytes
+from qrecipe.engine.tables import human_bytes
 
 from . import plots
 from .compare import legend, markdown_table, matrix_row, render_markdown, shipped_targets
@@ -36,13 +37,14 @@ def _task_table(variants: list[Variant], families: list[str]) -> str:
         m = v.metrics or {}
         cells = [v.id, v.recipe_name]
         for f in families:
-            if f"task.{f}.greedy_match" not in m:
+            if M.task_metric(f, M.GREEDY_MATCH) not in m:
                 cells.append("-")
                 continue
-            cell = (f"{m[f'task.{f}.greedy_match']:.2f} / {m[f'task.{f}.prefix_match']:.2f} / "
-                    f"{m[f'task.{f}.loglik_delta']:+.3f}")
-            if f"task.{f}.valid_rate" in m:
-                cell += f" (valid {m[f'task.{f}.valid_rate']:.2f} vs {m[f'task.{f}.valid_rate_baseline']:.2f})"
+            cell = (f"{m[M.task_metric(f, M.GREEDY_MATCH)]:.2f} / {m[M.task_metric(f, M.PREFIX_MATCH)]:.2f} / "
+                    f"{m[M.task_metric(f, M.LOGLIK_DELTA)]:+.3f}")
+            if M.task_metric(f, M.VALID_RATE) in m:
+                cell += (f" (valid {m[M.task_metric(f, M.VALID_RATE)]:.2f} vs "
+                         f"{m[M.task_metric(f, M.VALID_RATE_BASELINE)]:.2f})")
             cells.append(cell)
         rows.append(cells)
     return markdown_table(header, rows)
@@ -58,11 +60,11 @@ def _absolute_table(variants: list[Variant]) -> str:
         def pair(key: str, fmt) -> str:
             if key not in m:
                 return "-"
-            return f"{fmt(m[key])} ({fmt(m[key + '_baseline'])})"
+            return f"{fmt(m[key])} ({fmt(m[M.baseline_of(key)])})"
 
-        rows.append([v.id, v.recipe_name, pair("ppl", lambda x: f"{x:.3f}"), pair("weight_bytes", human_bytes),
-                     pair("peak_memory_bytes", human_bytes), pair("prefill_tokens_per_s", lambda x: f"{x:,.0f}"),
-                     pair("decode_ms_per_token", lambda x: f"{x:.1f}"), str(m.get("speed_device", v.device or "-")),
+        rows.append([v.id, v.recipe_name, pair(M.PPL, lambda x: f"{x:.3f}"), pair(M.WEIGHT_BYTES, human_bytes),
+                     pair(M.PEAK_MEMORY_BYTES, human_bytes), pair(M.PREFILL_TOKENS_PER_S, lambda x: f"{x:,.0f}"),
+                     pair(M.DECODE_MS_PER_TOKEN, lambda x: f"{x:.1f}"), str(m.get(M.SPEED_DEVICE, v.device or "-")),
                      str(v.runs_count)])
     return markdown_table(header, rows)
 
@@ -81,7 +83,7 @@ def write_report(settings: Settings, model: str, out: Path | None = None) -> dic
     rows = [matrix_row(v, targets) for v in variants]
     families = _families(variants)
     points = [plots.point(f"{v.recipe_name}@{v.target}", v.metrics or {}) for v in variants]
-    baseline_bytes = next(((v.metrics or {}).get("weight_bytes_baseline") for v in variants), None)
+    baseline_bytes = next(((v.metrics or {}).get(M.WEIGHT_BYTES_BASELINE) for v in variants), None)
     pngs = [plots.quality_vs_memory(points, baseline_bytes, out / "quality_vs_memory.png",
                                     f"{model}: quality vs weight memory")]
     if families:

@@ -22,44 +22,45 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from qrecipe.engine import metric_names as mn
 from qrecipe.engine.config import load_settings
 from qrecipe.engine.config.settings import Settings
-from qrecipe.engine.plan.render import human_bytes, text_table
+from qrecipe.engine.events import RunEvent, SearchEvent, Stage
 from qrecipe.engine.search import MemoryCache, SearchResult, find, measure_points, pareto, prepare
-from qrecipe.engine.search.search import recipe_node
+from qrecipe.engine.tables import human_bytes, text_table
+
+from .recorder import RunRecorder
 
 log = logging.getLogger(__name__)
 OnEvent = Callable[[str, dict], None]
 # Shares of the whole search's progress: find, the found recipe's run, the front's measurement.
 _FIND, _RUN = 0.55, 0.9
-MEASURED_KEYS = ("kl_mean", "kl_p99", "ppl", "ppl_baseline", "ppl_delta_pct", "top1_agreement", "weight_bytes")
+MEASURED_KEYS = (mn.KL_MEAN, mn.KL_P99, mn.PPL, mn.PPL_BASELINE, mn.PPL_DELTA_PCT, mn.TOP1_AGREEMENT, mn.WEIGHT_BYTES)
 
 
-def _scaled(on_event: OnEvent | None, lo: float, hi: float) -> OnEvent | None:
+def _search_events(on_event: OnEvent | None, lo: float, hi: float):
+    """The engine's SearchEvents as the search's stages, their progress scaled into [lo, hi]."""
     if on_event is None:
         return None
 
-    def forward(name: str, data: dict) -> None:
-        if name == "stage":
-            on_event("stage", {**data, "progress": round(lo + (hi - lo) * data["progress"], 4)})
-        else:
-            on_event(name, data)
+    def forward(event: SearchEvent) -> None:
+        on_event("stage", {"stage": event.stage.value, "progress": round(lo + (hi - lo) * event.progress, 4),
+                           "message": event.message})
 
     return forward
 
 
-def _run_events(on_event: OnEvent | None) -> OnEvent | None:
-    """The found recipe's run: its steps become stages of the search (jobs/progress.py's table)."""
+def _run_events(on_event: OnEvent | None, recorder: RunRecorder):
+    """The found recipe's RunEvents as stages of the search ("run: baseline", ...)."""
     if on_event is None:
         return None
-    from .jobs.progress import run_stage
 
-    def forward(name: str, data: dict) -> None:
-        if name == "started":
-            on_event("started", data)
-        elif name == "step" and (stage := run_stage(data["message"])) is not None:
-            on_event("stage", {"stage": f"run: {stage[0]}", "progress": round(_FIND + (_RUN - _FIND) * stage[1], 4),
-                               "message": data["message"]})
+    def forward(event: RunEvent) -> None:
+        if event.stage is Stage.STARTED:  # the registry run now exists: say which
+            on_event("started", recorder.summary())
+        if event.stage is not Stage.DONE:
+            on_event("stage", {"stage": f"run: {event.stage.value}",
+                               "progress": round(_FIND + (_RUN - _FIND) * event.progress, 4), "message": event.message})
 
     return forward
 
@@ -94,26 +95,28 @@ def search_and_record(cfg: DictConfig, on_event: OnEvent | None = None, progress
     from .sensitivity_cache import RegistrySensitivityCache
 
     cache = RegistrySensitivityCache(engine) if engine is not None else MemoryCache()
-    result = find(settings, cache, _scaled(on_event, 0.0, _FIND), prepared)
+    result = find(settings, cache, _search_events(on_event, 0.0, _FIND), prepared)
     t_find = time.monotonic() - start
 
     run_result, t_run = None, 0.0
     if prepared.spec.run:
         t0 = time.monotonic()
-        run_result = run(run_config(cfg, prepared.output), progress=progress, on_event=_run_events(on_event))
+        recorder = RunRecorder()
+        run_result = run(run_config(cfg, prepared.output), recorder=recorder, progress=progress,
+                         on_event=_run_events(on_event, recorder))
         t_run = time.monotonic() - t0
         result.chosen.measured = {k: run_result.metrics[k] for k in MEASURED_KEYS if k in run_result.metrics}
     t0 = time.monotonic()
     measure_points(settings, prepared, result.front + ([] if run_result else [result.chosen]),
-                   _scaled(on_event, _RUN, 1.0))
+                   _search_events(on_event, _RUN, 1.0))
     t_front = time.monotonic() - t0
 
     points = [_point_row(result, pt, pt.measured) for pt in sorted([*result.front, result.chosen],
                                                                     key=lambda pt: pt.weight_bytes)]
-    flat = [{"weight_bytes": p["weight_bytes"], **{k: (p["measured"] or {}).get(k) for k in ("kl_mean",
-                                                                                             "ppl_delta_pct")}}
+    flat = [{"weight_bytes": p["weight_bytes"], **{k: (p["measured"] or {}).get(k) for k in (mn.KL_MEAN,
+                                                                                             mn.PPL_DELTA_PCT)}}
             for p in points]
-    for p, on_kl, on_ppl in zip(points, pareto(flat, "kl_mean"), pareto(flat, "ppl_delta_pct")):
+    for p, on_kl, on_ppl in zip(points, pareto(flat, mn.KL_MEAN), pareto(flat, mn.PPL_DELTA_PCT)):
         p["pareto_kl"], p["pareto_ppl"] = on_kl, on_ppl
     seconds = {"find": round(t_find, 2), "sensitivity": round(result.sensitivity_seconds, 2),
                "allocation": round(result.allocation_seconds, 3), "run": round(t_run, 2), "front": round(t_front, 2),
@@ -176,8 +179,8 @@ def _table(points: list[dict[str, Any]]) -> dict[str, list]:
     for p in points:
         m = p["measured"] or {}
         for k, v in (("label", p["label"]), ("chosen", p["chosen"]), ("weight_bytes", p["weight_bytes"]),
-                     ("bits_per_weight", p["bits_per_weight"]), ("predicted_kl", p["predicted"].get("kl_mean")),
-                     ("measured_kl", m.get("kl_mean")), ("measured_ppl_delta_pct", m.get("ppl_delta_pct")),
+                     ("bits_per_weight", p["bits_per_weight"]), ("predicted_kl", p["predicted"].get(mn.KL_MEAN)),
+                     ("measured_kl", m.get(mn.KL_MEAN)), ("measured_ppl_delta_pct", m.get(mn.PPL_DELTA_PCT)),
                      ("pareto_kl", p["pareto_kl"]), ("pareto_ppl", p["pareto_ppl"]),
                      ("mix", ", ".join(f"{k2} x{v2}" for k2, v2 in p["mix"].items()))):
             cols[k].append(v)
@@ -200,9 +203,9 @@ def _log_mlflow(settings: Settings, result: SearchResult, outcome: dict[str, Any
     try:
         mlflow.log_params({**flatten(_settings_record(settings, result), "search"),
                            **flatten(outcome["budget"], "search.budget"), "recipe_path": outcome["recipe_path"]})
-        metrics = {f"predicted.{k}": v for k, v in outcome["predicted"].items()}
-        metrics.update({f"measured.{k}": v for k, v in (outcome["measured"] or {}).items()})
-        metrics.update({f"spearman.{k}": v for k, v in outcome["spearman"].items()})
+        metrics = {mn.search_metric(mn.PREDICTED, k): v for k, v in outcome["predicted"].items()}
+        metrics.update({mn.search_metric(mn.MEASURED, k): v for k, v in (outcome["measured"] or {}).items()})
+        metrics.update({mn.search_metric(mn.SPEARMAN, k): v for k, v in outcome["spearman"].items()})
         metrics.update({f"seconds.{k}": v for k, v in outcome["seconds"].items()})
         metrics.update({"sensitivities.measured": result.computed, "sensitivities.cached": result.cached})
         mlflow.log_metrics(metrics)
@@ -238,12 +241,12 @@ def render(outcome: dict[str, Any]) -> str:
         fb = "-" if b is None else format(b, spec)
         lines.append(f"  {name:<22}{fa:>14}{fb:>14}")
 
-    row("bits per weight", pred.get("bits_per_weight"), None, ".4f")
-    row("weight bytes (plan)", pred.get("weight_bytes"), meas.get("weight_bytes"), ",.0f")
-    row("KL (mean)", pred.get("kl_mean"), meas.get("kl_mean"), ".5f")
-    row("perplexity change %", pred.get("ppl_delta_pct"), meas.get("ppl_delta_pct"), "+.2f")
-    if "output_error" in pred:
-        row("output error (proxy)", pred["output_error"], None, ".4g")
+    row("bits per weight", pred.get(mn.BITS_PER_WEIGHT), None, ".4f")
+    row("weight bytes (plan)", pred.get(mn.WEIGHT_BYTES), meas.get(mn.WEIGHT_BYTES), ",.0f")
+    row("KL (mean)", pred.get(mn.KL_MEAN), meas.get(mn.KL_MEAN), ".5f")
+    row("perplexity change %", pred.get(mn.PPL_DELTA_PCT), meas.get(mn.PPL_DELTA_PCT), "+.2f")
+    if mn.OUTPUT_ERROR in pred:
+        row("output error (proxy)", pred[mn.OUTPUT_ERROR], None, ".4g")
     lines.append("  (predicted on the calibration slice from per-unit sensitivities; measured on the eval text; the "
                  "measured weight bytes are the loaded model's, in its run dtype)")
     for k, v in outcome["spearman"].items():
@@ -265,8 +268,8 @@ def points_table(points: list[dict[str, Any]]) -> str:
         m = p["measured"] or {}
         front = "+".join(x for x, on in (("KL", p.get("pareto_kl")), ("ppl", p.get("pareto_ppl"))) if on) or "-"
         rows.append([p["label"] + (" *" if p["chosen"] else ""), f"{p['bits_per_weight']:.3f}",
-                     human_bytes(p["weight_bytes"]), _f(p["predicted"].get("kl_mean"), ".4f"),
-                     _f(m.get("kl_mean"), ".4f"), _f(m.get("ppl_delta_pct"), "+.2f"), front,
+                     human_bytes(p["weight_bytes"]), _f(p["predicted"].get(mn.KL_MEAN), ".4f"),
+                     _f(m.get(mn.KL_MEAN), ".4f"), _f(m.get(mn.PPL_DELTA_PCT), "+.2f"), front,
                      ", ".join(f"{k} x{v}" for k, v in p["mix"].items())])
     return text_table(["plan", "bits/w", "weights", "pred. KL", "KL", "ppl %", "front", "mix (units)"], rows)
 
@@ -275,4 +278,4 @@ def _f(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-__all__ = ["recipe_node", "render", "run_config", "search_and_record"]
+__all__ = ["points_table", "render", "run_config", "search_and_record"]

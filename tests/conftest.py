@@ -1,14 +1,37 @@
-"""Shared fixtures: the shared data folder, tiny real models, isolated run folders."""
+"""Shared fixtures: the shared data folder, tiny real models, isolated run folders.
+
+Hermetic: the test suite never reads or writes the user's home. Before anything else is
+imported, HOME points at an empty folder of this test session, and every cache a test fills
+(qrecipe's converted models, Hugging Face, Triton, torch inductor, matplotlib) lives in the
+checkout's git-ignored `.cache/tests/`, reused across runs (QRECIPE_TEST_CACHE moves it).
+Processes the tests start inherit all of it.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
+TEST_CACHE = Path(os.environ.get("QRECIPE_TEST_CACHE") or ROOT / ".cache" / "tests").resolve()
+TEST_HOME = Path(tempfile.mkdtemp(prefix="qrecipe-test-home-"))
+atexit.register(shutil.rmtree, TEST_HOME, ignore_errors=True)
+os.environ.update({
+    "HOME": str(TEST_HOME),
+    "QRECIPE_CACHE": str(TEST_CACHE / "qrecipe"),
+    "HF_HOME": str(TEST_CACHE / "huggingface"),
+    "TRITON_CACHE_DIR": str(TEST_CACHE / "triton"),
+    "TORCHINDUCTOR_CACHE_DIR": str(TEST_CACHE / "inductor"),
+    "MPLCONFIGDIR": str(TEST_CACHE / "matplotlib"),
+    "XDG_CACHE_HOME": str(TEST_CACHE / "xdg"),
+})
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# as the CLI does (engine/cli.py): idle OpenMP threads sleep, so a busy shared CPU does not stall them
+# as the CLI does (registry/cli.py): idle OpenMP threads sleep, so a busy shared CPU does not stall them
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

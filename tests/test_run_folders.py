@@ -3,22 +3,22 @@
 import pytest
 
 from qrecipe.engine.errors import ConfigError
-from qrecipe.engine.run import _reserve
+from qrecipe.engine.run import reserve_output
 
 
 def test_runs_wanting_one_name_get_numbered_folders(tmp_path):
     want = tmp_path / "runs" / "20260101-000000-w8a16-abcd1234"
-    first, first_staging = _reserve(want, numbered=True)
-    second, second_staging = _reserve(want, numbered=True)
+    first, first_staging = reserve_output(want, numbered=True)
+    second, second_staging = reserve_output(want, numbered=True)
     assert (first, second) == (want, want.with_name(want.name + "-2"))
     assert first_staging.is_dir() and second_staging.is_dir() and first_staging != second_staging
     first_staging.rename(first)  # a finished run's folder is not reused either
-    third, _ = _reserve(want, numbered=True)
+    third, _ = reserve_output(want, numbered=True)
     assert third == want.with_name(want.name + "-3")
 
 
 def test_a_fixed_output_dir_is_not_shared(tmp_path):
     want = tmp_path / "mine"
-    _reserve(want, numbered=False)
+    reserve_output(want, numbered=False)
     with pytest.raises(ConfigError, match="run.output_dir: .* is being written by another run"):
-        _reserve(want, numbered=False)
+        reserve_output(want, numbered=False)

@@ -30,13 +30,18 @@ def get_algorithm(name: str) -> type[Algorithm]:
 
 def check_recipe_algorithms(recipe: Any) -> None:
     """Every rule's algorithm arguments and scheme, checked before any model loads."""
+    from ..errors import RecipeError
     from ..schemes import SCHEMES
 
     for rule in recipe.rules:
         policy = rule.policy
         algo = ALGORITHMS[policy.algorithm]
         where = f"recipe.rules.{rule.name}"
-        algo.check_scheme(SCHEMES[policy.scheme], f"{where}.algorithm")
+        scheme = SCHEMES[policy.scheme]
+        if not scheme.keeps_float and not algo.applies_to(scheme.weight_format):
+            fits = [name for name, a in ALGORITHMS.items() if a.applies_to(scheme.weight_format)]
+            raise RecipeError(f"{where}.algorithm: {algo.name} does not apply to {scheme.name}; algorithms for "
+                              f"{scheme.name}: {', '.join(fits)}")
         algo.check_args(policy.args_dict(), f"{where}.args")
 
 

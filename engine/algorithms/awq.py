@@ -41,7 +41,6 @@ class AWQ(InputScaling):
     name = "awq"
     needs_calibration = True
     stats = frozenset({"hessian", "abs_mean"})
-    FORMATS = ("w4a16", "w8a16")
     ARGS = {
         "grid": Arg(20, positive_int, "a positive number of exponents to try (e.g. 20)"),
         "duo_scaling": Arg(True, is_bool, "true (scale by activation and weight salience) or false"),
@@ -49,6 +48,12 @@ class AWQ(InputScaling):
         "clip_grid": Arg(20, positive_int, "a positive number of clipping steps (e.g. 20)"),
         "max_shrink": Arg(0.5, number_in(0.0, 0.95), "a fraction in [0, 0.95] (how far clipping may shrink a range)"),
     }
+
+    @classmethod
+    def applies_to(cls, fmt):
+        # scales that protect salient weight channels: for weight-only formats, whose error is
+        # the weights' rounding (activations stay in float)
+        return fmt.weight_only
 
     def search_scales(self, group: ScaleGroup, stats) -> torch.Tensor:
         first = group.tasks[0]

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from ...kernels import QuantizedWeight, QuantParams
+from ...kernels import QuantizedWeight, QuantParams, WeightFormat
 from ..errors import RecipeError
 from ..quant.grid import WeightGrid
 from ..schemes import Scheme
@@ -98,8 +98,6 @@ class Algorithm(ABC):
     needs_calibration: ClassVar[bool] = False
     stats: ClassVar[frozenset[str]] = frozenset()  # input statistics it reads (stats.STAT_KINDS)
     ARGS: ClassVar[dict[str, Arg]] = {}
-    # Scheme formats it makes sense for (None: any); a rule pairing it with another scheme fails.
-    FORMATS: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, tasks: list[LayerTask], context: BlockContext | None = None):
         self.tasks = tasks
@@ -119,10 +117,10 @@ class Algorithm(ABC):
                 raise RecipeError(f"{where}.{key}: expected {spec.expect}, got {value!r}")
 
     @classmethod
-    def check_scheme(cls, scheme: Scheme, where: str) -> None:
-        if cls.FORMATS is not None and scheme.format is not None and scheme.format not in cls.FORMATS:
-            raise RecipeError(f"{where}: {cls.name} does not apply to {scheme.name}; it is for "
-                              f"{', '.join(f.upper() for f in cls.FORMATS)} (use awq, gptq or rtn instead)")
+    def applies_to(cls, fmt: WeightFormat) -> bool:
+        """Whether it makes sense for layers stored in this format (a rule pairing it with a
+        scheme of another format fails before any weight loads)."""
+        return True
 
     def arg(self, task: LayerTask, key: str) -> Any:
         return task.args.get(key, self.ARGS[key].default)

@@ -34,8 +34,12 @@ class SmoothQuant(InputScaling):
     name = "smoothquant"
     needs_calibration = True
     stats = frozenset({"absmax", "sample"})
-    FORMATS = ("w8a8", "fp8")
     ARGS = {"alpha": Arg(0.5, _alpha, "a migration strength in [0, 1] (e.g. 0.5) or a list of them to search")}
+
+    @classmethod
+    def applies_to(cls, fmt):
+        # moves activation outliers into the weights: for formats that quantize activations
+        return not fmt.weight_only
 
     def search_scales(self, group: ScaleGroup, stats) -> torch.Tensor:
         alpha = self.arg(group.tasks[0], "alpha")
@@ -57,7 +61,7 @@ class SmoothQuant(InputScaling):
                 static = None
                 if t.params.activation == "static":  # the scale the driver will measure, after smoothing
                     static = (stats.window_absmax / s).amax(dim=1).mean()
-                xq = fake_quantize_activations(x / s, t.scheme.format, static)
+                xq = fake_quantize_activations(x / s, t.scheme.weight_format, static)
                 wq = t.grid.fake(w * s, *t.grid.qparams(w * s))
                 total += (y - xq @ wq.T).pow(2).sum().item()
             return total

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels.w4a16.pack import W4A16Format
 from .base import Backend
 from .torch_backend import TorchBackend
 
@@ -32,7 +33,8 @@ class CpuInt4PackBackend(Backend):
     def supports(self, fmt, p, in_features, out_features, device, dtype):
         # fp32 activations: torch's packed kernels were 10-50x slower than dequantize + matmul
         # (bench/RESULTS.md), so the plain torch backend takes those layers.
-        return (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and fmt.name == "w4a16" and out_features % 16 == 0
+        return (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and isinstance(fmt, W4A16Format)
+                and out_features % 16 == 0
                 and p.group_len(in_features) in GROUP_SIZES
                 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"))
 

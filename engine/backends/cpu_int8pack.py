@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels.w8a16.pack import W8A16Format
 from .base import Backend
 from .torch_backend import TorchBackend
 
@@ -24,7 +25,8 @@ class CpuInt8PackBackend(Backend):
     def supports(self, fmt, p, in_features, out_features, device, dtype):
         # fp32 activations: torch's packed kernels were 10-50x slower than dequantize + matmul
         # (bench/RESULTS.md), so the plain torch backend takes those layers.
-        return (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and fmt.name == "w8a16" and p.symmetric and p.group_size is None
+        return (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and isinstance(fmt, W8A16Format)
+                and p.symmetric and p.group_size is None
                 and hasattr(torch, "_weight_int8pack_mm"))
 
     def linear(self, module, x):

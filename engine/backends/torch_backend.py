@@ -16,7 +16,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def supports(self, fmt, p, in_features, out_features, device, dtype):
-        if fmt.activation_dtype == "float":
+        if fmt.weight_only:
             return True
         # int8 x int8 -> int32 runs natively on CPU; CUDA's _int_mm has shape limits the
         # Triton backend handles instead.
@@ -24,7 +24,7 @@ class TorchBackend(Backend):
 
     def linear(self, module, x):
         fmt, p = module.format, module.params
-        if fmt.activation_dtype == "float":
+        if fmt.weight_only:
             w = fmt.dequantize(module.packed(), p, x.dtype)
             return F.linear(x, w, module.bias)
         shape = x.shape

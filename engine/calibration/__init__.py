@@ -1,6 +1,6 @@
 """Calibration: walk the model block by block, gather input statistics, let the
 algorithms quantize each block (see driver.py)."""
 
-from .driver import calibrate_and_quantize, layer_calibrates
+from .driver import calibrate_and_quantize
 
-__all__ = ["calibrate_and_quantize", "layer_calibrates"]
+__all__ = ["calibrate_and_quantize"]

@@ -35,7 +35,7 @@ def assign_static_scales(tasks: list[LayerTask], results: dict[str, QuantizedWei
             unseen.append(t)
             continue
         typical = context.window_absmax(t.name).amax(dim=1).mean()
-        scale = static_scale(typical, t.scheme.format)
+        scale = static_scale(typical, t.scheme.weight_format)
         results[t.name].input_scale = scale
         measured.append(scale)
     for t in unseen:

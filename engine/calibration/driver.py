@@ -32,11 +32,6 @@ from .capture import capture_inputs, find_blocks, run_block, with_hidden
 from .stats import attach_stats
 
 
-def layer_calibrates(lp: LayerPlan) -> bool:
-    """Whether this planned layer needs calibration data."""
-    return get_algorithm(lp.algorithm).needs_calibration or lp.activation == "static"
-
-
 def _algorithms(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext) -> list[Algorithm]:
     """One instance per (algorithm, arguments) among the block's tasks, in plan order."""
     groups: dict[tuple, list[LayerTask]] = {}
@@ -119,7 +114,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
         index = next((i for i, p in enumerate(prefixes) if lp.name.startswith(p + ".")), None)
         (outside if index is None else by_block[index]).append(lp)
 
-    last_needing_data = max((i for i, lps in enumerate(by_block) if any(map(layer_calibrates, lps))), default=-1)
+    last_needing_data = max((i for i, lps in enumerate(by_block) if any(lp.calibrates for lp in lps)), default=-1)
     calls = capture_inputs(model, blocks[0], windows, batch_size) if last_needing_data >= 0 else []
     bar = tqdm(total=len(blocks), desc="calibrate", unit="block", disable=not progress, leave=False)
     for i, (block, lps) in enumerate(zip(blocks, by_block)):

@@ -11,10 +11,6 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp: Any, where: str, hint: str | None) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

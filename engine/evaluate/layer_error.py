@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import metric_names as M
 from ..modules import QuantLinear
 
 
@@ -90,4 +91,4 @@ def summarize(errors: list[dict]) -> dict[str, float]:
     finite = [e["sqnr_db"] for e in errors if e["sqnr_db"] is not None]
     if not finite:
         return {}
-    return {"weight_sqnr_db_mean": sum(finite) / len(finite), "weight_sqnr_db_min": min(finite)}
+    return {M.WEIGHT_SQNR_DB_MEAN: sum(finite) / len(finite), M.WEIGHT_SQNR_DB_MIN: min(finite)}

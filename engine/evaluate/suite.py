@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import metric_names as M
 from ..config.settings import Settings
 from ..data import load_documents, token_windows
 from .baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline,
@@ -136,14 +137,14 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
     for name, windows in inputs.windows.items():
         ref = base.outputs.texts[name]
         q = compare_pass(model, windows, ref, ev.batch_size, f"variant {name}", progress)
-        values = {"ppl": q.ppl, "ppl_baseline": ref.ppl, "ppl_delta_pct": 100 * (q.ppl / ref.ppl - 1),
-                  "nll": q.nll, "nll_baseline": ref.nll, "kl_mean": q.kl_mean, "kl_p99": q.kl_p99,
-                  "top1_agreement": q.top1_agreement}
+        values = {M.PPL: q.ppl, M.PPL_BASELINE: ref.ppl, M.PPL_DELTA_PCT: 100 * (q.ppl / ref.ppl - 1),
+                  M.NLL: q.nll, M.NLL_BASELINE: ref.nll, M.KL_MEAN: q.kl_mean, M.KL_P99: q.kl_p99,
+                  M.TOP1_AGREEMENT: q.top1_agreement}
         if name == primary:
             metrics.update(values)
-            metrics.update({"eval_tokens": q.tokens, "eval_data": name})
+            metrics.update({M.EVAL_TOKENS: q.tokens, M.EVAL_DATA: name})
         else:
-            metrics.update({f"text.{name}.{k}": v for k, v in values.items()})
+            metrics.update({M.text_metric(name, k): v for k, v in values.items()})
     if inputs.items and base.outputs.tasks is not None:
         metrics.update(variant_tasks(model, tokenizer, inputs.items, base.outputs.tasks, ev.tasks, progress))
     return metrics
@@ -151,19 +152,19 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
 
 def speed_and_memory_metrics(base: BaselineSide, speed: SpeedResult | None, peak: int | None,
                              variant_weight_bytes: int, method: str) -> dict[str, Any]:
-    m: dict[str, Any] = {"weight_bytes": variant_weight_bytes, "weight_bytes_baseline": base.weight_bytes,
-                         "weight_reduction": base.weight_bytes / variant_weight_bytes}
+    m: dict[str, Any] = {M.WEIGHT_BYTES: variant_weight_bytes, M.WEIGHT_BYTES_BASELINE: base.weight_bytes,
+                         M.WEIGHT_REDUCTION: base.weight_bytes / variant_weight_bytes}
     if speed is not None and base.speed is not None:
-        m.update({"prefill_tokens_per_s": speed.prefill_tokens_per_s,
-                  "prefill_tokens_per_s_baseline": base.speed.prefill_tokens_per_s,
-                  "prefill_speedup": speed.prefill_tokens_per_s / base.speed.prefill_tokens_per_s,
-                  "decode_ms_per_token": speed.decode_ms_per_token,
-                  "decode_ms_per_token_baseline": base.speed.decode_ms_per_token,
-                  "decode_speedup": base.speed.decode_ms_per_token / speed.decode_ms_per_token,
-                  "speed_device": speed.device})
+        m.update({M.PREFILL_TOKENS_PER_S: speed.prefill_tokens_per_s,
+                  M.PREFILL_TOKENS_PER_S_BASELINE: base.speed.prefill_tokens_per_s,
+                  M.PREFILL_SPEEDUP: speed.prefill_tokens_per_s / base.speed.prefill_tokens_per_s,
+                  M.DECODE_MS_PER_TOKEN: speed.decode_ms_per_token,
+                  M.DECODE_MS_PER_TOKEN_BASELINE: base.speed.decode_ms_per_token,
+                  M.DECODE_SPEEDUP: base.speed.decode_ms_per_token / speed.decode_ms_per_token,
+                  M.SPEED_DEVICE: speed.device})
     if peak is not None and base.peak_bytes is not None:
-        m.update({"peak_memory_bytes": peak, "peak_memory_bytes_baseline": base.peak_bytes,
-                  "peak_memory_reduction": base.peak_bytes / peak, "peak_memory_method": method})
+        m.update({M.PEAK_MEMORY_BYTES: peak, M.PEAK_MEMORY_BYTES_BASELINE: base.peak_bytes,
+                  M.PEAK_MEMORY_REDUCTION: base.peak_bytes / peak, M.PEAK_MEMORY_METHOD: method})
     return m
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import metric_names as M
 from ..config.settings import TaskSpec
 from .forward import sequence_logits
 from .generation import greedy_continuations, stop_token_ids
@@ -125,20 +126,24 @@ def variant_tasks(model, tokenizer, items: list[TaskItem], base: TaskBaseline, s
     for family in dict.fromkeys(it.family for it in items):
         idx = [i for i, it in enumerate(items) if it.family == family]
         prefix = [first_difference(choices[i], base.choices[i]) / max(1, len(base.choices[i])) for i in idx]
-        key = f"task.{family}."
-        metrics[key + "prompts"] = len(idx)
-        metrics[key + "greedy_match"] = sum(p == 1.0 for p in prefix) / len(idx)
-        metrics[key + "prefix_match"] = sum(prefix) / len(idx)
-        metrics[key + "loglik"] = sum(loglik[i] for i in idx) / len(idx)
-        metrics[key + "loglik_baseline"] = sum(base.ref_loglik[i] for i in idx) / len(idx)
-        metrics[key + "loglik_delta"] = metrics[key + "loglik"] - metrics[key + "loglik_baseline"]
+
+        def key(kind: str, family=family) -> str:
+            return M.task_metric(family, kind)
+
+        metrics[key(M.PROMPTS)] = len(idx)
+        metrics[key(M.GREEDY_MATCH)] = sum(p == 1.0 for p in prefix) / len(idx)
+        metrics[key(M.PREFIX_MATCH)] = sum(prefix) / len(idx)
+        metrics[key(M.LOGLIK)] = sum(loglik[i] for i in idx) / len(idx)
+        metrics[key(M.LOGLIK_BASELINE)] = sum(base.ref_loglik[i] for i in idx) / len(idx)
+        metrics[key(M.LOGLIK_DELTA)] = metrics[key(M.LOGLIK)] - metrics[key(M.LOGLIK_BASELINE)]
         if any(items[i].schema for i in idx):
-            metrics[key + "valid_rate"] = sum(is_valid_json_answer(_decode(tokenizer, outputs[i]), items[i].schema)
-                                              for i in idx) / len(idx)
-            metrics[key + "valid_rate_baseline"] = sum(bool(base.outputs_valid[i]) for i in idx) / len(idx)
+            metrics[key(M.VALID_RATE)] = sum(is_valid_json_answer(_decode(tokenizer, outputs[i]), items[i].schema)
+                                             for i in idx) / len(idx)
+            metrics[key(M.VALID_RATE_BASELINE)] = sum(bool(base.outputs_valid[i]) for i in idx) / len(idx)
     families = list(dict.fromkeys(it.family for it in items))
     if families:
-        worst = min(families, key=lambda f: (metrics[f"task.{f}.greedy_match"], metrics[f"task.{f}.loglik_delta"]))
-        metrics["task.worst_family"] = worst
-        metrics["task.worst_greedy_match"] = metrics[f"task.{worst}.greedy_match"]
+        worst = min(families, key=lambda f: (metrics[M.task_metric(f, M.GREEDY_MATCH)],
+                                             metrics[M.task_metric(f, M.LOGLIK_DELTA)]))
+        metrics[M.TASK_WORST_FAMILY] = worst
+        metrics[M.TASK_WORST_GREEDY_MATCH] = metrics[M.task_metric(worst, M.GREEDY_MATCH)]
     return metrics

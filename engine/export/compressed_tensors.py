@@ -69,13 +69,13 @@ def quantization_args(spec: LayerSpec):
     """(weights, input_activations) QuantizationArgs of a layer's scheme."""
     from compressed_tensors.quantization import QuantizationArgs
 
-    scheme = SCHEMES[spec.scheme]
+    fmt = SCHEMES[spec.scheme].weight_format
     p = spec.params
-    kind = "float" if scheme.activation == "fp8" else "int"
-    weights = QuantizationArgs(num_bits=scheme.weight_bits, type=kind, symmetric=p.symmetric,
+    kind = "float" if fmt.float_codes else "int"
+    weights = QuantizationArgs(num_bits=fmt.weight_bits, type=kind, symmetric=p.symmetric,
                                strategy="channel" if p.group_size is None else "group", group_size=p.group_size,
                                dynamic=False)
-    if scheme.activation == "float":
+    if fmt.weight_only:
         return weights, None
     dynamic = p.activation == "dynamic"  # per token at run time; static: one calibrated scale per tensor
     inputs = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="token" if dynamic else "tensor",

@@ -19,7 +19,7 @@ from ..targets import Target
 GIB = 2**30
 
 
-def _tp_ok(tp: int, info: ModelInfo) -> bool:
+def tp_divides_heads(tp: int, info: ModelInfo) -> bool:
     if info.num_heads % tp:
         return False
     kv = info.num_kv_heads
@@ -33,7 +33,8 @@ def _kv_bytes_per_token(info: ModelInfo, tp: int, elem: int) -> int:
 
 def _fit(weight_bytes: int, info: ModelInfo, target: Target, elem: int) -> dict[str, Any]:
     usable = target.memory_gib * GIB * target.memory_utilization
-    degrees = [tp for tp in (1, 2, 4, 8, 16, 32, 64) if tp <= max(1, target.max_devices) and _tp_ok(tp, info)]
+    degrees = [tp for tp in (1, 2, 4, 8, 16, 32, 64)
+               if tp <= max(1, target.max_devices) and tp_divides_heads(tp, info)]
     for tp in degrees:
         free = usable - weight_bytes / tp
         if free > 0:

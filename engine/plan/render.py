@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import re
 
+from ..schemes import SCHEMES
+from ..tables import human_bytes, text_table
 from .types import Plan
 
 _INDEX = re.compile(r"\.(\d+)\.")
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _ranges(indices: list[int]) -> str:
@@ -38,7 +30,7 @@ def _rows(plan: Plan, expand: bool) -> list[list[str]]:
         m = _INDEX.search(lp.name)
         key_name = lp.name if expand or not m else _INDEX.sub(".*.", lp.name, count=1)
         group = "channel" if lp.group_size is None else f"g{lp.group_size}"
-        scheme = f"{lp.scheme}" + (f" {group}" if lp.is_quantized and lp.scheme in ("W4A16", "W8A16") else "") + \
+        scheme = f"{lp.scheme}" + (f" {group}" if lp.is_quantized and SCHEMES[lp.scheme].group_sizes else "") + \
             ("" if lp.symmetric in (None, True) else " asym") + \
             (f" {lp.activation}" if lp.activation not in (None, "none") else "")
         key = (key_name, lp.out_features, lp.in_features, scheme, lp.algorithm or "-",
@@ -57,16 +49,6 @@ def _rows(plan: Plan, expand: bool) -> list[list[str]]:
     return rows
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell, a dashed line under the header."""
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-_table = text_table  # the name the registry's tables import today
-
-
 def render_plan(plan: Plan, expand: bool = False) -> str:
     header = ["module", "shape (out x in)", "scheme", "algorithm", "backend", "status", "reason", "before", "after"]
     t = plan.totals()
@@ -76,7 +58,7 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
         f"plan {plan.plan_hash}  model={plan.model_id}  recipe={plan.recipe}  target={plan.target}  "
         f"runs on={plan.device}",
         "",
-        _table(header, _rows(plan, expand)),
+        text_table(header, _rows(plan, expand)),
         "",
         f"weights: {human_bytes(t['weight_bytes_before'])} -> {human_bytes(t['weight_bytes_after'])} ({ratio} smaller; "
         f"embeddings and norms {human_bytes(plan.other_bytes)} stay in {plan.dtype})",

@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 
 from ...kernels import QuantParams, get_format
+from ..algorithms import get_algorithm
 from ..backends import select_backend
 from ..errors import RecipeError
 from ..models.describe import LinearInfo, ModelInfo, dtype_bytes
@@ -183,6 +184,8 @@ def resolve_plan(recipe: Recipe, info: ModelInfo, target: Target, device: torch.
                     lp = replace(lp, scheme=scheme_name, algorithm=rule.policy.algorithm,
                                  group_size=params.group_size, symmetric=params.symmetric,
                                  activation=params.activation, args=rule.policy.args_dict(),
+                                 calibrates=get_algorithm(rule.policy.algorithm).needs_calibration
+                                 or params.activation == "static",
                                  backend=backend.name, emulated=backend.emulated,
                                  bytes_after=(fmt.nbytes(li.out_features, li.in_features, params) + bias_bytes)
                                  if ok else before)

@@ -38,6 +38,10 @@ class LayerPlan:
     bytes_before: int = 0
     bytes_after: int = 0
     fused_group: str | None = None
+    # Whether quantizing this layer needs calibration data: its algorithm does (AWQ, GPTQ,
+    # SmoothQuant) or its activations use a static calibrated scale. Decided once, at resolve
+    # time; the calibration driver, the variant's identity and job submission all read it here.
+    calibrates: bool = False
 
     @property
     def is_quantized(self) -> bool:
@@ -73,6 +77,12 @@ class Plan:
 
     def quantized(self) -> list[LayerPlan]:
         return [lp for lp in self.layers if lp.is_quantized]
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether any layer needs calibration data (then the calibration settings are part of
+        the variant)."""
+        return any(lp.calibrates for lp in self.quantized())
 
     def totals(self) -> dict[str, Any]:
         before = self.other_bytes + sum(lp.bytes_before for lp in self.layers)

@@ -15,30 +15,41 @@ import torch
 
 from ...kernels import QuantizedWeight, QuantParams
 from ..schemes import Scheme
-from .primitives import FP8_MAX, _grouped, _round_scale
+
+FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)
+
+
+def grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """w [N, K] viewed as [N, groups, group length]."""
+    n, k = w.shape
+    g = k if group_size is None else group_size
+    return w.reshape(n, k // g, g)
+
+
+def round_scale(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
+    """Scales rounded to their storage dtype (before codes are computed, so the stored model is
+    exactly the model whose error is measured), as float32. The smallest normal of the storage
+    dtype keeps an all-zero group finite (any scale reproduces zeros) and never underflows."""
+    tiny = torch.finfo(scale_dtype).tiny if scale_dtype.is_floating_point else 1e-12
+    return scale.clamp_min(tiny).to(scale_dtype).to(torch.float32)
 
 
 @dataclass(frozen=True)
 class WeightGrid:
-    format: str  # kernels/<format>
     bits: int
     group_size: int | None  # None: per-channel
     symmetric: bool
     scale_dtype: torch.dtype
+    is_fp8: bool  # codes are E4M3 values, not integers on a grid
+    keeps_zero: bool  # the format stores integer zero points for this layer
 
     @classmethod
     def of(cls, scheme: Scheme, p: QuantParams) -> "WeightGrid":
-        if scheme.format in ("w4a16", "w8a16"):
-            return cls(scheme.format, scheme.weight_bits, p.group_size, p.symmetric, torch.float16)
-        if scheme.format == "w8a8":
-            return cls("w8a8", 8, None, True, torch.float32)
-        if scheme.format == "fp8":
-            return cls("fp8", 8, None, True, torch.float32)
-        raise ValueError(f"scheme {scheme.name} has no weight format to quantize into")
-
-    @property
-    def is_fp8(self) -> bool:
-        return self.format == "fp8"
+        """The grid of the scheme's format with the layer's parameters (traits read off the format)."""
+        fmt = scheme.weight_format
+        return cls(bits=fmt.weight_bits, group_size=p.group_size if fmt.group_sizes else None,
+                   symmetric=p.symmetric or not fmt.asymmetric_ok, scale_dtype=fmt.scale_dtype,
+                   is_fp8=fmt.float_codes, keeps_zero=fmt.stores_zero(p))
 
     def group_len(self, in_features: int) -> int:
         return in_features if self.group_size is None else self.group_size
@@ -46,7 +57,7 @@ class WeightGrid:
     def qparams(self, w: torch.Tensor, clip: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero [N, G] of weight w [N, K]; `clip` [N, G] (or a float) shrinks each
         group's range to that fraction of its extent (AWQ's clipping search)."""
-        wg = _grouped(w.to(torch.float32), self.group_size)
+        wg = grouped(w.to(torch.float32), self.group_size)
         hi, lo = wg.amax(dim=-1), wg.amin(dim=-1)  # two reductions, no |w| temporary
         if self.is_fp8 or self.symmetric:
             absmax = torch.maximum(hi, lo.neg_())
@@ -55,12 +66,12 @@ class WeightGrid:
             if self.is_fp8:
                 scale = (absmax / FP8_MAX).clamp_min(1e-12)
                 return scale, torch.zeros_like(scale, dtype=torch.int32)
-            scale = _round_scale(absmax / (2 ** (self.bits - 1) - 1), self.scale_dtype)
+            scale = round_scale(absmax / (2 ** (self.bits - 1) - 1), self.scale_dtype)
             return scale, torch.full_like(scale, 2 ** (self.bits - 1), dtype=torch.int32)
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         if clip is not None:
             lo, hi = lo * clip, hi * clip
-        scale = _round_scale((hi - lo) / (2**self.bits - 1), self.scale_dtype)
+        scale = round_scale((hi - lo) / (2**self.bits - 1), self.scale_dtype)
         zero = torch.round(-lo / scale).clamp(0, 2**self.bits - 1).to(torch.int32)
         return scale, zero
 
@@ -77,7 +88,7 @@ class WeightGrid:
 
     def fake(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         """Round trip of w [N, K] through the grid with per-group scale/zero [N, G] (float32)."""
-        wg = _grouped(w.to(torch.float32), self.group_size)
+        wg = grouped(w.to(torch.float32), self.group_size)
         s, z = scale.unsqueeze(-1), zero.unsqueeze(-1).to(torch.float32)
         return self._value(self._round(wg, s, z), s, z).reshape(w.shape)
 
@@ -88,10 +99,9 @@ class WeightGrid:
     def quantized(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                   input_scale: torch.Tensor | None = None) -> QuantizedWeight:
         """The QuantizedWeight the format packs, for w rounded with these scales/zeros."""
-        wg = _grouped(w.to(torch.float32), self.group_size)
+        wg = grouped(w.to(torch.float32), self.group_size)
         q = self._round(wg, scale.unsqueeze(-1), zero.unsqueeze(-1).to(torch.float32)).reshape(w.shape)
         if self.is_fp8:
             return QuantizedWeight(q=q.to(torch.float8_e4m3fn), scale=scale, input_scale=input_scale)
-        keep_zero = self.format in ("w4a16", "w8a16") and not self.symmetric
-        return QuantizedWeight(q=q.to(torch.uint8), scale=scale, zero=zero if keep_zero else None,
+        return QuantizedWeight(q=q.to(torch.uint8), scale=scale, zero=zero if self.keeps_zero else None,
                                input_scale=input_scale)

@@ -29,7 +29,6 @@ RECIPE_FIELDS = ("name", "description", "base", "rules", "ignore", "overlap", "t
 OVERLAP_MODES = ("error", "first_match")
 TIED_MODES = ("keep", "quantize")
 CAPABILITIES = ("int8", "fp8")
-PER_CHANNEL = ("channel", -1)
 
 
 @dataclass(frozen=True)

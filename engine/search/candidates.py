@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...kernels import QuantParams, get_format
+from ...kernels import QuantParams
 from ..errors import ConfigError
 from ..schemes import SCHEMES, Scheme
 from ..targets import Target
@@ -77,13 +77,13 @@ class Candidate:
         """Why a layer of this shape cannot be stored so, or None."""
         if self.keeps:
             return None
-        return get_format(self.scheme_obj.format).check(out_features, in_features, self.params)
+        return self.scheme_obj.weight_format.check(out_features, in_features, self.params)
 
     def nbytes(self, out_features: int, in_features: int, float_bytes: int) -> int:
         """Stored bytes of one layer's weight (scales and zeros included; bias excluded)."""
         if self.keeps:
             return out_features * in_features * float_bytes
-        return get_format(self.scheme_obj.format).nbytes(out_features, in_features, self.params)
+        return self.scheme_obj.weight_format.nbytes(out_features, in_features, self.params)
 
     def rule_fields(self) -> dict[str, Any]:
         """The recipe fields that state this candidate (recipe_writer.py)."""
@@ -155,10 +155,13 @@ def parse_candidate(text: Any, where: str, algorithm: str = "rtn", args: dict[st
                               f"or an algorithm ({', '.join(ALGORITHMS)})")
     algo_args = {} if explicit_algo else dict(args or {})
     cls = ALGORITHMS[algo]
+    if not cls.applies_to(scheme.weight_format):
+        fits = [name for name, a in ALGORITHMS.items() if a.applies_to(scheme.weight_format)]
+        raise ConfigError(f"{where}: {text!r}: {algo} does not apply to {scheme.name}; algorithms for {scheme.name}: "
+                          f"{', '.join(fits)}")
     from ..errors import RecipeError
 
     try:
-        cls.check_scheme(scheme, where)
         cls.check_args(algo_args, f"{where} args")
     except RecipeError as e:
         raise ConfigError(str(e)) from None

@@ -15,7 +15,6 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,11 +22,13 @@ from typing import Any
 
 import torch
 
+from .. import metric_names as mn
 from ..config.settings import Settings
 from ..errors import ConfigError
+from ..events import OnSearchEvent, SearchEvent, SearchStage
 from ..models.describe import ModelInfo
 from ..plan import Plan
-from ..plan.render import human_bytes
+from ..tables import human_bytes
 from . import allocate
 from .accounting import Option, bits_per_weight, fixed_bytes, unit_options
 from .cache import EXACT_KL, FISHER, HESSIAN, CacheScope, Key, SensitivityCache
@@ -36,23 +37,21 @@ from .recipe_writer import build_recipe, check_round_trip, to_yaml
 from .spec import SearchSpec, search_spec
 from .units import Unit, build_units
 
-OnEvent = Callable[[str, dict], None]
 SENSITIVITY_FORMAT = 1  # bump when how a sensitivity is computed changes: cached ones are then not reused
 
 
 class Reporter:
     """Progress lines on stderr, stamped with the seconds since the search started, and a
-    ("stage", {stage, progress, message}) event for each when a caller listens (a job)."""
+    SearchEvent for each when a caller listens (a job)."""
 
-    def __init__(self, on_event: OnEvent | None = None) -> None:
+    def __init__(self, on_event: OnSearchEvent | None = None) -> None:
         self.start = time.monotonic()
         self.on_event = on_event
 
-    def __call__(self, stage: str, progress: float, message: str) -> None:
+    def __call__(self, stage: SearchStage, progress: float, message: str) -> None:
         print(f"[{time.monotonic() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
         if self.on_event is not None:
-            self.on_event("stage", {"stage": stage, "progress": round(min(max(progress, 0.0), 1.0), 4),
-                                    "message": message})
+            self.on_event(SearchEvent(stage, round(min(max(progress, 0.0), 1.0), 4), message))
 
 
 @dataclass
@@ -202,12 +201,12 @@ class SearchResult:
 
     def predicted_figures(self, point: Point | None = None) -> dict[str, float]:
         pt = point or self.chosen
-        out = {"bits_per_weight": pt.bits_per_weight, "weight_bytes": pt.weight_bytes}
+        out = {mn.BITS_PER_WEIGHT: pt.bits_per_weight, mn.WEIGHT_BYTES: pt.weight_bytes}
         if self.predicted_is_kl:
-            out["kl_mean"] = pt.predicted
-            out["ppl_delta_pct"] = 100 * math.expm1(pt.predicted)
+            out[mn.KL_MEAN] = pt.predicted
+            out[mn.PPL_DELTA_PCT] = 100 * math.expm1(pt.predicted)
         else:
-            out["output_error"] = pt.predicted
+            out[mn.OUTPUT_ERROR] = pt.predicted
         return out
 
 
@@ -266,7 +265,7 @@ def _front_budgets(p: Prepared, chosen_bytes: int, n: int) -> list[int]:
     return [b for f in fractions if low <= (b := int(chosen_bytes + f * span)) <= high]
 
 
-def find(settings: Settings, cache: SensitivityCache, on_event: OnEvent | None = None,
+def find(settings: Settings, cache: SensitivityCache, on_event: OnSearchEvent | None = None,
          prepared: Prepared | None = None) -> SearchResult:
     """Sensitivities (cached ones reused), the exact allocation, the recipe file, the front's
     allocations (not yet measured: measure_points)."""
@@ -277,7 +276,7 @@ def find(settings: Settings, cache: SensitivityCache, on_event: OnEvent | None =
 
     report = Reporter(on_event)
     p = prepared or prepare(settings)
-    report("planning", 0.01, describe(p))
+    report(SearchStage.PLANNING, 0.01, describe(p))
     device = local_device(settings)
     dtype = resolve_dtype(settings.model.dtype, device)
     scope = cache_scope(p, device, dtype)
@@ -285,9 +284,9 @@ def find(settings: Settings, cache: SensitivityCache, on_event: OnEvent | None =
     wanted = {(m, u.name, o.candidate.label) for m in p.measures for u in p.units for o in p.options[u.name]
               if not o.candidate.keeps}
     hits = len(wanted & set(known))
-    report("sensitivity", 0.02, f"sensitivities: {hits} of {len(wanted)} cached (scope {scope.key})")
+    report(SearchStage.SENSITIVITY, 0.02, f"sensitivities: {hits} of {len(wanted)} cached (scope {scope.key})")
     if hits < len(wanted):
-        report("loading model", 0.03, f"loading {settings.model.name} ({dtype}, {device}) ...")
+        report(SearchStage.SENSITIVITY, 0.03, f"loading {settings.model.name} ({dtype}, {device}) ...")
         model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
         windows = calibration_windows(tokenizer, dataclasses.replace(settings.calib, samples=p.spec.samples,
                                                                      seq_len=p.spec.seq_len)).to(device)
@@ -295,7 +294,7 @@ def find(settings: Settings, cache: SensitivityCache, on_event: OnEvent | None =
         measured = measure(model, windows, p.spec.batch_size, settings.eval.kl_topk, p.info.model_type, p.units,
                            candidates_of, p.measures, known, settings.calib.seed,
                            lambda entries: cache.store(scope, entries),
-                           lambda f, msg: report("sensitivity", 0.05 + 0.85 * f, msg))
+                           lambda f, msg: report(SearchStage.SENSITIVITY, 0.05 + 0.85 * f, msg))
         values, computed, seconds = measured.values, measured.computed, measured.seconds
         del model
     else:
@@ -305,7 +304,7 @@ def find(settings: Settings, cache: SensitivityCache, on_event: OnEvent | None =
                 if o.candidate.keeps:
                     for m in p.measures:
                         values[(m, u.name, o.candidate.label)] = 0.0
-    report("allocating", 0.9, f"sensitivities: {computed} measured now, {hits} from the cache, in {seconds:.1f}s")
+    report(SearchStage.ALLOCATING, 0.9, f"sensitivities: {computed} measured now, {hits} from the cache, in {seconds:.1f}s")
 
     start = time.perf_counter()
     costs = [[o.nbytes for o in p.options[u.name]] for u in p.units]
@@ -334,7 +333,7 @@ def find(settings: Settings, cache: SensitivityCache, on_event: OnEvent | None =
                           sorted(front, key=lambda pt: pt.unit_bytes), "", _spearman(values, p), scope.key)
     result.recipe_text = to_yaml(recipe_node(chosen), chosen.node["_comments"], header(result))
     _write_atomic(p.output, result.recipe_text)
-    report("allocating", 0.95, summary(result))
+    report(SearchStage.ALLOCATING, 0.95, summary(result))
     return result
 
 
@@ -342,8 +341,8 @@ def header(r: SearchResult) -> list[str]:
     p, pt = r.prepared, r.chosen
     pred = r.predicted_figures()
     c = p.settings.calib
-    quality = (f"KL {pred['kl_mean']:.4g} per token (sum of the units' {p.measure} sensitivities), perplexity "
-               f"{pred['ppl_delta_pct']:+.2f}% (as exp(KL) - 1)" if r.predicted_is_kl else
+    quality = (f"KL {pred[mn.KL_MEAN]:.4g} per token (sum of the units' {p.measure} sensitivities), perplexity "
+               f"{pred[mn.PPL_DELTA_PCT]:+.2f}% (as exp(KL) - 1)" if r.predicted_is_kl else
                f"output error {pt.predicted:.4g} (hessian proxy: a size budget's ordering, not a KL)")
     exactness = (f"exact (DP over {r.step}-byte cost steps)" if r.exact else
                  f"optimal for costs rounded up to {r.step}-byte steps (the budget holds)")
@@ -372,9 +371,10 @@ def header(r: SearchResult) -> list[str]:
 
 def summary(r: SearchResult) -> str:
     pred = r.predicted_figures()
-    q = (f"KL {pred['kl_mean']:.4g}, perplexity {pred['ppl_delta_pct']:+.2f}%" if r.predicted_is_kl
+    q = (f"KL {pred[mn.KL_MEAN]:.4g}, perplexity {pred[mn.PPL_DELTA_PCT]:+.2f}%" if r.predicted_is_kl
          else f"output error {r.chosen.predicted:.4g}")
-    lines = [f"found: {pred['bits_per_weight']:.4f} bits per weight, plan weights {human_bytes(pred['weight_bytes'])}; "
+    lines = [f"found: {pred[mn.BITS_PER_WEIGHT]:.4f} bits per weight, plan weights "
+             f"{human_bytes(pred[mn.WEIGHT_BYTES])}; "
              f"predicted {q}",
              f"  mix: " + ", ".join(f"{k} x{v}" for k, v in r.chosen.mix().items()),
              f"  recipe: {r.prepared.output}"]
@@ -408,7 +408,7 @@ def plan_of(settings: Settings, info: ModelInfo, point: Point, device: torch.dev
     return resolve_plan(parse_recipe(recipe_node(point), algorithm_names()), info, settings.target, device, dtype)
 
 
-def measure_points(settings: Settings, prepared: Prepared, points: list[Point], on_event: OnEvent | None = None
+def measure_points(settings: Settings, prepared: Prepared, points: list[Point], on_event: OnSearchEvent | None = None
                    ) -> None:
     """Quantize the float model per each point's plan and score it on the eval text against the
     baseline (the run's cached baseline when there is one): fills point.measured."""
@@ -425,7 +425,7 @@ def measure_points(settings: Settings, prepared: Prepared, points: list[Point], 
     device = local_device(settings)
     dtype = resolve_dtype(settings.model.dtype, device)
     ev = settings.eval
-    report("front", 0.0, f"measuring {len(points)} more allocations for the Pareto front on {ev.windows} x "
+    report(SearchStage.FRONT, 0.0, f"measuring {len(points)} more allocations for the Pareto front on {ev.windows} x "
                          f"{ev.seq_len} tokens of {ev.data.name} ...")
     model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     windows = token_windows(tokenizer, load_documents(ev.data, "eval.data"), ev.seq_len, ev.windows, "eval")
@@ -441,11 +441,11 @@ def measure_points(settings: Settings, prepared: Prepared, points: list[Point], 
         prepare_model(variant)
         q = compare_pass(variant, windows, ref, ev.batch_size, progress=False)
         del variant
-        pt.measured = {"kl_mean": q.kl_mean, "kl_p99": q.kl_p99, "ppl": q.ppl, "ppl_baseline": ref.ppl,
-                       "ppl_delta_pct": 100 * (q.ppl / ref.ppl - 1), "top1_agreement": q.top1_agreement,
-                       "eval_tokens": q.tokens, "eval_data": ev.data.name}
-        report("front", (i + 1) / len(points), f"  {pt.label}: {pt.bits_per_weight:.3f} bits per weight, KL "
-                                                f"{q.kl_mean:.4f}, perplexity {pt.measured['ppl_delta_pct']:+.2f}%")
+        pt.measured = {mn.KL_MEAN: q.kl_mean, mn.KL_P99: q.kl_p99, mn.PPL: q.ppl, mn.PPL_BASELINE: ref.ppl,
+                       mn.PPL_DELTA_PCT: 100 * (q.ppl / ref.ppl - 1), mn.TOP1_AGREEMENT: q.top1_agreement,
+                       mn.EVAL_TOKENS: q.tokens, mn.EVAL_DATA: ev.data.name}
+        report(SearchStage.FRONT, (i + 1) / len(points), f"  {pt.label}: {pt.bits_per_weight:.3f} bits per weight, KL "
+                                                f"{q.kl_mean:.4f}, perplexity {pt.measured[mn.PPL_DELTA_PCT]:+.2f}%")
 
 
 def pareto(points: list[dict[str, Any]], key: str) -> list[bool]:

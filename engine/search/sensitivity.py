@@ -212,7 +212,7 @@ def fisher_diagonals(model: nn.Module, windows: torch.Tensor, batch_size: int, n
 def _channel_error(original: nn.Linear, quantized: QuantLinear, divisor: torch.Tensor | None, stats) -> torch.Tensor:
     """E[dy_j^2] per output channel [out_features] of the quantized layer against the float one."""
     w = original.weight.detach().float()
-    if quantized.format.activation_dtype == "float":
+    if quantized.format.weight_only:
         wq = quantized.dequantized_weight(torch.float32)
         if divisor is not None:  # the layer now reads x / d: its effective weight is wq / d
             wq = wq / divisor[None, :]
@@ -322,7 +322,7 @@ def _proxy_block(slc: Slice, b: int, hidden: list[torch.Tensor], model_type: str
     prefix = f"{slc.blocks_name}.{b}"
     calls = [with_hidden(slc.calls[j], hidden[j]) for j in range(len(hidden))]
     modules = {li.name: get_module(block, li.name[len(prefix) + 1:]) for u, _ in todo for li in u.layers}
-    act = {li.name for u, c in todo if c.scheme_obj.activation != "float" for li in u.layers}
+    act = {li.name for u, c in todo if not c.scheme_obj.weight_format.weight_only for li in u.layers}
     needs = {n: {"hessian"} | ({"sample"} if n in act else set()) for n in modules}
     from ..models.families import pairings
 
@@ -351,7 +351,7 @@ def _proxy_block(slc: Slice, b: int, hidden: list[torch.Tensor], model_type: str
 def _proxy_outside(model: nn.Module, slc: Slice, model_type: str, todo: list[tuple[Unit, Candidate]], fisher,
                    values: dict, store) -> int:
     modules = {li.name: get_module(model, li.name) for u, _ in todo for li in u.layers}
-    act = {li.name for u, c in todo if c.scheme_obj.activation != "float" for li in u.layers}
+    act = {li.name for u, c in todo if not c.scheme_obj.weight_format.weight_only for li in u.layers}
     needs = {n: {"hessian"} | ({"sample"} if n in act else set()) for n in modules}
 
     def feed(root):

@@ -17,6 +17,7 @@ class FP8Format(ScaledActivationFormat):
     name = "fp8"
     activation_dtype = "fp8"
     code_dtype = torch.float8_e4m3fn
+    float_codes = True
     act_max = FP8_E4M3_MAX
 
     def _store_codes(self, q):
@@ -25,7 +26,7 @@ class FP8Format(ScaledActivationFormat):
     def _load_codes(self, qweight):
         return qweight
 
-    def _quantize_activations(self, x2d, scale):
+    def quantize_activations(self, x2d, scale):
         return quantize_fp8(x2d, scale)
 
     def _accumulate(self, xq, qweight):

@@ -31,6 +31,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 class W4A16Format(IntWeightOnlyFormat):
     name = "w4a16"
     weight_bits = 4
+    default_group_size = 128
     code_dtype = torch.uint8
 
     def _codes_shape(self, out_features, in_features):

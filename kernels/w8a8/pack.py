@@ -25,7 +25,7 @@ class W8A8Format(ScaledActivationFormat):
     def _load_codes(self, qweight):
         return (qweight.to(torch.int16) + 128).to(torch.uint8)
 
-    def _quantize_activations(self, x2d, scale):
+    def quantize_activations(self, x2d, scale):
         return quantize_int8(x2d, scale)
 
     def _accumulate(self, xq, qweight):

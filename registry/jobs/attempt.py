@@ -10,7 +10,7 @@ progress as JSON lines on the file descriptor named by QRECIPE_JOB_EVENTS_FD:
 
 It dies with the process that started it (PR_SET_PDEATHSIG), so a worker killed with SIGKILL
 leaves no attempt running on behind its back, and SIGTERM unwinds a run the way Ctrl-C does, so
-the run records itself as failed and removes its staged folder (engine/cli.py's Terminated).
+the run records itself as failed and removes its staged folder (engine/process.py's Terminated).
 A sleep job imports nothing heavy, so queue tests and benchmarks start it in milliseconds.
 """
 
@@ -81,27 +81,38 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
 
     from qrecipe.engine.config import load_settings
     from qrecipe.engine.config.resolvers import register_resolvers
+    from qrecipe.engine.events import RunEvent, Stage
+    from qrecipe.engine.planning import build_plan
 
-    from .paths import check_paths
-    from .progress import run_stage
+    from ..recorder import RunRecorder
+    from .paths import check_calibration_path, check_paths
 
     register_resolvers()
     cfg = OmegaConf.create(payload["config_yaml"])
     settings = load_settings(cfg)
-    check_paths(settings, [Path(r) for r in payload["allowed_roots"]], allow_hub=payload["allow_hub"])
-    if payload["kind"] == "plan":
-        return _plan(settings, emit)
-    if payload["kind"] == "search":
+    roots = [Path(r) for r in payload["allowed_roots"]]
+    check_paths(settings, roots, allow_hub=payload["allow_hub"])
+    if payload["kind"] == "search":  # a search always reads its calibration slice
+        check_calibration_path(settings, roots)
         return _search(cfg, emit)
+    emit("stage", stage="planning", progress=0.01)
+    plan, _ = build_plan(settings)
+    if plan.calibrates:
+        check_calibration_path(settings, roots)
+    if payload["kind"] == "plan":
+        return _plan(plan, emit)
     from qrecipe.engine.run import run
 
-    def on_event(name: str, data: dict) -> None:
-        if name == "started":
-            emit("started", variant_id=data.get("variant_id"), run_number=data.get("run_number"))
-        elif name == "step" and (stage := run_stage(data["message"])) is not None:
-            emit("stage", stage=stage[0], progress=stage[1])
+    recorder = RunRecorder()
 
-    result = run(cfg, progress=False, on_event=on_event)
+    def on_event(event: RunEvent) -> None:
+        if event.stage is Stage.STARTED:  # the registry run now exists: say which, before anything else
+            summary = recorder.summary()
+            emit("started", variant_id=summary.get("variant_id"), run_number=summary.get("run_number"))
+        if event.stage is not Stage.DONE:  # the job is done when its result is written, not before
+            emit("stage", stage=event.stage.value, progress=event.progress)
+
+    result = run(cfg, recorder=recorder, progress=False, on_event=on_event)
     summary = result.summary()
     return {k: summary.get(k) for k in ("variant_id", "run_number", "output_dir", "plan_hash", "recipe", "model",
                                         "target", "mlflow_run_id", "tracking_uri", "metrics")}
@@ -123,12 +134,9 @@ def _search(cfg, emit: Events) -> dict[str, Any]:
                                         "mlflow_run_id", "run_output_dir")}
 
 
-def _plan(settings, emit: Events) -> dict[str, Any]:
+def _plan(plan, emit: Events) -> dict[str, Any]:
     from qrecipe.engine.plan.render import render_plan
-    from qrecipe.engine.planning import build_plan
 
-    emit("stage", stage="planning", progress=0.1)
-    plan, _ = build_plan(settings)
     print(render_plan(plan), flush=True)
     return {"plan_hash": plan.plan_hash, "recipe": plan.recipe, "model": plan.model_id, "target": plan.target,
             "scheme_mix": plan.scheme_mix(), "totals": plan.totals()}
@@ -136,10 +144,10 @@ def _plan(settings, emit: Events) -> dict[str, Any]:
 
 def main(read_payload: Callable[[], str] = sys.stdin.read) -> int:
     die_with_parent()
-    from qrecipe.engine.cli import Terminated, _on_sigterm, _quiet_libraries
+    from qrecipe.engine.process import Terminated, quiet_libraries, raise_terminated
 
-    _quiet_libraries()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    quiet_libraries()
+    signal.signal(signal.SIGTERM, raise_terminated)
     fd = os.environ.get(EVENTS_FD)
     emit = Events(int(fd) if fd else None)
     from qrecipe.engine.errors import QRecipeError

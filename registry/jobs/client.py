@@ -110,7 +110,7 @@ def _wait(client: Client, job_id: int, poll: float = 1.0) -> dict:
 
 
 def cmd_list(args) -> int:
-    from qrecipe.engine.plan.render import _table
+    from qrecipe.engine.tables import text_table
 
     params = {"limit": args.limit, **({"status": args.status} if args.status else {})}
     jobs = _client(args).request("GET", "/jobs", params=params)["jobs"]
@@ -124,7 +124,7 @@ def cmd_list(args) -> int:
              j.get("target") or "-", j.get("stage") or "-", f"{100 * j['progress']:.0f}%",
              f"{j['attempts']}/{j['max_attempts']}", j.get("variant_id") or "-",
              (j["timings"]["created_at"] or "")[:19]] for j in jobs]
-    print(_table(["id", "status", "kind", "recipe", "model", "target", "stage", "progress", "attempts", "variant",
+    print(text_table(["id", "status", "kind", "recipe", "model", "target", "stage", "progress", "attempts", "variant",
                   "created"], rows))
     return 0
 

@@ -1,4 +1,4 @@
-"""The job commands (engine/cli.py registers them):
+"""The job commands (registry/cli.py registers them):
 
     qrecipe serve [--host H] [--port P] [--workers N] [KEY=VALUE...]   the HTTP service + N local workers
     qrecipe worker [--workers N] [KEY=VALUE...]                        workers only (e.g. on another machine)

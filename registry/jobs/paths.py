@@ -2,7 +2,11 @@
 write lies under the output root; a model that is not a local folder (a hub id) needs the
 operator's jobs.allow_hub. Checked on the composed, resolved settings (so interpolated paths
 are checked as they will be used) when a job is submitted, and again by the process that runs
-it, on the machine that runs it."""
+it, on the machine that runs it.
+
+The calibration data is read only when the plan calibrates (Plan.calibrates), so its path is
+checked apart, once the plan is resolved: `check_paths` first (the plan reads the model's
+config), then `check_calibration_path` if the plan calibrates."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # it names folders u
 
 
 def check_paths(settings, roots: list[Path], *, allow_hub: bool) -> None:
-    """Raise ConfigError naming the first field whose path lies outside where a job may go."""
+    """Raise ConfigError naming the first field whose path lies outside where a job may go
+    (all but the calibration data: check_calibration_path)."""
     model = settings.model
     if model.trust_remote_code:
         raise ConfigError("model.trust_remote_code: a job may not run code shipped with a model; set it to false")
@@ -35,7 +40,6 @@ def check_paths(settings, roots: list[Path], *, allow_hub: bool) -> None:
                           f"model.name=NAME")
     for name, data in settings.eval.all_texts().items():
         _under(Path(data.path), roots, f"{settings.eval.text_field(name)}.path")
-    _under(Path(settings.calib.data.path), roots, "calib.data.path")
     tasks = settings.eval.tasks
     for key in ("gsm8k", "humaneval", "mbpp"):
         if getattr(tasks, key):
@@ -45,6 +49,11 @@ def check_paths(settings, roots: list[Path], *, allow_hub: bool) -> None:
     output = (settings.sections.get("search") or {}).get("output")
     if output:  # the recipe a search job writes
         _under(Path(output), [Path(settings.paths.root).resolve()], "search.output")
+
+
+def check_calibration_path(settings, roots: list[Path]) -> None:
+    """The calibration data lies under the allowed roots (call when the plan calibrates)."""
+    _under(Path(settings.calib.data.path), roots, "calib.data.path")
 
 
 def _looks_like_hub_id(path: str) -> bool:

@@ -14,7 +14,7 @@ from qrecipe.engine.errors import ConfigError
 
 from .config import OPERATOR_SECTIONS, JobsConfig, with_operator_sections
 from .overrides import check_overrides
-from .paths import check_paths
+from .paths import check_calibration_path, check_paths
 from .queue import JobSpec
 from .requests import JobRequest
 
@@ -95,10 +95,13 @@ class Submitter:
             composed = compose(point + forced)
             settings = load_settings(with_operator_sections(composed, self.operator))
             check_paths(settings, self.jobs.roots(), allow_hub=self.jobs.allow_hub)
-            if request.kind == "search":
+            if request.kind == "search":  # a search always reads its calibration slice
+                check_calibration_path(settings, self.jobs.roots())
                 searched = _prepare_search(settings)
             else:
                 plan, ident = _resolve(settings, request.kind)
+                if plan.calibrates:
+                    check_calibration_path(settings, self.jobs.roots())
         own = {k: v for k, v in OmegaConf.to_container(composed, resolve=False).items() if k not in OPERATOR_SECTIONS}
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(own))
         if request.kind == "search":  # the recipe's name and the variant are known once it has run

@@ -102,7 +102,11 @@ def test_layers_without_tokens_fall_back_without_nan(tiny_model_dir, overrides, 
     (("recipe.base.algorithm=awq", "recipe.rules.linears.args.alpah=0.5"),
      r"recipe\.rules\.linears\.args\.alpah: awq takes no argument 'alpah'; its arguments are grid, "),
     (("recipe.base.algorithm=smoothquant",),
-     r"recipe\.rules\.linears\.algorithm: smoothquant does not apply to W4A16; it is for W8A8, FP8"),
+     r"recipe\.rules\.linears\.algorithm: smoothquant does not apply to W4A16; algorithms for W4A16: rtn, awq, "
+     r"gptq$"),
+    (("recipe.base.scheme=W8A8", "recipe.base.group_size=channel", "recipe.base.algorithm=awq"),
+     r"recipe\.rules\.linears\.algorithm: awq does not apply to W8A8; algorithms for W8A8: rtn, gptq, "
+     r"smoothquant$"),
 ])
 def test_bad_algorithm_settings_fail_before_loading(overrides, message):
     from conftest import settings_for

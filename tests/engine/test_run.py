@@ -14,6 +14,7 @@ import pytest
 from conftest import TINY_RUN
 from qrecipe.engine.checkpoint import load_checkpoint
 from qrecipe.engine.errors import ConfigError
+from qrecipe.engine.events import PROGRESS, Stage
 from qrecipe.engine.run import run
 
 RUN = TINY_RUN + ["eval.windows=16"]
@@ -28,8 +29,10 @@ def w8_and_w4(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     old = os.environ.get("QRECIPE_HOME")
     os.environ["QRECIPE_HOME"] = str(home)
+    events = []
     try:
-        w8 = run(compose_cfg(*RUN, "recipe=w8a16"), progress=False)
+        w8 = run(compose_cfg(*RUN, "recipe=w8a16"), progress=False, on_event=events.append)
+        w8.extra["events"], w8.extra["home"] = events, home
         w4 = run(compose_cfg(*RUN, "recipe=w4a16"), progress=False)
     finally:
         if old is None:
@@ -37,6 +40,35 @@ def w8_and_w4(tmp_path_factory):
         else:
             os.environ["QRECIPE_HOME"] = old
     return w8, w4
+
+
+def test_a_run_reports_typed_stages_in_order(w8_and_w4):
+    events = w8_and_w4[0].extra["events"]
+    stages = list(dict.fromkeys(e.stage for e in events))
+    assert stages == [s for s in Stage if s in stages]  # each stage entered once, in run order
+    assert stages[0] is Stage.STARTED and stages[-1] is Stage.DONE
+    assert {Stage.LOADING, Stage.BASELINE, Stage.QUANTIZING, Stage.SCORING, Stage.TIMING,
+            Stage.CHECKPOINT, Stage.LAYER_ERROR} <= set(stages)
+    progress = [e.progress for e in events]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert PROGRESS == dict(sorted(PROGRESS.items(), key=lambda kv: kv[1]))  # fractions rise in Stage order
+    assert list(PROGRESS) == list(Stage)
+
+
+def test_without_a_recorder_a_run_records_nothing(w8_and_w4):
+    # the engine writes its run folders and the baseline cache; registry and MLflow are the recorder's
+    assert {p.name for p in w8_and_w4[0].extra["home"].iterdir()} == {"runs", "baselines"}
+    assert w8_and_w4[0].summary()["output_dir"] and "variant_id" not in w8_and_w4[0].summary()
+
+
+def test_every_recorded_metric_is_named_once_in_metric_names(w8_and_w4):
+    from qrecipe.engine import metric_names as M
+
+    for result in w8_and_w4:
+        unnamed = [k for k in result.metrics
+                   if k not in M.METRICS and not (k.startswith("task.") and k.rsplit(".", 1)[-1] in M.TASK_KINDS)]
+        assert unnamed == []
+    assert all(m.better in (None, "lower", "higher") for m in M.METRICS.values())
 
 
 def test_w8a16_is_within_one_percent_of_baseline(w8_and_w4):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
-    from qrecipe.engine.cli import main
+    from qrecipe.registry.cli import main
 
     rc = main(list(args))
     out = capsys.readouterr()
@@ -137,6 +137,7 @@ def test_a_failed_run_leaves_no_success_behind(monkeypatch):
     from qrecipe.engine.evaluate import suite
     from qrecipe.engine.run import run
     from qrecipe.registry import recorder
+    from qrecipe.registry.recorder import RunRecorder
     from qrecipe.registry.tracking import tracking_uri
 
     def broken(*args, **kwargs):
@@ -145,7 +146,7 @@ def test_a_failed_run_leaves_no_success_behind(monkeypatch):
     monkeypatch.setattr(suite, "measure_variant_speed", broken)
     cfg = compose(TINY_RUN)
     with pytest.raises(RuntimeError, match="exploded"):
-        run(cfg, progress=False)
+        run(cfg, recorder=RunRecorder(), progress=False)
     settings = load_settings(cfg)
     url = recorder.registry_url(settings)
     [vrun] = _sql(url, "SELECT * FROM variant_runs")

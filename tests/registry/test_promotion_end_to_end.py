@@ -31,17 +31,18 @@ def recorded(home) -> dict[str, dict]:
     """recipe -> the run's summary (variant_id, metrics, output_dir, mlflow_run_id, tracking_uri)."""
     from qrecipe.engine.config import compose
     from qrecipe.engine.run import run
+    from qrecipe.registry.recorder import RunRecorder
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QRECIPE_HOME", str(home))
-        return {name: run(compose(TINY_RUN + overrides), progress=False).summary()
+        return {name: run(compose(TINY_RUN + overrides), recorder=RunRecorder(), progress=False).summary()
                 for name, overrides in RECIPES.items()}
 
 
 @pytest.fixture
 def cli(home, monkeypatch, capsys):
     """cli(*args) -> (exit code, stdout, stderr) against the module's registry and MLflow store."""
-    from qrecipe.engine.cli import main
+    from qrecipe.registry.cli import main
 
     monkeypatch.setenv("QRECIPE_HOME", str(home))
 

@@ -18,7 +18,7 @@ FAST = TINY_RUN + ["data@calib.data=tinystories", "eval.tasks.families=[]", "eva
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
-    from qrecipe.engine.cli import main
+    from qrecipe.registry.cli import main
 
     rc = main(list(args))
     out = capsys.readouterr()

@@ -59,7 +59,7 @@ def test_flatten_makes_dotted_params():
 def test_ui_serves_the_store(tmp_path):
     port = free_port()
     env = dict(os.environ, QRECIPE_HOME=str(tmp_path / "home"))
-    proc = subprocess.Popen([sys.executable, "-m", "qrecipe.engine.cli", "ui", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "qrecipe.registry.cli", "ui", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()  # printed once the server answers

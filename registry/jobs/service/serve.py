@@ -68,7 +68,7 @@ class WorkerPool:
         return self
 
     def _spawn(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "qrecipe.engine.cli", "worker", "--workers", "1", *self.items]
+        cmd = [sys.executable, "-m", "qrecipe.registry.cli", "worker", "--workers", "1", *self.items]
         return subprocess.Popen(cmd, env={**os.environ, PARENT_PID: str(os.getpid())})
 
     def _supervise(self) -> None:

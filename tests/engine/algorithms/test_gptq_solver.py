@@ -7,6 +7,8 @@ import torch
 
 from qrecipe.engine.quant.gptq import SingularHessian, gptq_quantize
 from qrecipe.engine.quant.grid import WeightGrid
+from qrecipe.engine.schemes import SCHEMES
+from qrecipe.kernels import QuantParams
 
 
 def _problem(n=48, k=128, tokens=2048, seed=0):
@@ -14,6 +16,10 @@ def _problem(n=48, k=128, tokens=2048, seed=0):
     mix = torch.randn(k, k, generator=g) / k**0.5
     x = torch.randn(tokens, k, generator=g) @ mix * torch.linspace(0.2, 3.0, k)  # correlated, uneven channels
     return torch.randn(n, k, generator=g) * 0.05, x, x.T @ x / tokens
+
+
+def _grid(scheme: str, group_size, symmetric: bool) -> WeightGrid:
+    return WeightGrid.of(SCHEMES[scheme], QuantParams(group_size, symmetric=symmetric))
 
 
 def _output_error(w, w_hat, x):
@@ -24,7 +30,7 @@ def _output_error(w, w_hat, x):
 @pytest.mark.parametrize("act_order", [False, True])
 def test_gptq_lowers_output_error_and_stays_on_grid(group_size, act_order):
     w, x, h = _problem()
-    grid = WeightGrid("w4a16", 4, group_size, True, torch.float16)
+    grid = _grid("W4A16", group_size, True)
     rtn = grid.fake(w, *grid.qparams(w))
     w_q, scale, zero = gptq_quantize(w, h, grid, act_order=act_order)
     assert _output_error(w, w_q, x) < 0.85 * _output_error(w, rtn, x)
@@ -37,7 +43,7 @@ def test_gptq_lowers_output_error_and_stays_on_grid(group_size, act_order):
 
 def test_gptq_is_deterministic():
     w, _, h = _problem()
-    grid = WeightGrid("w4a16", 4, 32, False, torch.float16)
+    grid = _grid("W4A16", 32, False)
     a = gptq_quantize(w, h, grid, act_order=True)
     b = gptq_quantize(w, h, grid, act_order=True)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
@@ -46,11 +52,11 @@ def test_gptq_is_deterministic():
 def test_dead_inputs_get_zero_weights():
     w, _, h = _problem()
     h[5, :] = h[:, 5] = 0  # input 5 never fired
-    w_q, _, _ = gptq_quantize(w, h, WeightGrid("w8a8", 8, None, True, torch.float32))
+    w_q, _, _ = gptq_quantize(w, h, _grid("W8A8", None, True))
     assert torch.all(w_q[:, 5] == 0)
 
 
 def test_rank_deficient_hessian_without_dampening_is_singular():
     w, x, _ = _problem(tokens=16)  # 16 tokens cannot span 128 input channels
     with pytest.raises(SingularHessian):
-        gptq_quantize(w, x.T @ x / 16, WeightGrid("w4a16", 4, None, True, torch.float16), damp=0.0)
+        gptq_quantize(w, x.T @ x / 16, _grid("W4A16", None, True), damp=0.0)

@@ -114,8 +114,8 @@ def test_70b_plan_from_config_alone(settings, llama70b_shaped):
 
 
 def test_tp_degree_respects_head_divisibility():
-    from qrecipe.engine.plan.capacity import _tp_ok
+    from qrecipe.engine.plan.capacity import tp_divides_heads
     from qrecipe.engine.models.describe import ModelInfo
 
     info = ModelInfo("m", "llama", 30, 576, 9, 3, 64, 1000, (), None, 0, ())
-    assert [tp for tp in (1, 2, 3, 4, 8) if _tp_ok(tp, info)] == [1, 3]
+    assert [tp for tp in (1, 2, 3, 4, 8) if tp_divides_heads(tp, info)] == [1, 3]

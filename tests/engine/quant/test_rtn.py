@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qrecipe.engine.quant.primitives import affine_qparams, quantize_codes
+from qrecipe.engine.quant.grid import WeightGrid
 from qrecipe.engine.quant.rtn import rtn_quantize
 from qrecipe.engine.schemes import SCHEMES
 from qrecipe.kernels import QuantParams, get_format
@@ -52,11 +52,16 @@ def test_smaller_groups_are_more_accurate(weights):
     assert errs[0] < errs[1] < errs[2]
 
 
+def _int4(group_size, symmetric) -> WeightGrid:
+    return WeightGrid.of(SCHEMES["W4A16"], QuantParams(group_size, symmetric=symmetric))
+
+
 def test_rtn_is_nearest_point_of_the_grid():
     # Each weight lands on the grid point closest to it: error at most half a step.
     w = torch.randn(16, 64)
-    scale, zero = affine_qparams(w, 4, 32, True)
-    q = quantize_codes(w, scale, zero, 4, 32)
+    grid = _int4(32, True)
+    scale, zero = grid.qparams(w)
+    q = grid.quantized(w, scale, zero).q
     deq = (q.float() - 8).reshape(16, 2, 32) * scale.unsqueeze(-1)
     inside = (w.reshape(16, 2, 32).abs() <= 7 * scale.unsqueeze(-1))
     err = (deq - w.reshape(16, 2, 32)).abs()
@@ -67,14 +72,15 @@ def test_all_zero_group_gives_finite_scales_and_exact_zeros():
     w = torch.zeros(4, 64)
     w[0, :32] = torch.randn(32)
     for sym in (True, False):
-        scale, zero = affine_qparams(w, 4, 32, sym)
+        grid = _int4(32, sym)
+        scale, zero = grid.qparams(w)
         assert torch.isfinite(scale).all() and (scale > 0).all()
-        q = quantize_codes(w, scale, zero, 4, 32)
+        q = grid.quantized(w, scale, zero).q
         deq = ((q.float().reshape(4, 2, 32) - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(4, 64)
         assert torch.equal(deq[1:], torch.zeros(3, 64))
 
 
 def test_asymmetric_range_includes_zero():
     w = torch.rand(8, 32) + 1.0  # all positive: the grid must still represent 0 exactly
-    scale, zero = affine_qparams(w, 4, None, False)
+    scale, zero = _int4(None, False).qparams(w)
     assert (zero == 0).all()

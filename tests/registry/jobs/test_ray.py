@@ -4,6 +4,7 @@ cluster on loopback that the test starts (`ray start --head`) and stops."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,28 +22,31 @@ pytest.importorskip("ray", reason="jobs.executor=ray needs the ray package (pip 
 
 
 # Ray on loopback only: Ray swaps 127.0.0.1 for the machine's routable address unless it takes
-# itself for a one-machine install (this switch); the driver sends the cluster's token (~/.ray/
-# auth_token, written by `ray start`) only when told to.
+# itself for a one-machine install (this switch). The cluster keeps Ray's default token
+# authentication, as the clusters users run do (README: Ray), with a token of the test's own:
+# head, worker and tasks read it from RAY_AUTH_TOKEN_PATH, never from ~/.ray/auth_token.
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
 
 
 @pytest.fixture
 def ray_cluster():
-    """A Ray head on 127.0.0.1 in its own process group, killed whole afterwards."""
+    """(address, env) of a Ray head on 127.0.0.1 in its own process group, killed whole afterwards."""
     port = free_port()
     # Ray's socket paths must stay short: a folder of its own under /tmp, not pytest's tmp_path
     temp = Path(tempfile.mkdtemp(prefix="qr-ray-"))
+    (temp / "auth_token").write_text(secrets.token_hex(32))
+    env = {**RAY_ENV, "RAY_AUTH_TOKEN_PATH": str(temp / "auth_token")}
     ray = Path(sys.executable).with_name("ray")
     log = open(temp / "head.log", "wb")
     head = subprocess.Popen([str(ray), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
                              f"--temp-dir={temp}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **RAY_ENV})
+                            env={**os.environ, **env})
     try:
         wait_for("the Ray head", lambda: b"Ray runtime started" in (temp / "head.log").read_bytes() or
                  head.poll() is not None, timeout=120)
         assert head.poll() is None, (temp / "head.log").read_text()
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", env
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started
         head.wait()
@@ -51,12 +55,13 @@ def ray_cluster():
 
 
 def test_a_job_runs_as_a_ray_task(ray_cluster, tmp_path):
+    address, env = ray_cluster
     home = tmp_path / "home"
     engine = open_registry(default_url(home))
     spec = queue.JobSpec(kind="sleep", priority=0, max_attempts=1, overrides=[], params={"seconds": 0.2})
     (job,) = queue.submit(engine, [spec], request_hash="ray", actor="test")[0]
-    worker = Proc(["worker", "jobs.executor=ray", f"jobs.ray.address={ray_cluster}", *FAST], home,
-                  tmp_path / "worker.log", RAY_ENV)
+    worker = Proc(["worker", "jobs.executor=ray", f"jobs.ray.address={address}", *FAST], home,
+                  tmp_path / "worker.log", env)
 
     def ended():
         assert worker.proc.poll() is None, worker.output()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from jobs_service import FAST, READ_TOKEN, WRITE_TOKEN, Service, wait_for
 
-from qrecipe.engine.cli import main
+from qrecipe.registry.cli import main
 
 FINAL = ("succeeded", "failed", "cancelled")
 

@@ -38,7 +38,7 @@ def test_a_job_stores_its_composed_config_without_the_operator_s_sections(shared
 
 
 def test_a_bad_recipe_gets_the_cli_s_one_line_error(shared, capsys):
-    from qrecipe.engine.cli import main
+    from qrecipe.registry.cli import main
 
     bad = ["recipe=w4a16", "recipe.base.group_size=256", "model=tinystories-656k", "target=cpu"]
     assert main(["plan", *bad]) != 0

@@ -22,31 +22,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import signal
 import sys
 import threading
 
-from .errors import QRecipeError
+from qrecipe.engine.errors import QRecipeError
+from qrecipe.engine.process import Terminated, quiet_libraries, raise_terminated
 
-
-def _quiet_libraries() -> None:
-    # Idle OpenMP threads sleep instead of spinning. On a shared or oversubscribed CPU a
-    # spinning thread that loses its core stalls every parallel region until it is scheduled
-    # again: with 6 runnable threads on 2 cores, SmolLM2 decode ran 7x slower with spinning.
-    # On an idle CPU sleeping costs a few microseconds per region. Set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("qrecipe").setLevel(logging.INFO)
+# The entry point lives at the end of the flow (engine <- registry <- jobs): it is the one place
+# that wires the engine's run to the registry's recorder.
 
 
 def cmd_plan(args) -> int:
-    from .config import compose, load_settings
-    from .plan.render import render_plan
-    from .planning import build_plan
+    from qrecipe.engine.config import compose, load_settings
+    from qrecipe.engine.plan.render import render_plan
+    from qrecipe.engine.planning import build_plan
 
     cfg = compose(args.overrides)
     if args.cfg:
@@ -64,8 +54,10 @@ def _cfg_yaml(cfg, which: str) -> str:
 
 
 def cmd_run(args) -> int:
-    from .config import compose, expand_sweep
-    from .run import run
+    from qrecipe.engine.config import compose, expand_sweep
+    from qrecipe.engine.run import run
+
+    from .recorder import RunRecorder
 
     points = expand_sweep(args.overrides) if args.multirun else [list(args.overrides)]
     if args.cfg:
@@ -82,7 +74,7 @@ def cmd_run(args) -> int:
         if args.multirun:
             print(f"[{i + 1}/{len(points)}] {' '.join(point)}", file=sys.stderr)
         try:
-            result = run(cfg, progress=not args.no_progress)
+            result = run(cfg, recorder=RunRecorder(), progress=not args.no_progress)
         except QRecipeError as e:
             if not args.multirun:
                 raise
@@ -120,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_run)
 
-    from ..registry.commands import add_commands
-    from ..registry.jobs.commands import add_commands as add_job_commands
-    from ..registry.search_command import add_search_command
-    from .export.command import add_export_command
+    from .commands import add_commands
+    from .export_command import add_export_command
+    from .jobs.commands import add_commands as add_job_commands
+    from .search_command import add_search_command
 
     def traceback_flag(q):
         q.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
@@ -133,17 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub, traceback_flag)
     add_job_commands(sub, traceback_flag)
     return parser
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (a job being cancelled, a container stopping): unwind like Ctrl-C, so a
-    run in progress is recorded as failed and its staged folder removed."""
-
-    exit_code = 128 + signal.SIGTERM
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated("terminated by SIGTERM")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -161,9 +142,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     try:
         return args.func(args)
     except QRecipeError as e:

@@ -10,7 +10,7 @@ from conftest import TINY_RUN
 
 
 def qrecipe(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "qrecipe.engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qrecipe.registry.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
 

@@ -11,20 +11,21 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import ConfigError
+from qrecipe.engine.errors import ConfigError
+from qrecipe.engine.export import WRITERS, export_checkpoint
+from qrecipe.engine.export.compressed_tensors import ExportError
 
 log = logging.getLogger(__name__)
 
 
 def _variant_checkpoint(ref: str, overrides: list[str]):
     """(checkpoint folder, variant, settings) of a registered variant."""
-    from ...registry.artifacts import checkpoint_dir
-    from ...registry.commands import _engine, _settings
-    from ...registry.queries import find_variant
-    from .compressed_tensors import ExportError
+    from .artifacts import checkpoint_dir
+    from .commands import open_for, settings_for
+    from .queries import find_variant
 
-    settings = _settings(overrides)
-    variant = find_variant(_engine(settings, catch_up=False), ref)
+    settings = settings_for(overrides)
+    variant = find_variant(open_for(settings, catch_up=False), ref)
     folder = checkpoint_dir(variant.output_dir)
     if folder is None:
         raise ExportError(f"variant {variant.id} has no checkpoint under {variant.output_dir} (its run had "
@@ -36,7 +37,7 @@ def _record_on_run(settings, variant, fmt: str, out: str) -> None:
     """Tag the variant's MLflow run with the export (best effort: the export itself is done)."""
     if not settings.tracking.enabled or not variant.mlflow_run_id:
         return
-    from ...registry.tracking import client_for
+    from .tracking import client_for
 
     try:
         client_for(settings).set_tag(variant.mlflow_run_id, f"qrecipe.export.{fmt}", out)
@@ -45,8 +46,6 @@ def _record_on_run(settings, variant, fmt: str, out: str) -> None:
 
 
 def cmd_export(args) -> int:
-    from . import export_checkpoint
-
     if "=" in args.source or "=" in args.out:
         raise ConfigError("export: give SOURCE and OUT_DIR first, then KEY=VALUE overrides, e.g. "
                           "qrecipe export 3f9a out/3f9a-ct registry.url=...")
@@ -74,8 +73,6 @@ def cmd_export(args) -> int:
 
 
 def add_export_command(sub, common_flags) -> None:
-    from . import WRITERS
-
     p = sub.add_parser("export", help="write a variant's checkpoint in a format serving engines load (vLLM, "
                                       "transformers)")
     p.add_argument("--format", default="compressed-tensors", choices=sorted(WRITERS),

@@ -1,0 +1,148 @@
+"""Every metric a run records, named once: evaluation writes these keys into metrics.json, and
+gates, `variants compare`, the report, the plots and MLflow read them by these names.
+
+`METRICS` says what each means and which direction is better; per-family task metrics and the
+extra eval texts' metrics are named by `task_metric` and `text_metric`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# quality on the primary eval text, against the baseline on the same tokens
+PPL = "ppl"
+PPL_BASELINE = "ppl_baseline"
+PPL_DELTA_PCT = "ppl_delta_pct"
+NLL = "nll"
+NLL_BASELINE = "nll_baseline"
+KL_MEAN = "kl_mean"
+KL_P99 = "kl_p99"
+TOP1_AGREEMENT = "top1_agreement"
+EVAL_TOKENS = "eval_tokens"
+EVAL_DATA = "eval_data"
+# size, speed and memory
+WEIGHT_BYTES = "weight_bytes"
+WEIGHT_BYTES_BASELINE = "weight_bytes_baseline"
+WEIGHT_REDUCTION = "weight_reduction"
+PREFILL_TOKENS_PER_S = "prefill_tokens_per_s"
+PREFILL_TOKENS_PER_S_BASELINE = "prefill_tokens_per_s_baseline"
+PREFILL_SPEEDUP = "prefill_speedup"
+DECODE_MS_PER_TOKEN = "decode_ms_per_token"
+DECODE_MS_PER_TOKEN_BASELINE = "decode_ms_per_token_baseline"
+DECODE_SPEEDUP = "decode_speedup"
+SPEED_DEVICE = "speed_device"
+PEAK_MEMORY_BYTES = "peak_memory_bytes"
+PEAK_MEMORY_BYTES_BASELINE = "peak_memory_bytes_baseline"
+PEAK_MEMORY_REDUCTION = "peak_memory_reduction"
+PEAK_MEMORY_METHOD = "peak_memory_method"
+# per-layer weight error
+WEIGHT_SQNR_DB_MEAN = "weight_sqnr_db_mean"
+WEIGHT_SQNR_DB_MIN = "weight_sqnr_db_min"
+# how the run went
+BASELINE_CACHED = "baseline_cached"
+QUANTIZE_SECONDS = "quantize_seconds"
+LAYERS_QUANTIZED = "layers_quantized"
+LAYERS_EMULATED = "layers_emulated"
+CALIBRATION_TOKENS = "calibration_tokens"
+DEVICE = "device"
+DTYPE = "dtype"
+# task behaviour: the family whose greedy continuations least often equal the baseline's
+TASK_WORST_FAMILY = "task.worst_family"
+TASK_WORST_GREEDY_MATCH = "task.worst_greedy_match"
+
+# per task family: task.<family>.<kind>
+GREEDY_MATCH = "greedy_match"
+PREFIX_MATCH = "prefix_match"
+PROMPTS = "prompts"
+LOGLIK = "loglik"
+LOGLIK_BASELINE = "loglik_baseline"
+LOGLIK_DELTA = "loglik_delta"
+VALID_RATE = "valid_rate"
+VALID_RATE_BASELINE = "valid_rate_baseline"
+# a search (`qrecipe search`): the plans it priced (predicted.<metric>, from per-unit
+# sensitivities on the calibration slice) and measured (measured.<metric>, on the eval text)
+BITS_PER_WEIGHT = "bits_per_weight"
+OUTPUT_ERROR = "output_error"
+PREDICTED = "predicted"
+MEASURED = "measured"
+SPEARMAN = "spearman"
+
+
+def search_metric(side: str, name: str) -> str:
+    """e.g. search_metric(PREDICTED, KL_MEAN) == "predicted.kl_mean"; SPEARMAN, "fisher" -> "spearman.fisher"."""
+    return f"{side}.{name}"
+
+
+def baseline_of(name: str) -> str:
+    """The baseline's figure beside a variant's, e.g. baseline_of(PPL) == PPL_BASELINE."""
+    return f"{name}_baseline"
+
+
+def task_metric(family: str, kind: str) -> str:
+    """e.g. task_metric("math", GREEDY_MATCH) == "task.math.greedy_match"."""
+    return f"task.{family}.{kind}"
+
+
+def text_metric(text: str, name: str) -> str:
+    """A metric of an extra eval text (eval.texts.<text>), e.g. "text.c4.ppl"."""
+    return f"text.{text}.{name}"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    meaning: str
+    better: str | None = None  # "lower", "higher", or None (a count, a label, a setting)
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric(PPL, "perplexity of the variant on the primary eval text", "lower"),
+    Metric(PPL_BASELINE, "perplexity of the baseline on the same tokens", "lower"),
+    Metric(PPL_DELTA_PCT, "perplexity change vs the baseline (%)", "lower"),
+    Metric(NLL, "mean negative log-likelihood per predicted token (nats)", "lower"),
+    Metric(NLL_BASELINE, "the baseline's mean negative log-likelihood (nats)", "lower"),
+    Metric(KL_MEAN, "mean KL(baseline || variant) per token over the baseline's top-k (nats)", "lower"),
+    Metric(KL_P99, "99th percentile of the per-token KL (nats)", "lower"),
+    Metric(TOP1_AGREEMENT, "share of tokens where the variant's top-1 equals the baseline's", "higher"),
+    Metric(EVAL_TOKENS, "predicted tokens the quality metrics are measured on"),
+    Metric(EVAL_DATA, "the primary eval text"),
+    Metric(WEIGHT_BYTES, "bytes of the variant's weights", "lower"),
+    Metric(WEIGHT_BYTES_BASELINE, "bytes of the baseline's weights"),
+    Metric(WEIGHT_REDUCTION, "baseline weight bytes / variant weight bytes (x)", "higher"),
+    Metric(PREFILL_TOKENS_PER_S, "prefill throughput of the variant (tokens/s)", "higher"),
+    Metric(PREFILL_TOKENS_PER_S_BASELINE, "prefill throughput of the baseline (tokens/s)", "higher"),
+    Metric(PREFILL_SPEEDUP, "variant prefill tokens/s / baseline's, same process and device (x)", "higher"),
+    Metric(DECODE_MS_PER_TOKEN, "decode latency of the variant at batch 1 (ms/token)", "lower"),
+    Metric(DECODE_MS_PER_TOKEN_BASELINE, "decode latency of the baseline (ms/token)", "lower"),
+    Metric(DECODE_SPEEDUP, "baseline decode ms/token / variant's, same process and device (x)", "higher"),
+    Metric(SPEED_DEVICE, "the device speed was measured on"),
+    Metric(PEAK_MEMORY_BYTES, "peak memory of the variant running one eval batch", "lower"),
+    Metric(PEAK_MEMORY_BYTES_BASELINE, "peak memory of the baseline running one eval batch", "lower"),
+    Metric(PEAK_MEMORY_REDUCTION, "baseline peak memory / variant peak memory (x)", "higher"),
+    Metric(PEAK_MEMORY_METHOD, "how peak memory was measured (child, cuda)"),
+    Metric(WEIGHT_SQNR_DB_MEAN, "mean SQNR of the quantized layers' weights (dB)", "higher"),
+    Metric(WEIGHT_SQNR_DB_MIN, "lowest SQNR of a quantized layer's weights (dB)", "higher"),
+    Metric(BASELINE_CACHED, "the baseline's outputs came from the cache"),
+    Metric(QUANTIZE_SECONDS, "wall time of quantization, calibration included (s)"),
+    Metric(LAYERS_QUANTIZED, "layers the plan quantized"),
+    Metric(LAYERS_EMULATED, "quantized layers run with emulated numerics on this machine"),
+    Metric(CALIBRATION_TOKENS, "calibration tokens the calibrated layers saw"),
+    Metric(DEVICE, "the device the run measured on"),
+    Metric(DTYPE, "the activation dtype the run measured in"),
+    Metric(TASK_WORST_FAMILY, "the task family whose greedy continuations least often match the baseline's"),
+    Metric(TASK_WORST_GREEDY_MATCH, "that family's greedy match rate", "higher"),
+    Metric(BITS_PER_WEIGHT, "stored bits per weight of the searched layers, scales and zeros included", "lower"),
+    Metric(OUTPUT_ERROR, "a search's hessian proxy: sum over units of tr(dW H dW^T)", "lower"),
+)}
+
+# per-family task metrics: kind -> (meaning, better)
+TASK_KINDS: dict[str, Metric] = {m.name: m for m in (
+    Metric(PROMPTS, "prompts of the family"),
+    Metric(GREEDY_MATCH, "share of prompts whose greedy continuation equals the baseline's", "higher"),
+    Metric(PREFIX_MATCH, "mean share of the baseline's continuation reproduced before the first difference", "higher"),
+    Metric(LOGLIK, "mean log-likelihood of the reference answers under the variant", "higher"),
+    Metric(LOGLIK_BASELINE, "the same under the baseline", "higher"),
+    Metric(LOGLIK_DELTA, "variant minus baseline log-likelihood of the reference answers", "higher"),
+    Metric(VALID_RATE, "share of outputs that are valid JSON matching the schema", "higher"),
+    Metric(VALID_RATE_BASELINE, "the same for the baseline", "higher"),
+)}
