@@ -118,7 +118,8 @@ def build_recipe(name: str, units: list[Unit], assignment: dict[str, Candidate],
         for cand in sorted({assignment[u.name] for u in members} - {default}, key=lambda c: c.label):
             chosen = [u for u in members if assignment[u.name] == cand]
             add(f"{u0.kind_slug}_{cand.slug}", chosen, cand, False,
-                f"{u0.kind_label} in layers {describe_indices([u.block for u in chosen])}: {cand.label}")
+                f"{u0.kind_label} in layer{'s' if len(chosen) > 1 else ''} {describe_indices([u.block for u in chosen])}: "
+                f"{cand.label}")
         if default != base:
             others = [u for u in members if assignment[u.name] == default]
             overlap = overlap or len(others) < len(members)

@@ -39,6 +39,7 @@ from ..calibration.driver import quantize_unit
 from ..calibration.stats import attach_stats
 from ..evaluate.divergence import TextReference, compare_pass, reference_pass
 from ..modules import QuantLinear, get_module, set_module
+from ..quant.grid import WeightGrid
 from ..schemes import SCHEMES
 from .cache import EXACT_KL, EXACT_NLL, FISHER, HESSIAN, Key
 from .candidates import Candidate
@@ -171,7 +172,9 @@ def exact(model: nn.Module, slc: Slice, model_type: str, unit: Unit, cand: Candi
 def fisher_diagonals(model: nn.Module, windows: torch.Tensor, batch_size: int, names: list[str],
                      seed: int) -> dict[str, torch.Tensor]:
     """Per linear (by name), the mean over tokens of the squared gradient of log p(sampled
-    token) summed over the window, with respect to each output channel [out_features]."""
+    token) summed over the window, with respect to each output channel [out_features].
+    One window at a time: the vocabulary-wide logits and their gradient dominate memory."""
+    batch_size = 1
     sums: dict[str, torch.Tensor] = {}
     tokens = 0
     handles = []
@@ -226,24 +229,40 @@ def _channel_error(original: nn.Linear, quantized: QuantLinear, divisor: torch.T
     return dy.pow(2).mean(0)
 
 
+def _rounds_alone(cand: Candidate) -> bool:
+    """RTN into a weight-only format: its error is the grid's round trip of the weight alone."""
+    from ..algorithms import get_algorithm
+
+    return not get_algorithm(cand.algorithm).needs_calibration and cand.scheme_obj.weight_format.weight_only
+
+
 @torch.no_grad()
 def unit_proxy(block: nn.Module, prefix: str, model_type: str, unit: Unit, cand: Candidate, stats: dict,
-               feed: Callable[[nn.Module], None], fisher: dict[str, torch.Tensor] | None) -> dict[str, float]:
+               feed: Callable[[nn.Module], None], fisher: dict[str, torch.Tensor] | None,
+               through_modules: bool = False) -> dict[str, float]:
     """{HESSIAN, FISHER?} of the unit under the candidate; `stats` are the float block's input
-    statistics by layer name (hessian, and a sample for activation-quantizing candidates)."""
-    root = copy.deepcopy(block)
-    context = quantize_in(root, prefix, model_type, unit, cand, feed)
+    statistics by layer name (hessian, and a sample for activation-quantizing candidates).
+
+    RTN into a weight-only format is priced from the weight grid's round trip directly (the
+    same numerics the format stores); anything else is quantized into QuantLinears on a copy of
+    the block (`through_modules` forces that path, for tests)."""
     rel = (lambda n: n[len(prefix) + 1:]) if prefix else (lambda n: n)
-    h_total, f_total = 0.0, 0.0
-    for li in unit.layers:
-        e = _channel_error(get_module(block, rel(li.name)), get_module(root, rel(li.name)),
-                           context.input_divisors.get(li.name), stats[li.name])
-        h_total += e.sum().item()
-        if fisher is not None:
-            f_total += 0.5 * (fisher[li.name].to(e.device) * e).sum().item()
-    out = {HESSIAN: h_total}
+    errors: dict[str, torch.Tensor] = {}
+    if _rounds_alone(cand) and not through_modules:
+        grid = WeightGrid.of(cand.scheme_obj, cand.params)
+        for li in unit.layers:
+            w = get_module(block, rel(li.name)).weight.detach().float()
+            d = grid.fake(w, *grid.qparams(w)).sub_(w)
+            errors[li.name] = ((d @ stats[li.name].hessian) * d).sum(1)
+    else:
+        root = copy.deepcopy(block)
+        context = quantize_in(root, prefix, model_type, unit, cand, feed)
+        for li in unit.layers:
+            errors[li.name] = _channel_error(get_module(block, rel(li.name)), get_module(root, rel(li.name)),
+                                             context.input_divisors.get(li.name), stats[li.name])
+    out = {HESSIAN: float(sum(e.sum().item() for e in errors.values()))}
     if fisher is not None:
-        out[FISHER] = f_total
+        out[FISHER] = float(sum(0.5 * (fisher[n].to(e.device) * e).sum().item() for n, e in errors.items()))
     return out
 
 

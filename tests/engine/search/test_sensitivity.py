@@ -156,3 +156,31 @@ def test_the_fisher_pass_leaves_the_model_as_it_was(measured, tiny_model):
     params = list(model.parameters())
     assert all(p.requires_grad for p in params) and all(p.grad is None for p in params)
     assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_the_grid_shortcut_prices_rtn_as_the_stored_format_does(measured, tiny_model):
+    """RTN weight-only candidates are priced from the weight grid's round trip; quantizing the
+    unit into QuantLinears (what the checkpoint stores) gives the same output error."""
+    from qrecipe.engine.calibration.capture import run_block, with_hidden
+    from qrecipe.engine.calibration.stats import attach_stats
+    from qrecipe.engine.modules import get_module
+    from qrecipe.engine.search.sensitivity import unit_proxy
+
+    p, m, windows, slc, _ = measured
+    prefix = f"{slc.blocks_name}.1"
+    block = slc.blocks[1]
+    units = [u for u in p.units if u.block == 1]
+    modules = {li.name: get_module(block, li.name[len(prefix) + 1:]) for u in units for li in u.layers}
+    stats, handles = attach_stats(modules, {n: {"hessian"} for n in modules}, [])
+    calls = [with_hidden(slc.calls[j], slc.inputs[1][j]) for j in range(len(slc.calls))]
+    for call in calls:
+        run_block(block, call)
+    for h in handles:
+        h.remove()
+    for u in units:
+        for o in p.options[u.name]:
+            if o.candidate.keeps:
+                continue
+            args = (block, prefix, p.info.model_type, u, o.candidate, stats, lambda root: None, None)
+            assert unit_proxy(*args)["hessian"] == pytest.approx(unit_proxy(*args, through_modules=True)["hessian"],
+                                                                 rel=1e-4)
