@@ -19,6 +19,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def point(label: str, metrics: dict[str, Any], highlight: bool = False) -> dict[str, Any]:
     """One variant on the quality-vs-memory plot, from its metrics."""
     return {"label": label, M.WEIGHT_BYTES: metrics.get(M.WEIGHT_BYTES), M.PPL_DELTA_PCT: metrics.get(M.PPL_DELTA_PCT),
@@ -49,11 +57,7 @@ def quality_vs_memory(points: list[dict[str, Any]], baseline_bytes: int | None, 
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def layer_error(errors: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -72,11 +76,7 @@ def layer_error(errors: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_title(title)
     if len(errors) <= 40:
         ax.set_xticks(list(xs), [e["name"] for e in errors], rotation=90, fontsize=6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def task_families(rows: list[dict[str, Any]], families: list[str], path: Path, title: str) -> Path:
@@ -92,11 +92,7 @@ def task_families(rows: list[dict[str, Any]], families: list[str], path: Path, t
     ax.set_ylabel("greedy continuation equal to the baseline's (share)")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def pareto_front(points: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -130,8 +126,4 @@ def pareto_front(points: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_calls import cli
 from conftest import TINY_RUN
 from sqlalchemy import create_engine, text
 
@@ -19,16 +20,8 @@ RUN_ARTIFACTS = {"config.yaml", "recipe.yaml", "plan.json", "plan.txt", "metrics
 pytestmark = pytest.mark.slow
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    from qrecipe.registry.cli import main
-
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 def _run_json(capsys, *overrides) -> dict:
-    rc, out, err = _cli(capsys, "run", "--json", "--no-progress", *TINY_RUN, *overrides)
+    rc, out, err = cli(capsys, "run", "--json", "--no-progress", *TINY_RUN, *overrides)
     assert rc == 0, err
     return json.loads(out.strip().splitlines()[-1])
 
@@ -106,20 +99,20 @@ def test_a_rerun_the_commands_that_read_the_registry_and_the_report(monkeypatch,
     assert {r.info.run_id for r in tagged} == {first["mlflow_run_id"], again["mlflow_run_id"]}
     assert _artifacts(client, other["mlflow_run_id"]) >= {"plots/quality_vs_memory.png"}
 
-    rc, out, _ = _cli(capsys, "variants", "list")
+    rc, out, _ = cli(capsys, "variants", "list")
     assert rc == 0 and first["variant_id"] in out and other["variant_id"] in out
-    rc, out, _ = _cli(capsys, "variants", "show", first["variant_id"][:6], "--json")
+    rc, out, _ = cli(capsys, "variants", "show", first["variant_id"][:6], "--json")
     shown = json.loads(out)
     assert [r["number"] for r in shown["runs"]] == [1, 2] and shown["metrics"]["ppl"] == again["metrics"]["ppl"]
-    rc, out, _ = _cli(capsys, "variants", "compare", "--json")
+    rc, out, _ = cli(capsys, "variants", "compare", "--json")
     rows = {r["variant"]: r for r in json.loads(out)}
     assert rows[other["variant_id"]]["weight_reduction"] == pytest.approx(other["metrics"]["weight_reduction"])
     assert rows[other["variant_id"]]["serves_on"] == ["a100", "cpu", "h100", "l4"]  # weight-only runs anywhere
     assert rows[other["variant_id"]]["worst_family"] == other["metrics"]["task.worst_family"]
-    rc, out, _ = _cli(capsys, "variants", "compare", first["variant_id"], other["variant_id"])
+    rc, out, _ = cli(capsys, "variants", "compare", first["variant_id"], other["variant_id"])
     assert rc == 0 and "worst task" in out and "w4a16" in out
 
-    rc, out, _ = _cli(capsys, "report", "tinystories-656k", "--out", str(tmp_path / "report"))
+    rc, out, _ = cli(capsys, "report", "tinystories-656k", "--out", str(tmp_path / "report"))
     assert rc == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Decision matrix" in md and other["variant_id"] in md

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_calls import cli
 from conftest import TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -17,16 +18,8 @@ FAST = TINY_RUN + ["data@calib.data=tinystories", "eval.tasks.families=[]", "eva
                    "search.samples=8", "search.seq_len=128", "search.front_points=1"]
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    from qrecipe.registry.cli import main
-
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 def _search(capsys, *overrides) -> dict:
-    rc, out, err = _cli(capsys, "search", "--json", "--no-progress", *FAST, *overrides)
+    rc, out, err = cli(capsys, "search", "--json", "--no-progress", *FAST, *overrides)
     assert rc == 0, err
     return json.loads(out.strip().splitlines()[-1]), err
 
@@ -76,19 +69,19 @@ def test_search_records_its_front_and_caches_sensitivities(capsys, tmp_path):
                        .read_text())
     assert sorted(table["columns"])[:3] and "measured_kl" in table["columns"]
 
-    rc, out, err = _cli(capsys, "variants", "compare", "--model", "tinystories-656k")
+    rc, out, err = cli(capsys, "variants", "compare", "--model", "tinystories-656k")
     assert rc == 0, err
     assert "search #2 of tinystories-656k" in out and "search #1 of tinystories-656k" in out
     assert "chosen *" in out and "KL+ppl" in out
 
     # the found recipe is a normal recipe: `qrecipe plan recipe=PATH` resolves it
-    rc, out, err = _cli(capsys, "plan", "--json", *TINY_RUN, f"recipe={recipe}")
+    rc, out, err = cli(capsys, "plan", "--json", *TINY_RUN, f"recipe={recipe}")
     assert rc == 0, err
     assert json.loads(out)["recipe"] == "search-tinystories-656k-bpw5"
 
 
 def test_a_bad_budget_is_one_line_before_any_work(capsys, tmp_path):
-    rc, out, err = _cli(capsys, "search", *FAST)
+    rc, out, err = cli(capsys, "search", *FAST)
     assert rc == 2 and err.strip().count("\n") == 0
     assert err.startswith("error: search.budget: set exactly one of bits_per_weight")
     assert not (tmp_path / "qrecipe_home" / "recipes").exists()
