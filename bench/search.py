@@ -3,11 +3,12 @@ mix of the same size, on text the search never saw; the proxy's rank correlation
 sensitivities; and the wall time of a search against one calibrated quantization run.
 
     nice -n 10 .venv/bin/python bench/search.py [--budgets 4.25,4.5,5.0] [--eval-windows 32]
-        [--no-timing] [--out bench/search.json]
+        [--exact-layers 0,4,...|all] [--no-timing] [--out bench/search.json]
 
-Sensitivities: measured on 8 windows x 256 tokens of C4 train (calib.seed 0), exact (KL with each
-unit alone quantized) and both proxies, for every candidate below; cached in the registry under
-bench/.cache/search (a rerun reuses them). Evaluation: `--eval-windows` windows of 512 tokens of
+Sensitivities: measured on 8 windows x 256 tokens of C4 train (calib.seed 0): both proxies for
+every unit and candidate below, the exact KL (each unit alone quantized) for the units of
+--exact-layers (every one with `all`; then exact-sensitivity searches are measured too); cached
+in the registry under bench/.cache/search (a rerun reuses them). Evaluation: `--eval-windows` windows of 512 tokens of
 WikiText-2 test, scored like `qrecipe run` (KL over the baseline's top-64, perplexity), every
 plan quantized from the same float model. Target h100 (bf16 serving dtype: a kept layer costs 16
 bits). Results go to --out (resumed: plans already measured there are not measured again).
@@ -63,6 +64,41 @@ def found(args, measure: str, bpw: float):
     s = settings_for(args, f"search.sensitivity={'exact' if measure == 'exact' else 'proxy'}",
                      f"search.budget.bits_per_weight={bpw}", f"search.output={out}")
     return s, find(s, cache())
+
+
+def exact_on(settings, prepared, layers: set[int]) -> dict:
+    """The exact KL of the units in `layers` (stored in the registry cache), and the Spearman rank
+    correlation of each proxy with it over those (unit, candidate) pairs."""
+    import dataclasses
+
+    import torch
+    from scipy.stats import spearmanr
+
+    from qrecipe.engine.data import calibration_windows
+    from qrecipe.engine.models.loading import load_model
+    from qrecipe.engine.search.cache import EXACT_KL, FISHER, HESSIAN
+    from qrecipe.engine.search.search import cache_scope
+    from qrecipe.engine.search.sensitivity import measure
+
+    c = cache()
+    device, dtype = torch.device("cpu"), torch.float32
+    scope = cache_scope(prepared, device, dtype)
+    units = [u for u in prepared.units if u.block in layers]
+    options = {u.name: [o.candidate for o in prepared.options[u.name]] for u in units}
+    known = c.load(scope)
+    pairs = [(u.name, cand.label) for u in units for cand in options[u.name] if not cand.keeps]
+    if any((EXACT_KL, *pair) not in known for pair in pairs):
+        model, tok = load_model(settings.model, Path(settings.paths.cache), device, dtype)
+        windows = calibration_windows(tok, dataclasses.replace(settings.calib, samples=prepared.spec.samples,
+                                                               seq_len=prepared.spec.seq_len))
+        measure(model, windows, prepared.spec.batch_size, settings.eval.kl_topk, prepared.info.model_type, units,
+                options, {EXACT_KL}, known, settings.calib.seed, lambda e: c.store(scope, e),
+                lambda f, msg: print(f"[exact {100 * f:5.1f}%] {msg}", file=sys.stderr, flush=True))
+        known = c.load(scope)
+    exact = [known[(EXACT_KL, *pair)] for pair in pairs]
+    return {"exact_layers": sorted(layers), "exact_pairs": len(pairs),
+            "spearman": {proxy: float(spearmanr(exact, [known[(proxy, *pair)] for pair in pairs]).statistic)
+                         for proxy in (FISHER, HESSIAN)}}
 
 
 def use_more_bits(i: int, n: int) -> bool:
@@ -122,6 +158,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", default="4.25,4.5,5.0")
     ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--exact-layers", default="0,4,8,12,16,20,24,28,29",
+                    help="layers whose units get the exact KL (for the proxy's rank correlation), or all")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--out", default=str(HERE / "search.json"))
     args = ap.parse_args()
@@ -136,18 +174,22 @@ def main() -> int:
 
     from omegaconf import OmegaConf
 
-    from qrecipe.engine.search import measure_points, prepare
+    from qrecipe.engine.search import measure_points
     from qrecipe.engine.search.recipe_writer import build_recipe
 
-    # 1. every sensitivity, exact and proxies (cached in the registry for reruns)
+    # 1. the proxies of every unit, the exact KL of some (cached in the registry for reruns)
     t0 = time.monotonic()
-    s, r = found(args, "exact", 4.5)
-    results["sensitivities"] = {"pairs": sum(1 for u in r.prepared.units for o in r.prepared.options[u.name]
+    s, r = found(args, "fisher", 4.5)
+    prepared = r.prepared
+    every = args.exact_layers == "all"
+    layers = set(range(prepared.info.num_layers)) if every else {int(x) for x in args.exact_layers.split(",")}
+    results["sensitivities"] = {"pairs": sum(1 for u in prepared.units for o in prepared.options[u.name]
                                              if not o.candidate.keeps),
-                                "measured_now": r.computed, "from_cache": r.cached,
-                                "seconds_this_run": round(time.monotonic() - t0, 1), "spearman": r.spearman}
+                                "proxy_seconds_this_run": round(time.monotonic() - t0, 1)}
+    t0 = time.monotonic()
+    results["sensitivities"].update(exact_on(s, prepared, layers))
+    results["sensitivities"]["exact_seconds_this_run"] = round(time.monotonic() - t0, 1)
     save()
-    prepared = prepare(s)
     heuristic = OmegaConf.to_container(OmegaConf.load(HEURISTIC))
     natural = reference_point("llama.cpp heuristic (recipes/llamacpp-smollm2.yaml)", heuristic, s, prepared)
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -155,7 +197,7 @@ def main() -> int:
     # 2. the plans to measure
     points = {}
     for bpw in [*budgets, round(natural.bits_per_weight, 4)]:
-        for measure in ("exact", "fisher"):
+        for measure in (("exact", "fisher") if every else ("fisher",)):
             sb, rb = found(args, measure, bpw)
             rb.chosen.label = f"found {measure} @{bpw:g}"
             points[rb.chosen.label] = rb.chosen
@@ -190,7 +232,9 @@ def main() -> int:
         uniform = [(k, v) for k, v in P.items() if k.startswith("uniform") and v["bits_per_weight"] <= bpw + 1e-9]
         best_u = min(uniform, key=lambda kv: kv[1]["measured"]["kl_mean"]) if uniform else None
         heur = f"llama.cpp heuristic sized @{bpw:g}" if f"llama.cpp heuristic sized @{bpw:g}" in P else natural.label
-        rows.append({"budget": bpw, "found_exact": f"found exact @{bpw:g}", "found_fisher": f"found fisher @{bpw:g}",
+        exact = f"found exact @{bpw:g}"
+        rows.append({"budget": bpw, "found_exact": exact if exact in P else None,
+                     "found_fisher": f"found fisher @{bpw:g}",
                      "best_uniform": best_u[0] if best_u else None, "heuristic": heur})
     results["comparisons"] = rows
     save()

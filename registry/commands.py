@@ -160,7 +160,8 @@ def _print_searches(engine, model: str) -> None:
         budget = ", ".join(f"{k} {v:g}" for k, v in s.budget.items())
         print(f"\nsearch #{s.id} of {model} for {s.target} ({budget}; {s.settings.get('measure')} on "
               f"{s.settings.get('calib_data')}): recipe {s.recipe_name}"
-              + (f", variant {s.variant_id}" if s.variant_id else "") + f"; plans measured on {s.settings.get('eval_data')}"
+              + (f", variant {s.variant_id}" if s.variant_id else "")
+              + f"; plans measured on {s.settings.get('eval_data')}"
               + " (* the found recipe; front: on the Pareto front of measured KL / perplexity against weight bytes)")
         print(points_table(s.points))
 

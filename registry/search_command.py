@@ -32,7 +32,8 @@ def add_search_command(sub, common_flags) -> None:
     p = sub.add_parser("search", help="find the cheapest per-layer mix that meets a budget; write, run and measure it")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object (the search's outcome)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--cfg", choices=["job", "search"], help="print the composed config (or its search section) and exit")
+    p.add_argument("--cfg", choices=["job", "search"],
+                   help="print the composed config (or its search section) and exit")
     common_flags(p)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search.budget.bits_per_weight=4.5")
     p.set_defaults(func=cmd_search)

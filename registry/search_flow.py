@@ -126,7 +126,8 @@ def search_and_record(cfg: DictConfig, on_event: OnEvent | None = None, progress
         "target": settings.target.name, "budget": {prepared.spec.budget.kind: prepared.spec.budget.value},
         "measure": prepared.measure, "candidates": [c.label for c in prepared.candidates],
         "predicted": result.predicted_figures(), "measured": result.chosen.measured, "points": points,
-        "spearman": result.spearman, "sensitivities": {"measured": result.computed, "cached": result.cached},
+        "spearman": result.spearman, "spearman_pairs": result.spearman_pairs,
+        "sensitivities": {"measured": result.computed, "cached": result.cached},
         "allocation_exact": result.exact, "seconds": seconds,
         "variant_id": run_result.extra.get("variant_id") if run_result else None,
         "run_output_dir": str(run_result.output_dir) if run_result else None,
@@ -214,7 +215,8 @@ def _log_mlflow(settings: Settings, result: SearchResult, outcome: dict[str, Any
             (folder / "recipe.yaml").write_text(result.recipe_text)
             (folder / "points.json").write_text(json.dumps(outcome["points"], indent=2, default=str))
             (folder / "sensitivities.json").write_text(json.dumps(
-                [{"measure": m, "unit": u, "candidate": c, "value": v} for (m, u, c), v in sorted(result.values.items())],
+                [{"measure": m, "unit": u, "candidate": c, "value": v}
+                 for (m, u, c), v in sorted(result.values.items())],
                 indent=1))
             png = plots.pareto_front(outcome["points"], folder / "pareto.png",
                                      f"{p.info.model_id}: plans measured by search {p.name}")
@@ -232,8 +234,8 @@ def _log_mlflow(settings: Settings, result: SearchResult, outcome: dict[str, Any
 def render(outcome: dict[str, Any]) -> str:
     """Predicted beside measured, then every plan the search measured."""
     pred, meas = outcome["predicted"], outcome["measured"] or {}
-    lines = [f"search {outcome['recipe']} for {outcome['model']} ({', '.join(f'{k} {v:g}' for k, v in outcome['budget'].items())}):"
-             f" recipe {outcome['recipe_path']}",
+    budget = ", ".join(f"{k} {v:g}" for k, v in outcome["budget"].items())
+    lines = [f"search {outcome['recipe']} for {outcome['model']} ({budget}): recipe {outcome['recipe_path']}",
              f"  {'':<22}{'predicted':>14}{'measured':>14}"]
 
     def row(name, a, b, spec):
@@ -250,7 +252,8 @@ def render(outcome: dict[str, Any]) -> str:
     lines.append("  (predicted on the calibration slice from per-unit sensitivities; measured on the eval text; the "
                  "measured weight bytes are the loaded model's, in its run dtype)")
     for k, v in outcome["spearman"].items():
-        lines.append(f"  proxy {k}: Spearman {v:.3f} against exact KL")
+        lines.append(f"  proxy {k}: Spearman {v:.3f} against exact KL over {outcome['spearman_pairs']} "
+                     f"(unit, candidate) pairs")
     s = outcome["sensitivities"]
     lines.append(f"  sensitivities: {s['measured']} measured, {s['cached']} from the cache; seconds: " +
                  ", ".join(f"{k} {v:g}" for k, v in outcome["seconds"].items()))

@@ -118,8 +118,8 @@ def build_recipe(name: str, units: list[Unit], assignment: dict[str, Candidate],
         for cand in sorted({assignment[u.name] for u in members} - {default}, key=lambda c: c.label):
             chosen = [u for u in members if assignment[u.name] == cand]
             add(f"{u0.kind_slug}_{cand.slug}", chosen, cand, False,
-                f"{u0.kind_label} in layer{'s' if len(chosen) > 1 else ''} {describe_indices([u.block for u in chosen])}: "
-                f"{cand.label}")
+                f"{u0.kind_label} in layer{'s' if len(chosen) > 1 else ''} "
+                f"{describe_indices([u.block for u in chosen])}: {cand.label}")
         if default != base:
             others = [u for u in members if assignment[u.name] == default]
             overlap = overlap or len(others) < len(members)
@@ -185,5 +185,6 @@ def check_round_trip(node: dict[str, Any], info: ModelInfo, target: Target, unit
              if not _matches(plan.layer(li.name), assignment[u.name])]
     if wrong:
         raise RuntimeError(f"the written recipe does not resolve to the allocation: {wrong[0][0]} should be "
-                           f"{wrong[0][1]} (and {len(wrong) - 1} more); this is a bug in engine/search/recipe_writer.py")
+                           f"{wrong[0][1]} (and {len(wrong) - 1} more); this is a bug in "
+                           f"engine/search/recipe_writer.py")
     return plan

@@ -194,6 +194,7 @@ class SearchResult:
     recipe_text: str
     spearman: dict[str, float] = field(default_factory=dict)
     scope_key: str = ""
+    spearman_pairs: int = 0  # (unit, candidate) pairs the correlation is over
 
     @property
     def predicted_is_kl(self) -> bool:
@@ -241,17 +242,20 @@ def recipe_node(point: Point) -> dict[str, Any]:
     return {k: v for k, v in point.node.items() if k != "_comments"}
 
 
-def _spearman(values: dict[Key, float], p: Prepared) -> dict[str, float]:
+def _spearman(values: dict[Key, float], p: Prepared) -> tuple[dict[str, float], int]:
+    """Each proxy's rank correlation with the exact KL over the (unit, candidate) pairs that have
+    both, and how many pairs that is."""
     from scipy.stats import spearmanr
 
-    out = {}
+    out, n = {}, 0
     pairs = [(u.name, o.candidate.label) for u in p.units for o in p.options[u.name] if not o.candidate.keeps]
     for proxy in (FISHER, HESSIAN):
         xs = [(values.get((EXACT_KL, u, c)), values.get((proxy, u, c))) for u, c in pairs]
         xs = [(a, b) for a, b in xs if a is not None and b is not None]
         if len(xs) >= 3 and len({a for a, _ in xs}) > 1 and len({b for _, b in xs}) > 1:
             out[proxy] = float(spearmanr([a for a, _ in xs], [b for _, b in xs]).statistic)
-    return out
+            n = len(xs)
+    return out, n
 
 
 def _front_budgets(p: Prepared, chosen_bytes: int, n: int) -> list[int]:
@@ -304,7 +308,8 @@ def find(settings: Settings, cache: SensitivityCache, on_event: OnSearchEvent | 
                 if o.candidate.keeps:
                     for m in p.measures:
                         values[(m, u.name, o.candidate.label)] = 0.0
-    report(SearchStage.ALLOCATING, 0.9, f"sensitivities: {computed} measured now, {hits} from the cache, in {seconds:.1f}s")
+    report(SearchStage.ALLOCATING, 0.9,
+           f"sensitivities: {computed} measured now, {hits} from the cache, in {seconds:.1f}s")
 
     start = time.perf_counter()
     costs = [[o.nbytes for o in p.options[u.name]] for u in p.units]
@@ -329,8 +334,9 @@ def find(settings: Settings, cache: SensitivityCache, on_event: OnSearchEvent | 
             front.append(_point(p, f"{bits_per_weight(s.cost, p.numel):.2f}bpw", s.choice, losses))
     alloc_seconds = time.perf_counter() - start
     check_round_trip(recipe_node(chosen), p.info, settings.target, p.units, chosen.assignment)
+    spearman, pairs = _spearman(values, p)
     result = SearchResult(p, values, computed, hits, seconds, alloc_seconds, sol.exact, sol.step, chosen,
-                          sorted(front, key=lambda pt: pt.unit_bytes), "", _spearman(values, p), scope.key)
+                          sorted(front, key=lambda pt: pt.unit_bytes), "", spearman, scope.key, pairs)
     result.recipe_text = to_yaml(recipe_node(chosen), chosen.node["_comments"], header(result))
     _write_atomic(p.output, result.recipe_text)
     report(SearchStage.ALLOCATING, 0.95, summary(result))
@@ -364,7 +370,7 @@ def header(r: SearchResult) -> list[str]:
         "group is one unit)",
     ]
     if r.spearman:
-        lines.append("proxy rank correlation with exact KL (Spearman): " +
+        lines.append(f"proxy rank correlation with exact KL (Spearman, {r.spearman_pairs} (unit, candidate) pairs): " +
                      ", ".join(f"{k} {v:.3f}" for k, v in r.spearman.items()))
     return lines
 
@@ -376,10 +382,10 @@ def summary(r: SearchResult) -> str:
     lines = [f"found: {pred[mn.BITS_PER_WEIGHT]:.4f} bits per weight, plan weights "
              f"{human_bytes(pred[mn.WEIGHT_BYTES])}; "
              f"predicted {q}",
-             f"  mix: " + ", ".join(f"{k} x{v}" for k, v in r.chosen.mix().items()),
+             "  mix: " + ", ".join(f"{k} x{v}" for k, v in r.chosen.mix().items()),
              f"  recipe: {r.prepared.output}"]
     for k, v in r.spearman.items():
-        lines.append(f"  proxy {k}: Spearman {v:.3f} against exact KL over every (unit, candidate)")
+        lines.append(f"  proxy {k}: Spearman {v:.3f} against exact KL over {r.spearman_pairs} (unit, candidate) pairs")
     return "\n".join(lines)
 
 

@@ -84,8 +84,8 @@ def search_spec(sections: dict[str, Any]) -> SearchSpec:
                           f"search.budget.bits_per_weight=4.5); got {got}")
     kind, value = set_[0], getattr(spec.budget, set_[0])
     if not value > 0 or (kind == "bits_per_weight" and value > 32):
-        raise ConfigError(f"search.budget.{kind}: must be positive{' and at most 32' if kind == 'bits_per_weight' else ''}"
-                          f", got {value}")
+        most = " and at most 32" if kind == "bits_per_weight" else ""
+        raise ConfigError(f"search.budget.{kind}: must be positive{most}, got {value}")
     if spec.sensitivity not in SENSITIVITIES:
         raise ConfigError(f"search.sensitivity: expected exact or proxy, got {spec.sensitivity!r}")
     if spec.proxy not in PROXIES:
@@ -95,7 +95,8 @@ def search_spec(sections: dict[str, Any]) -> SearchSpec:
                           f"meet a quality budget; use search.proxy=fisher, search.sensitivity=exact, or a size "
                           f"budget (bits_per_weight, weight_bytes)")
     if spec.algorithm not in ALGORITHMS:
-        raise ConfigError(f"search.algorithm: unknown algorithm {spec.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"search.algorithm: unknown algorithm {spec.algorithm!r}; choose one of "
+                          f"{', '.join(ALGORITHMS)}")
     for name in ("samples", "seq_len", "batch_size"):
         if getattr(spec, name) <= 0:
             raise ConfigError(f"search.{name}: must be a positive integer, got {getattr(spec, name)}")

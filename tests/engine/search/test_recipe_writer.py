@@ -63,7 +63,8 @@ def test_written_recipe_round_trips_through_the_recipe_path(settings, tmp_path):
     path = tmp_path / "found.yaml"
     path.write_text(to_yaml(node, comments, ["a header line"]))
     text = path.read_text()
-    assert text.startswith("# a header line\n") and "mlp.down_proj in layers 0-3, 5, 8, 11, 14, 17, 20, 23, 26-29" in text
+    assert text.startswith("# a header line\n")
+    assert "mlp.down_proj in layers 0-3, 5, 8, 11, 14, 17, 20, 23, 26-29" in text
     plan = build_plan(settings(*model, f"recipe={path}"))[0]  # the normal path: compose, validate, resolve
     assert plan.recipe == "found"
     for u in units:
