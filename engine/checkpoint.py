@@ -1,12 +1,15 @@
 """qrecipe's native checkpoint: lossless, loads back to identical logits.
 
-    model.safetensors     float parameters and the packed buffers of every QuantLinear
-    qrecipe_quant.json    per-layer scheme parameters and tied-tensor aliases
+    model.safetensors     float parameters and the packed buffers of every QuantLinear and
+                          QuantExperts (an expert tensor's buffers stacked per expert:
+                          model.layers.0.mlp.experts.gate_up_proj.qweight [E, N, K/2])
+    qrecipe_quant.json    per-layer scheme parameters ("layers"; "experts": per experts module,
+                          its tensors' parameters) and tied-tensor aliases
     plan.json             the plan the checkpoint was built from
     config.json, tokenizer files
 
-Loading builds the model skeleton without allocating weights, swaps in QuantLinear modules
-per qrecipe_quant.json (never re-matching recipe patterns), and assigns the saved tensors.
+Loading builds the model skeleton without allocating weights, swaps in QuantLinear and
+QuantExperts modules per qrecipe_quant.json (never re-matching recipe patterns), and assigns the saved tensors.
 """
 
 from __future__ import annotations
@@ -20,22 +23,34 @@ from torch import nn
 
 from ..kernels import QuantParams
 from .errors import QRecipeError
-from .modules import QuantLinear, set_module
+from .files import normal_modes
+from .modules import PackedExperts, QuantExperts, QuantLinear, get_module, set_module
+from .modules.packed import PackedWeights
 from .plan import Plan
 
 QUANT_FILE = "qrecipe_quant.json"
 FORMAT_VERSION = 1
 
 
+def _spec(m: PackedWeights) -> dict:
+    p = m.params
+    return {"scheme": m.scheme, "in_features": m.in_features, "out_features": m.out_features,
+            "group_size": p.group_size, "symmetric": p.symmetric, "activation": p.activation}
+
+
+def _params(spec: dict) -> QuantParams:
+    return QuantParams(group_size=spec["group_size"], symmetric=spec["symmetric"], activation=spec["activation"])
+
+
 def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    layers = {}
+    layers, experts = {}, {}
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
-            p = m.params
-            layers[name] = {"scheme": m.scheme, "in_features": m.in_features, "out_features": m.out_features,
-                            "bias": m.bias is not None, "group_size": p.group_size, "symmetric": p.symmetric,
-                            "activation": p.activation}
+            layers[name] = {**_spec(m), "bias": m.bias is not None}
+        elif isinstance(m, QuantExperts):
+            experts[name] = {"num_experts": m.num_experts,
+                             "tensors": {tensor: _spec(t) for tensor, t in m.tensors().items()}}
     state, aliases, seen = {}, {}, {}
     for key, t in model.state_dict().items():
         ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
@@ -48,13 +63,14 @@ def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:
     (out / QUANT_FILE).write_text(json.dumps({
         "format_version": FORMAT_VERSION, "plan_hash": plan.plan_hash, "model_id": plan.model_id,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "layers": layers, "aliases": aliases}, indent=2))
+        "layers": layers, "experts": experts, "aliases": aliases}, indent=2))
     (out / "plan.json").write_text(plan.to_json())
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    normal_modes(out)  # safetensors writes 0600; whoever serves the checkpoint must read it
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
@@ -74,12 +90,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     config = AutoConfig.from_pretrained(path)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
+    dtype = getattr(torch, meta["dtype"])
     for name, layer in meta["layers"].items():
-        params = QuantParams(group_size=layer["group_size"], symmetric=layer["symmetric"],
-                             activation=layer["activation"])
         set_module(model, name, QuantLinear(layer["in_features"], layer["out_features"], bias=layer["bias"],
-                                            scheme=layer["scheme"], params=params,
-                                            dtype=getattr(torch, meta["dtype"]), device="meta"))
+                                            scheme=layer["scheme"], params=_params(layer), dtype=dtype, device="meta"))
+    for name, entry in meta.get("experts", {}).items():
+        tensors = {tensor: PackedExperts(entry["num_experts"], spec["in_features"], spec["out_features"],
+                                         scheme=spec["scheme"], params=_params(spec), dtype=dtype, device="meta")
+                   for tensor, spec in entry["tensors"].items()}
+        set_module(model, name, QuantExperts(tensors["gate_up_proj"], tensors["down_proj"],
+                                             get_module(model, name).act_fn))
     # Copied out of the file's memory map: those tensors are only 8-byte aligned, and torch's
     # packed CPU kernels (cpu-int8pack) crash on them.
     state = {k: v.clone() for k, v in load_file(str(path / "model.safetensors")).items()}
@@ -90,6 +110,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         model.tie_weights()
     model.to(device).eval()
     for m in model.modules():
-        if isinstance(m, QuantLinear):
+        if isinstance(m, (QuantLinear, QuantExperts)):
             m.prepare()
     return model, AutoTokenizer.from_pretrained(path), meta

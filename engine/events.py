@@ -25,6 +25,7 @@ class Stage(str, Enum):
     CHECKPOINT = "writing checkpoint"
     PEAK_MEMORY = "peak memory"
     LAYER_ERROR = "per-layer error"
+    RECORDING = "recording"  # the folder is complete; the run is being recorded (the last point to cancel)
     DONE = "done"
 
 
@@ -32,7 +33,7 @@ class Stage(str, Enum):
 PROGRESS: dict[Stage, float] = {
     Stage.STARTED: 0.05, Stage.LOADING: 0.10, Stage.BASELINE: 0.15, Stage.QUANTIZING: 0.45,
     Stage.SCORING: 0.55, Stage.TIMING: 0.75, Stage.CHECKPOINT: 0.85, Stage.PEAK_MEMORY: 0.88,
-    Stage.LAYER_ERROR: 0.92, Stage.DONE: 1.0,
+    Stage.LAYER_ERROR: 0.92, Stage.RECORDING: 0.96, Stage.DONE: 1.0,
 }
 
 

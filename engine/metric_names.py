@@ -31,6 +31,44 @@ DECODE_MS_PER_TOKEN = "decode_ms_per_token"
 DECODE_MS_PER_TOKEN_BASELINE = "decode_ms_per_token_baseline"
 DECODE_SPEEDUP = "decode_speedup"
 SPEED_DEVICE = "speed_device"
+# the speed's spread and how far to trust it (engine/evaluate/spread.py)
+PREFILL_SPEEDUP_LOW = "prefill_speedup_low"
+PREFILL_SPEEDUP_HIGH = "prefill_speedup_high"
+PREFILL_NOISY = "prefill_noisy"
+PREFILL_NOISE = "prefill_noise"
+PREFILL_REL_IQR = "prefill_rel_iqr"
+PREFILL_REL_IQR_BASELINE = "prefill_rel_iqr_baseline"
+DECODE_SPEEDUP_LOW = "decode_speedup_low"
+DECODE_SPEEDUP_HIGH = "decode_speedup_high"
+DECODE_NOISY = "decode_noisy"
+DECODE_NOISE = "decode_noise"
+DECODE_REL_IQR = "decode_rel_iqr"
+DECODE_REL_IQR_BASELINE = "decode_rel_iqr_baseline"
+SPEED_DEVICE_NAME = "speed_device_name"
+SPEED_REPEATS = "speed_repeats"
+SPEED_TIMING = "speed_timing"
+SPEED_TIMING_NOTE = "speed_timing_note"
+# what ran the quantized layers when the variant was timed (engine/evaluate/backends_used.py)
+LAYERS_ON_KERNEL = "layers_on_kernel"
+LAYERS_ON_FALLBACK = "layers_on_fallback"
+SPEED_ON_TARGET = "speed_on_target"
+SPEED_PRODUCTION = "speed_production"
+SPEED_CAVEAT = "speed_caveat"
+# the target's roofline (engine/plan/roofline.py): predictions, not measurements
+PREDICTED_FOR = "predicted_for"
+PREDICTED_DECODE_MS_PER_TOKEN = "predicted_decode_ms_per_token"
+PREDICTED_DECODE_MS_PER_TOKEN_BASELINE = "predicted_decode_ms_per_token_baseline"
+PREDICTED_DECODE_SPEEDUP = "predicted_decode_speedup"
+PREDICTED_PREFILL_TOKENS_PER_S = "predicted_prefill_tokens_per_s"
+PREDICTED_PREFILL_TOKENS_PER_S_BASELINE = "predicted_prefill_tokens_per_s_baseline"
+PREDICTED_PREFILL_SPEEDUP = "predicted_prefill_speedup"
+DECODE_MEASURED_OVER_PREDICTED = "decode_measured_over_predicted"
+DECODE_MEASURED_OVER_PREDICTED_BASELINE = "decode_measured_over_predicted_baseline"
+PREFILL_MEASURED_OVER_PREDICTED = "prefill_measured_over_predicted"
+PREFILL_MEASURED_OVER_PREDICTED_BASELINE = "prefill_measured_over_predicted_baseline"
+# how the run measured (engine/evaluate/protocol.py)
+EVAL_PROTOCOL = "eval_protocol"
+EVAL_PROTOCOL_TEXT = "eval_protocol_text"
 PEAK_MEMORY_BYTES = "peak_memory_bytes"
 PEAK_MEMORY_BYTES_BASELINE = "peak_memory_bytes_baseline"
 PEAK_MEMORY_REDUCTION = "peak_memory_reduction"
@@ -83,6 +121,11 @@ def task_metric(family: str, kind: str) -> str:
     return f"task.{family}.{kind}"
 
 
+def backend_metric(backend: str) -> str:
+    """Quantized layers that ran on a backend when the variant was timed, e.g. "backend.torch"."""
+    return f"backend.{backend}"
+
+
 def text_metric(text: str, name: str) -> str:
     """A metric of an extra eval text (eval.texts.<text>), e.g. "text.c4.ppl"."""
     return f"text.{text}.{name}"
@@ -116,6 +159,43 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric(DECODE_MS_PER_TOKEN_BASELINE, "decode latency of the baseline (ms/token)", "lower"),
     Metric(DECODE_SPEEDUP, "baseline decode ms/token / variant's, same process and device (x)", "higher"),
     Metric(SPEED_DEVICE, "the device speed was measured on"),
+    Metric(PREFILL_SPEEDUP_LOW, "25th percentile of the repeats' paired prefill speedups (x)"),
+    Metric(PREFILL_SPEEDUP_HIGH, "75th percentile of the repeats' paired prefill speedups (x)"),
+    Metric(PREFILL_NOISY, "the prefill speedup's interval includes 1.0 or either model's repeats spread too much"),
+    Metric(PREFILL_NOISE, "why the prefill speedup is noisy"),
+    Metric(PREFILL_REL_IQR, "interquartile range / median of the variant's prefill repeats", "lower"),
+    Metric(PREFILL_REL_IQR_BASELINE, "interquartile range / median of the baseline's prefill repeats", "lower"),
+    Metric(DECODE_SPEEDUP_LOW, "25th percentile of the repeats' paired decode speedups (x)"),
+    Metric(DECODE_SPEEDUP_HIGH, "75th percentile of the repeats' paired decode speedups (x)"),
+    Metric(DECODE_NOISY, "the decode speedup's interval includes 1.0 or either model's repeats spread too much"),
+    Metric(DECODE_NOISE, "why the decode speedup is noisy"),
+    Metric(DECODE_REL_IQR, "interquartile range / median of the variant's decode repeats", "lower"),
+    Metric(DECODE_REL_IQR_BASELINE, "interquartile range / median of the baseline's decode repeats", "lower"),
+    Metric(SPEED_DEVICE_NAME, "what timed the speed: cpu, or the GPU's name"),
+    Metric(SPEED_REPEATS, "timed repeats per model and measurement"),
+    Metric(SPEED_TIMING, "interleaved (B V B V ...) or sequential (baseline before quantization)"),
+    Metric(SPEED_TIMING_NOTE, "why the timing was sequential"),
+    Metric(LAYERS_ON_KERNEL, "quantized layers that ran a kernel of their format"),
+    Metric(LAYERS_ON_FALLBACK, "quantized layers that ran a fallback (dequantize, then matmul)"),
+    Metric(SPEED_ON_TARGET, "the speed was measured on the target's kind of hardware"),
+    Metric(SPEED_PRODUCTION, "measured on the target with every quantized layer on a kernel of its format"),
+    Metric(SPEED_CAVEAT, "why the measured speed is not the production kernel's"),
+    Metric(PREDICTED_FOR, "the target the roofline predictions are for"),
+    Metric(PREDICTED_DECODE_MS_PER_TOKEN, "predicted decode time of the variant on the target (ms/token)", "lower"),
+    Metric(PREDICTED_DECODE_MS_PER_TOKEN_BASELINE, "predicted decode time of the baseline (ms/token)", "lower"),
+    Metric(PREDICTED_DECODE_SPEEDUP, "predicted decode speedup on the target (x)", "higher"),
+    Metric(PREDICTED_PREFILL_TOKENS_PER_S, "predicted prefill throughput of the variant (tokens/s)", "higher"),
+    Metric(PREDICTED_PREFILL_TOKENS_PER_S_BASELINE, "predicted prefill throughput of the baseline (tokens/s)",
+           "higher"),
+    Metric(PREDICTED_PREFILL_SPEEDUP, "predicted prefill speedup on the target (x)", "higher"),
+    Metric(DECODE_MEASURED_OVER_PREDICTED, "measured / predicted decode throughput of the variant (1 = roofline)",
+           "higher"),
+    Metric(DECODE_MEASURED_OVER_PREDICTED_BASELINE, "the same for the baseline", "higher"),
+    Metric(PREFILL_MEASURED_OVER_PREDICTED, "measured / predicted prefill throughput of the variant (1 = roofline)",
+           "higher"),
+    Metric(PREFILL_MEASURED_OVER_PREDICTED_BASELINE, "the same for the baseline", "higher"),
+    Metric(EVAL_PROTOCOL, "hash of how the run measured (texts, windows, tasks, speed workload, device, dtype)"),
+    Metric(EVAL_PROTOCOL_TEXT, "that protocol in words"),
     Metric(PEAK_MEMORY_BYTES, "peak memory of the variant running one eval batch", "lower"),
     Metric(PEAK_MEMORY_BYTES_BASELINE, "peak memory of the baseline running one eval batch", "lower"),
     Metric(PEAK_MEMORY_REDUCTION, "baseline peak memory / variant peak memory (x)", "higher"),
@@ -125,7 +205,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric(BASELINE_CACHED, "the baseline's outputs came from the cache"),
     Metric(QUANTIZE_SECONDS, "wall time of quantization, calibration included (s)"),
     Metric(LAYERS_QUANTIZED, "layers the plan quantized"),
-    Metric(LAYERS_EMULATED, "quantized layers run with emulated numerics on this machine"),
+    Metric(LAYERS_EMULATED, "quantized layers that ran emulated numerics when the variant was timed"),
     Metric(CALIBRATION_TOKENS, "calibration tokens the calibrated layers saw"),
     Metric(DEVICE, "the device the run measured on"),
     Metric(DTYPE, "the activation dtype the run measured in"),

@@ -10,6 +10,7 @@ from .config.settings import Settings
 from .models.describe import ModelInfo, describe
 from .models.loading import build_skeleton, load_config, resolve_dtype
 from .plan import Plan, resolve_plan
+from .plan.roofline import roofline_report
 
 
 def local_device(settings: Settings) -> torch.device:
@@ -28,8 +29,26 @@ def model_info(settings: Settings) -> ModelInfo:
     return describe(skeleton, config, settings.model.name)
 
 
+def check_inputs(settings: Settings, plan: Plan | None, calibrates: bool | None = None) -> None:
+    """Every file the run will read, checked before anything is recorded or loaded (by `qrecipe
+    plan`, `qrecipe run`, `qrecipe search` and a job's submission alike): the eval texts, the task
+    files, and the calibration data only where the plan calibrates (an RTN recipe reads none;
+    calibrates=True: a search, which always reads its calibration slice, has no plan yet)."""
+    from .data import check_data
+    from .evaluate.tasks import check_task_data
+
+    for name, data in settings.eval.all_texts().items():
+        check_data(data, settings.eval.text_field(name))
+    check_task_data(settings.eval.tasks)
+    if plan.calibrates if calibrates is None else calibrates:
+        check_data(settings.calib.data, "calib.data")
+
+
 def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[Plan, ModelInfo]:
     info = model_info(settings)
     device = device or local_device(settings)
     dtype = resolve_dtype(settings.model.dtype, device)
-    return resolve_plan(settings.recipe, info, settings.target, device, dtype), info
+    plan = resolve_plan(settings.recipe, info, settings.target, device, dtype)
+    # predicted for the workload `qrecipe run` times (eval.speed), so the two can be set side by side
+    plan.roofline = roofline_report(plan, info, settings.target, settings.eval.speed)
+    return plan, info

@@ -5,11 +5,15 @@ registry and MLflow, registry/recorder.py) passes a `Recorder`; the engine calls
 points below and never imports what is behind it. Without one, a run records nothing
 (`NullRecorder`), which is what engine-level tests and library users get.
 
-    start     the plan is resolved and the run folder reserved, before the model loads
+    start     the plan is resolved and every input checked, before the run folder is reserved
+              and the model loads
     baseline  the baseline the variant is scored against is known (computed or cached)
     outputs   the run folder is complete in its staging place (metrics, plan, checkpoint)
-    succeed   the folder is in place under its final name
-    fail      anything went wrong (also Ctrl-C and SIGTERM); must not raise
+    succeed   the folder is in place under its final name; once it returns the run is recorded.
+              It may refuse (raise, e.g. Cancelled: a job cancelled meanwhile): the run then
+              fails and its folder is removed
+    fail      anything went wrong (also Ctrl-C, SIGTERM and a cancel: engine.process.stopped
+              tells those apart); must not raise, and may be called more than once
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class RunStart:
     model_type: str
     device: str
     dtype: str
+    # how the run measures (engine/evaluate/protocol.py): gates, compare and report use only
+    # runs measured under one protocol
+    eval_protocol: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

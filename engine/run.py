@@ -11,7 +11,6 @@ told the run failed.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 import time
@@ -26,21 +25,21 @@ from . import metric_names as M
 from .checkpoint import save_checkpoint
 from .config import load_settings
 from .config.settings import Settings
-from .data import check_data
 from .evaluate import suite
+from .evaluate.backends_used import backend_record
+from .evaluate.forward import device_label
 from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
-from .evaluate.tasks import check_task_data
+from .evaluate.protocol import describe_protocol, eval_protocol, protocol_hash
 from .events import OnEvent, RunEvent, Stage
 from .models.loading import load_model, resolve_dtype, resolve_source
 from .plan import Plan
 from .plan.render import render_plan
 from .tables import human_bytes
-from .planning import build_plan, local_device
+from .planning import build_plan, check_inputs, local_device
 from .quantize import prepare_model, quantize_model
 from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,20 +72,55 @@ class RunResult:
                         f"{m[M.task_metric(f, M.LOGLIK_DELTA)]:+.3f} loglik"
                         + (f", {m[valid]:.2f} valid" if valid in m else ""))
             lines.append("  tasks       " + "; ".join(task(f) for f in families))
-        if M.DECODE_SPEEDUP in m:
-            lines.append(f"  speed       prefill {m[M.PREFILL_TOKENS_PER_S]:,.0f} tok/s ({m[M.PREFILL_SPEEDUP]:.2f}x), "
-                         f"decode {m[M.DECODE_MS_PER_TOKEN]:.1f} ms/token ({m[M.DECODE_SPEEDUP]:.2f}x) on "
-                         f"{m[M.SPEED_DEVICE]}")
+        lines += _speed_lines(m)
         lines.append(f"  weights     {human_bytes(m[M.WEIGHT_BYTES])} vs {human_bytes(m[M.WEIGHT_BYTES_BASELINE])} "
                      f"({m[M.WEIGHT_REDUCTION]:.2f}x smaller)")
         if M.PEAK_MEMORY_BYTES in m:
             lines.append(f"  peak memory {human_bytes(m[M.PEAK_MEMORY_BYTES])} vs "
                          f"{human_bytes(m[M.PEAK_MEMORY_BYTES_BASELINE])} ({m[M.PEAK_MEMORY_METHOD]})")
+        if M.EVAL_PROTOCOL in m:
+            lines.append(f"  protocol    {m[M.EVAL_PROTOCOL]}: {m[M.EVAL_PROTOCOL_TEXT]}")
         lines += [f"  note        {n}" for n in x.get("notes", [])]
         lines.append(f"  written to  {self.output_dir}")
         if x.get("mlflow_run_id"):
             lines.append(f"  MLflow run  {x['mlflow_run_id']} in {x['tracking_uri']} (browse: qrecipe ui)")
         return "\n".join(lines)
+
+
+_SIDES = {"prefill": (M.PREFILL_SPEEDUP, M.PREFILL_SPEEDUP_LOW, M.PREFILL_SPEEDUP_HIGH, M.PREFILL_NOISY,
+                      M.PREFILL_NOISE),
+          "decode": (M.DECODE_SPEEDUP, M.DECODE_SPEEDUP_LOW, M.DECODE_SPEEDUP_HIGH, M.DECODE_NOISY, M.DECODE_NOISE)}
+
+
+def _speedup(m: dict[str, Any], side: str) -> str:
+    value, low, high, noisy, noise = _SIDES[side]
+    return f"{m[value]:.2f}x ({m[low]:.2f}-{m[high]:.2f})" + (f" NOISY: {m[noise]}" if m.get(noisy) else "")
+
+
+def _speed_lines(m: dict[str, Any]) -> list[str]:
+    """Measured speed with its interval and noise flags, what ran it, and the prediction."""
+    lines = []
+    if M.DECODE_SPEEDUP in m:
+        lines += [f"  speed       measured on {m[M.SPEED_DEVICE_NAME]}, {m[M.SPEED_TIMING]}, {m[M.SPEED_REPEATS]} "
+                  f"repeats (speedup: median of paired ratios, interquartile range in brackets)",
+                  f"              prefill {m[M.PREFILL_TOKENS_PER_S]:,.0f} tok/s, {_speedup(m, 'prefill')}",
+                  f"              decode  {m[M.DECODE_MS_PER_TOKEN]:.3g} ms/token, {_speedup(m, 'decode')}"]
+        if m.get(M.SPEED_TIMING_NOTE):
+            lines.append(f"              timed sequentially: {m[M.SPEED_TIMING_NOTE]}")
+        if m.get(M.SPEED_CAVEAT):
+            lines.append(f"              {m[M.SPEED_CAVEAT]}")
+    if M.PREDICTED_DECODE_SPEEDUP in m:
+        pred = f"decode {m[M.PREDICTED_DECODE_MS_PER_TOKEN]:.3g} ms/token ({m[M.PREDICTED_DECODE_SPEEDUP]:.2f}x)"
+        if M.PREDICTED_PREFILL_SPEEDUP in m:
+            pred += (f", prefill {m[M.PREDICTED_PREFILL_TOKENS_PER_S]:,.0f} tok/s "
+                     f"({m[M.PREDICTED_PREFILL_SPEEDUP]:.2f}x)")
+        lines.append(f"  predicted   on {m[M.PREDICTED_FOR]} (roofline, not measured): {pred}")
+        if M.DECODE_MEASURED_OVER_PREDICTED in m:
+            ratio = f"decode {m[M.DECODE_MEASURED_OVER_PREDICTED]:.2f}"
+            if M.PREFILL_MEASURED_OVER_PREDICTED in m:
+                ratio += f", prefill {m[M.PREFILL_MEASURED_OVER_PREDICTED]:.2f}"
+            lines.append(f"              measured / predicted throughput on the target's GPU: {ratio}")
+    return lines
 
 
 def say(msg: str) -> None:
@@ -102,15 +136,16 @@ class Steps:
         self.on_event = on_event
         self.stage = Stage.STARTED
 
-    def __call__(self, msg: str, stage: Stage | None = None) -> None:
-        """Print msg; `stage` when the run enters a new stage."""
+    def __call__(self, msg: str, stage: Stage | None = None, **data: Any) -> None:
+        """Print msg; `stage` when the run enters a new stage. on_event may raise (e.g. Cancelled)
+        to stop the run at this boundary."""
         self.stage = stage or self.stage
         say(f"[{time.monotonic() - self.start:6.1f}s] {msg}")
         if self.on_event is not None:
-            self.on_event(RunEvent(self.stage, msg))
+            self.on_event(RunEvent(self.stage, msg, data))
 
 
-def _output_dir(settings: Settings, plan: Plan) -> Path:
+def run_folder(settings: Settings, plan: Plan) -> Path:
     """Where the variant folder should go (checked before any work; reserved by reserve_output)."""
     if settings.run.output_dir:
         out = Path(settings.run.output_dir)
@@ -120,7 +155,15 @@ def _output_dir(settings: Settings, plan: Plan) -> Path:
             raise ConfigError(f"run.output_dir: {out} already exists; choose a new folder or leave it null")
         return out
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(settings.paths.root) / "runs" / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+    runs = Path(settings.paths.root) / "runs"
+    out = runs / f"{stamp}-{plan.recipe}-{plan.plan_hash[:8]}"
+    # The recipe name is validated as a name (engine/recipe/schema.py); this is the second line
+    # of defence: whatever builds the name, the folder lies inside paths.root/runs.
+    if out.resolve().parent != runs.resolve():
+        from .errors import ConfigError
+
+        raise ConfigError(f"recipe.name: {plan.recipe!r} would put the run folder outside {runs}; use a plain name")
+    return out
 
 
 def reserve_output(out: Path, numbered: bool) -> tuple[Path, Path]:
@@ -155,23 +198,24 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     step = Steps(on_event)
     settings = load_settings(cfg)
     device = local_device(settings)
-    for name, data in settings.eval.all_texts().items():
-        check_data(data, settings.eval.text_field(name))
-    check_task_data(settings.eval.tasks)
     peak_method(settings.eval.memory.method, device)  # refuses cuda on a CPU before any work
     plan, info = build_plan(settings, device)
+    check_inputs(settings, plan)
     say(render_plan(plan))
-    out = _output_dir(settings, plan)
+    out = run_folder(settings, plan)
     dtype = resolve_dtype(settings.model.dtype, device)
-    step(recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype))), Stage.STARTED)
+    protocol = eval_protocol(settings, device, dtype)  # how it is measured: compare only runs measured alike
     staging, renamed = None, False
     try:
+        where = recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype), protocol))
         out, staging = reserve_output(out, numbered=not settings.run.output_dir)
-        metrics, errors = _execute(settings, plan, device, dtype, staging, recorder, step, progress)
+        step(where, Stage.STARTED, output_dir=str(out), staging=str(staging))
+        metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol)
+        step("recording ...", Stage.RECORDING)
         recorder.outputs(staging, metrics, errors)
         staging.rename(out)
         renamed = True
-        recorder.succeed(out.resolve(), metrics)
+        recorder.succeed(out.resolve(), metrics)  # from here the run is recorded: nothing below can undo it
     except BaseException as e:
         recorder.fail(e)
         if staging is not None:
@@ -179,7 +223,7 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
         raise
     step(f"done: {out.resolve()}", Stage.DONE)
     return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
-                     extra=recorder.summary())
+                     extra={**recorder.summary(), "notes": notes})
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -193,7 +237,9 @@ def _original_weights(settings: Settings) -> Path | None:
 
 
 def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path,
-             recorder: Recorder, step: Steps, progress: bool) -> tuple[dict[str, Any], list[dict]]:
+             recorder: Recorder, step: Steps, progress: bool,
+             protocol: dict[str, Any]) -> tuple[dict[str, Any], list[dict], list[str]]:
+    """(metrics, per-layer errors, notes): the notes say every fallback the run took."""
     torch.manual_seed(settings.run.seed)
     dtype_name = _dtype_name(dtype)
     step(f"loading {settings.model.name} ({dtype}, {device}) ...", Stage.LOADING)
@@ -205,15 +251,21 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
     recorder.baseline(BaselineRecord(base.key, str(device), dtype_name, base.key_parts,
                                      {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
                                       "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder)))
-    step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}; quantizing ...",
-         Stage.QUANTIZING)
-    report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
-    backends = prepare_model(model)
-    step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the baseline ...",
-         Stage.SCORING)
-    metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
-    step("timing the variant ...", Stage.TIMING)
-    speed = suite.measure_variant_speed(model, settings, inputs)
+    step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}", Stage.BASELINE)
+    # before quantizing: keeps a float copy of the baseline (interleaved timing) or times it now
+    timer = suite.SpeedTimer(settings, inputs, model, device, step)
+    try:
+        step("quantizing ...", Stage.QUANTIZING)
+        report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
+        backends = prepare_model(model)
+        step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the "
+             f"baseline ...", Stage.SCORING)
+        metrics: dict[str, Any] = suite.measure_variant_quality(model, tokenizer, settings, inputs, base, progress)
+        step("timing ...", Stage.TIMING)
+        speed = suite.measure_variant_speed(timer, model, step)
+    finally:
+        timer.release()
+    used = backend_record(model, settings.target, device.type, device_label(device))
     method = peak_method(settings.eval.memory.method, device)
     if settings.run.save_checkpoint or method == "child":  # the child process loads the variant from it
         step("writing checkpoint ...", Stage.CHECKPOINT)
@@ -225,31 +277,45 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
         shutil.rmtree(staging / "model", ignore_errors=True)
     step("per-layer error ...", Stage.LAYER_ERROR)
     errors = layer_errors(model, _original_weights(settings))
-    metrics.update(suite.speed_and_memory_metrics(base, speed, peak, weight_bytes(model), method))
+    metrics.update(suite.memory_metrics(base, peak, weight_bytes(model), method))
+    metrics.update(speed)
+    metrics.update(used)
+    metrics.update(suite.prediction_metrics(plan.roofline, speed, bool(used[M.SPEED_ON_TARGET])))
     metrics.update(summarize(errors))
     metrics.update({
         M.BASELINE_CACHED: base.cached, M.QUANTIZE_SECONDS: report.seconds, M.LAYERS_QUANTIZED: report.layers,
-        M.LAYERS_EMULATED: sum(1 for lp in plan.layers if lp.emulated), M.DEVICE: str(device), M.DTYPE: dtype_name,
+        M.DEVICE: str(device), M.DTYPE: dtype_name, M.EVAL_PROTOCOL: protocol_hash(protocol),
+        M.EVAL_PROTOCOL_TEXT: describe_protocol(protocol),
     })
     mismatched = {n: b for n, b in backends.items() if plan.layer(n).backend != b}
     if mismatched:  # the plan promised a backend; say so if the loaded model disagrees
-        log.warning("backends differ from the plan for %d layers (e.g. %s)", len(mismatched), next(iter(mismatched)))
+        name, got = next(iter(mismatched.items()))
+        report.notes.append(f"{len(mismatched)} layers run on another backend than the plan says (e.g. {name}: "
+                            f"{got}, planned {plan.layer(name).backend})")
     if report.calibration_tokens:
         metrics[M.CALIBRATION_TOKENS] = report.calibration_tokens
-    _write(settings, plan, metrics, report.notes, errors, staging, calibrated=bool(report.calibration_tokens))
-    return metrics, errors
+    speed_notes = [f"speed timed sequentially: {speed[M.SPEED_TIMING_NOTE]}"] if M.SPEED_TIMING_NOTE in speed else []
+    notes = list(dict.fromkeys(plan.notes + base.notes + report.notes + speed_notes))
+    for note in report.notes + speed_notes:
+        step(f"note: {note}")
+    _write(settings, plan, metrics, notes, errors, staging, protocol, calibrated=bool(report.calibration_tokens),
+           expert_tokens=report.expert_tokens)
+    return metrics, errors, notes
 
 
 def _write(settings: Settings, plan: Plan, metrics: dict, notes: list[str], errors: list[dict], staging: Path,
-           calibrated: bool = False) -> None:
+           protocol: dict[str, Any], calibrated: bool = False,
+           expert_tokens: dict[str, list[int]] | None = None) -> None:
     (staging / "config.yaml").write_text(settings.resolved_yaml())
     (staging / "recipe.yaml").write_text(OmegaConf.to_yaml(settings.raw.recipe, resolve=True))
     (staging / "plan.json").write_text(plan.to_json())
     (staging / "plan.txt").write_text(render_plan(plan, expand=True) + "\n")
-    record: dict[str, Any] = {"metrics": metrics, "notes": notes}
+    record: dict[str, Any] = {"metrics": metrics, "notes": notes, "eval_protocol": protocol}
     if calibrated:  # which data the calibrated layers saw: part of what makes the variant
         c = settings.calib
         record["calibration"] = {"data": c.data.name, "path": c.data.path, "split": c.data.split,
                                  "samples": c.samples, "seq_len": c.seq_len, "seed": c.seed}
+        if expert_tokens:  # tokens the router sent each calibrated expert, per experts module
+            record["calibration"].update(min_expert_tokens=c.min_expert_tokens, expert_tokens=expert_tokens)
     (staging / "metrics.json").write_text(json.dumps(record, indent=2))
     (staging / "layer_errors.json").write_text(json.dumps(errors, indent=2))

@@ -13,12 +13,15 @@ the GPU; large M uses tensor-core tiles of 128 with 8 warps and 3 pipeline stage
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 from .triton_support import cdiv
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ SCALED_MM: Table = (
 )
 
 TUNED: dict[tuple, Tile] = {}
+# Candidates the autotuner could not launch on this GPU, with the reason: (key, tile) -> reason
+SKIPPED: dict[tuple, str] = {}
 
 
 def candidates(table: Table, m: int) -> tuple[Tile, ...]:
@@ -81,17 +86,26 @@ def pick(kernel: str, table: Table, key: tuple, m: int, launch: Callable[[Tile],
         return tiles[0]
     full_key = (kernel, *key)
     if full_key not in TUNED:
+        from triton.runtime.errors import OutOfResources
         from triton.testing import do_bench
 
-        def time_of(tile: Tile) -> float:
+        times = {}
+        for tile in tiles:
             try:
-                return do_bench(lambda: launch(tile), warmup=5, rep=20, return_mode="median")
-            except Exception:  # a candidate may not fit this GPU (shared memory): skip it
-                return math.inf
-
-        TUNED[full_key] = min(tiles, key=time_of)
+                times[tile] = do_bench(lambda: launch(tile), warmup=5, rep=20, return_mode="median")
+            except OutOfResources as e:  # this tile does not fit this GPU (shared memory, registers)
+                SKIPPED[(full_key, tile)] = f"{type(e).__name__}: {e}"
+                log.warning("autotune %s %s: candidate %s skipped (%s)", kernel, key, tile, e)
+        if not times:  # any other failure is a bug in the kernel, and raises from do_bench above
+            raise RuntimeError(f"autotune {kernel} {key}: no candidate fits this GPU "
+                               f"({'; '.join(SKIPPED[(full_key, t)] for t in tiles)})")
+        TUNED[full_key] = min(times, key=times.get)
     return TUNED[full_key]
 
 
 def tuned_as_json() -> list[dict]:
-    return [{"kernel": k[0], "key": list(k[1:]), **tile.as_dict()} for k, tile in TUNED.items()]
+    """What autotuning chose per key, and the candidates it skipped with their reasons."""
+    chosen = [{"kernel": k[0], "key": list(k[1:]), **tile.as_dict()} for k, tile in TUNED.items()]
+    skipped = [{"kernel": k[0], "key": list(k[1:]), **tile.as_dict(), "skipped": why}
+               for (k, tile), why in SKIPPED.items()]
+    return chosen + skipped

@@ -1,5 +1,6 @@
 """The `qrecipe` command line.
 
+    qrecipe recipes [--json]                           the recipes, their descriptions and folders
     qrecipe plan [--json] [--expand] OVERRIDES...      resolve the recipe, print the plan (no weights load)
     qrecipe run  [--json] [-m] [--cfg job] OVERRIDES... quantize, measure against the baseline, write a
                                                         variant folder, record it (registry + MLflow)
@@ -36,13 +37,15 @@ from qrecipe.engine.process import Terminated, quiet_libraries, raise_terminated
 def cmd_plan(args) -> int:
     from qrecipe.engine.config import compose, load_settings
     from qrecipe.engine.plan.render import render_plan
-    from qrecipe.engine.planning import build_plan
+    from qrecipe.engine.planning import build_plan, check_inputs
 
     cfg = compose(args.overrides)
     if args.cfg:
         print(_cfg_yaml(cfg, args.cfg))
         return 0
-    plan, _ = build_plan(load_settings(cfg))
+    settings = load_settings(cfg)
+    plan, _ = build_plan(settings)
+    check_inputs(settings, plan)  # what `qrecipe run` would refuse, refused here too
     print(plan.to_json() if args.json else render_plan(plan, expand=args.expand))
     return 0
 
@@ -88,11 +91,44 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    """The recipes recipe=NAME can choose: shipped ones, then QRECIPE_RECIPE_PATH's (a later
+    folder's recipe of the same name wins); a file that cannot be read is listed with why."""
+    from qrecipe.engine.config.recipes import recipe_files
+    from qrecipe.engine.tables import text_table
+
+    files = recipe_files()
+    if args.json:
+        print(json.dumps([{"name": f.name, "description": f.description, "path": str(f.path), "error": f.error}
+                          for f in files.values()]))
+        return 0
+    rows = [[f.name, f"cannot read: {f.error}" if f.error else f.description or "-", str(f.path.parent)]
+            for f in files.values()]
+    print(text_table(["recipe", "description", "from"], rows))
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"qrecipe {version('qrecipe')}"
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "qrecipe (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qrecipe", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("recipes", help="list the recipes (recipe=NAME), their descriptions and the folders they "
+                                       "come from")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    p.set_defaults(func=cmd_recipes)
 
     def common(p):
         p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
@@ -112,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_run)
 
+    from .cli_examples import add_examples
     from .commands import add_commands
     from .export_command import add_export_command
     from .jobs.commands import add_commands as add_job_commands
@@ -124,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub, traceback_flag)
     add_export_command(sub, traceback_flag)
     add_job_commands(sub, traceback_flag)
+    add_examples(parser)
     return parser
 
 
@@ -146,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
     previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that went away is handled below, not at exit
+        return code
     except QRecipeError as e:
         if args.traceback:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        return _closed_stdout()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -166,6 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (`qrecipe jobs list | head`): exit quietly, as `ls | head`
+    does. Python would otherwise complain when it flushes stdout at exit; stdout is pointed at
+    /dev/null for that flush (the recipe in Python's signal documentation)."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a captured stdout without a file descriptor
+        pass
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

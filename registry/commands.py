@@ -28,9 +28,21 @@ from .promotion_commands import add_promotion_commands
 
 
 def settings_for(overrides: list[str]):
+    """The whole config, validated: what commands that judge runs by the eval protocol this
+    machine would measure under need (compare, report, promote)."""
     from qrecipe.engine.config import compose, load_settings
 
     return load_settings(compose(overrides))
+
+
+def store_settings_for(overrides: list[str]):
+    """Only where the registry and the tracking store are (and the operator's sections): the
+    recipe and model are not needed, so nothing heavy (torch) loads for the commands that only
+    read records (variants list, show, history, sync; export; ui)."""
+    from qrecipe.engine.config.compose import compose
+    from qrecipe.engine.config.settings import load_store_settings
+
+    return load_store_settings(compose(overrides))
 
 
 def split_items(items: list[str]) -> tuple[list[str], list[str]]:
@@ -47,15 +59,15 @@ def one_ref(items: list[str], usage: str) -> tuple[str, list[str]]:
     return refs[0], overrides
 
 
-def open_for(settings, catch_up: bool = True):
-    """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands)."""
-    from .db import open_registry
+def open_for(settings, catch_up: bool = True, create: bool = False):
+    """The registry; with catch_up, promotions MLflow missed are mirrored first (promotion_commands).
+    Only a command that records (create=True) makes a registry where none exists."""
+    from .db import open_registry, registry_url
     from .promotion_commands import catch_up_mirror
-    from .recorder import registry_url
 
     if not settings.registry.enabled:
         raise ConfigError("registry.enabled: the registry is off in this config; drop registry=off")
-    engine = open_registry(registry_url(settings))
+    engine = open_registry(registry_url(settings), create=create)
     if catch_up:
         catch_up_mirror(settings, engine)
     return engine
@@ -73,7 +85,14 @@ def cmd_list(args) -> int:
     refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"variants list: unexpected argument {refs[0]!r}; filter with --model NAME")
-    variants = list_variants(open_for(settings_for(overrides)), args.model)
+    from .db import NoRegistry
+
+    try:
+        engine = open_for(store_settings_for(overrides))
+    except NoRegistry as e:
+        print("[]" if args.json else str(e))
+        return 0
+    variants = list_variants(engine, args.model)
     if args.json:
         print(json.dumps([{"id": v.id, "model": v.base_model.name, "recipe": v.recipe_name, "target": v.target,
                            "status": v.status, "runs": v.runs_count, "scheme_mix": v.scheme_mix,
@@ -95,11 +114,13 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from qrecipe.engine.evaluate.protocol import describe_protocol
+
     from .queries import find_variant, variant_runs
 
     ref, overrides = one_ref(args.items, "variants show: name one variant (its id or a unique prefix), "
                                           "e.g. qrecipe variants show 3f9a")
-    engine = open_for(settings_for(overrides))
+    engine = open_for(store_settings_for(overrides))
     v = find_variant(engine, ref)
     runs = variant_runs(engine, v.id)
     if args.json:
@@ -109,6 +130,7 @@ def cmd_show(args) -> int:
                           "output_dir": v.output_dir, "mlflow_run_id": v.mlflow_run_id,
                           "runs": [{"number": r.run_number, "status": r.status, "device": r.device,
                                     "output_dir": r.output_dir, "mlflow_run_id": r.mlflow_run_id, "error": r.error,
+                                    "eval_protocol": r.eval_protocol, "eval_protocol_spec": r.eval_protocol_spec,
                                     "started_at": r.started_at, "finished_at": r.finished_at} for r in runs]},
                          default=str))
         return 0
@@ -125,25 +147,42 @@ def cmd_show(args) -> int:
     for r in runs:
         line = f"    #{r.run_number} {r.status:<9} {str(r.started_at)[:19]} on {r.device}"
         print(line + (f": {r.error.splitlines()[0][:120]}" if r.error else ""))
+        print(f"        eval protocol {r.eval_protocol or 'unrecorded'}: {describe_protocol(r.eval_protocol_spec)}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .compare import legend, matrix_row, render_text, shipped_targets
+    from .compare import legend, matrix_row, render, shipped_targets
+    from .protocols import choose_runs
     from .queries import find_variant, list_variants
 
+    from .db import NoRegistry
+
     refs, overrides = split_items(args.items)
-    engine = open_for(settings_for(overrides))
+    settings = settings_for(overrides)
+    try:
+        engine = open_for(settings)
+    except NoRegistry as e:
+        if refs:
+            raise
+        print("[]" if args.json else str(e))
+        return 0
     variants = [find_variant(engine, r) for r in refs] if refs else list_variants(engine, args.model, True)
     if not variants:
         print("no measured variants to compare: `qrecipe run` records one")
         return 0
+    selection = choose_runs(engine, settings, variants, protocol=args.protocol, any_protocol=args.any_protocol,
+                            named=bool(refs))
     targets = shipped_targets()
-    rows = [matrix_row(v, targets) for v in variants]
     if args.json:
-        print(json.dumps(rows, default=str))
+        print(json.dumps({"protocol": selection.protocol,
+                          "protocols": {h: selection.specs.get(h) for h in selection.by_protocol()},
+                          "rows": [matrix_row(m, targets) for m in selection.rows],
+                          "missing": selection.missing}, default=str))
         return 0
-    print(render_text(rows))
+    print(render(selection, targets) if selection.rows else "no variant has a successful run under the requested "
+          "eval protocol:\n" + "\n".join(f"  {line}" for line in selection.missing_lines())
+          + "\npass --protocol HASH or --any-protocol")
     print()
     print(legend())
     for model in ([args.model] if args.model else sorted({v.base_model.name for v in variants})):
@@ -171,7 +210,8 @@ def cmd_report(args) -> int:
 
     ref, overrides = one_ref(args.items, "report: name one model, e.g. qrecipe report smollm2-135m "
                                           "(`qrecipe variants list` shows them)")
-    result = write_report(settings_for(overrides), ref, Path(args.out).resolve() if args.out else None)
+    result = write_report(settings_for(overrides), ref, Path(args.out).resolve() if args.out else None,
+                          protocol=args.protocol, any_protocol=args.any_protocol)
     print(f"report: {result['report']}")
     for p in result["plots"]:
         print(f"plot:   {p}")
@@ -195,16 +235,27 @@ def _stderr_fd():
         return subprocess.DEVNULL
 
 
+def runs_tables(settings, address: str) -> list[str]:
+    """One line per qrecipe experiment in the store: the address of its runs table (MLflow 3
+    opens an experiment on its GenAI Traces page otherwise)."""
+    from .tracking import client_for, runs_table_url
+
+    prefix = settings.tracking.experiment_prefix
+    exps = [e for e in client_for(settings).search_experiments() if e.name.startswith(prefix)]
+    return [f"  {e.name} runs: {runs_table_url(address, e.experiment_id)}" for e in sorted(exps, key=lambda e: e.name)]
+
+
 def cmd_ui(args) -> int:
     from .tracking import artifact_root, ensure_store, tracking_uri
 
     refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"ui: unexpected argument {refs[0]!r}; use --host/--port, and KEY=VALUE overrides")
-    settings = settings_for(overrides)
+    settings = store_settings_for(overrides)
     uri = tracking_uri(settings)
     if not uri.startswith("sqlite:"):
         print(f"tracking.uri is the server {uri}: open it in a browser (qrecipe ui serves the embedded store only)")
+        print("\n".join(runs_tables(settings, uri)))
         return 0
     artifacts = artifact_root(settings)
     ensure_store(uri, artifacts)
@@ -226,6 +277,10 @@ def cmd_ui(args) -> int:
                 raise QRecipeError(f"ui: the MLflow server did not answer on {address} within {args.timeout}s")
             time.sleep(0.5)
         print(f"MLflow UI: {address}  (store {uri}; Ctrl-C stops it)", flush=True)
+        tables = runs_tables(settings, address)
+        if tables:
+            print("each model's runs table (MLflow 3 may open an experiment on its GenAI Traces page):\n"
+                  + "\n".join(tables), flush=True)
         return proc.wait()
     except BaseException:
         proc.terminate()
@@ -234,6 +289,13 @@ def cmd_ui(args) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+
+
+def add_protocol_flags(q) -> None:
+    q.add_argument("--protocol", metavar="HASH", help="use runs measured under this eval protocol (a hash or prefix; "
+                                                       "default: the one this config measures under)")
+    q.add_argument("--any-protocol", action="store_true",
+                   help="use each variant's latest run whatever its eval protocol (tables split by protocol)")
 
 
 def add_commands(sub, common_flags) -> None:
@@ -246,6 +308,8 @@ def add_commands(sub, common_flags) -> None:
         q = vsub.add_parser(name, help=helptext)
         if name != "show":
             q.add_argument("--model", help="only this base model's variants")
+        if name == "compare":
+            add_protocol_flags(q)
         q.add_argument("--json", action="store_true", help="print JSON")
         common_flags(q)
         q.add_argument("items", nargs="*", metavar="VARIANT|KEY=VALUE",
@@ -255,6 +319,7 @@ def add_commands(sub, common_flags) -> None:
 
     p = sub.add_parser("report", help="write a model's decision matrix as Markdown + plots and log it to MLflow")
     p.add_argument("--out", help="folder for report.md and the PNGs (default: paths.root/reports/MODEL-TIME)")
+    add_protocol_flags(p)
     common_flags(p)
     p.add_argument("items", nargs="+", metavar="MODEL|KEY=VALUE", help="the base model name, then config overrides")
     p.set_defaults(func=cmd_report)

@@ -46,6 +46,11 @@ def default_url(root: str | Path) -> str:
     return f"sqlite:///{Path(root).resolve() / 'registry.db'}"
 
 
+def registry_url(settings) -> str:
+    """The registry a config names: registry.url, else SQLite under paths.root."""
+    return settings.registry.url or default_url(settings.paths.root)
+
+
 def normalize_url(url: str) -> str:
     """postgresql://... means psycopg 3 unless a driver is named (psycopg2 is not a dependency)."""
     u = make_url(url)
@@ -126,8 +131,37 @@ def migrate(engine: Engine) -> None:
             command.upgrade(alembic_config(engine, conn), "head")
 
 
-def open_registry(url: str) -> Engine:
-    """The engine for url, its schema migrated (once per process)."""
+class NoRegistry(RegistryError):
+    """A command that only reads found no registry where it looked (and created none)."""
+
+
+def _check_exists(url: str) -> None:
+    """Raise NoRegistry unless url holds a registry (an SQLite file, or a database with its tables)."""
+    u = make_url(normalize_url(url))
+    where = u.render_as_string(hide_password=True)
+    if u.drivername.startswith("sqlite"):
+        if not u.database or u.database == ":memory:" or not Path(u.database).is_file():
+            raise NoRegistry(f"no registry at {u.database or where}: nothing has been recorded there yet (`qrecipe "
+                             f"run` creates it); to read another, set QRECIPE_HOME, paths.root=DIR or registry.url")
+        return
+    from sqlalchemy import inspect
+
+    try:
+        has = inspect(get_engine(url)).has_table(VERSION_TABLE)
+    except Exception as e:  # noqa: BLE001 - one line naming the setting
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RegistryError(f"registry.url: cannot reach the registry at {where} ({first})") from e
+    if not has:
+        raise NoRegistry(f"no registry in the database {where}: it holds no qrecipe tables (`qrecipe run` with this "
+                         f"registry.url creates them)")
+
+
+def open_registry(url: str, create: bool = True) -> Engine:
+    """The engine for url, its schema migrated (once per process). With create=False (commands
+    that only read), a registry that does not exist yet is not created: NoRegistry says where
+    it was looked for."""
+    if not create and normalize_url(url) not in _migrated:
+        _check_exists(url)
     engine = get_engine(url)
     key = normalize_url(url)
     if key not in _migrated:

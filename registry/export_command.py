@@ -12,19 +12,23 @@ import logging
 from pathlib import Path
 
 from qrecipe.engine.errors import ConfigError
-from qrecipe.engine.export import WRITERS, export_checkpoint
-from qrecipe.engine.export.compressed_tensors import ExportError
+
+# The formats `--format` takes (engine/export WRITERS; a test keeps the two in step). Named here
+# so that building the command line does not import torch and compressed-tensors.
+FORMATS = ("compressed-tensors",)
 
 log = logging.getLogger(__name__)
 
 
 def _variant_checkpoint(ref: str, overrides: list[str]):
     """(checkpoint folder, variant, settings) of a registered variant."""
+    from qrecipe.engine.export.compressed_tensors import ExportError
+
     from .artifacts import checkpoint_dir
-    from .commands import open_for, settings_for
+    from .commands import open_for, store_settings_for
     from .queries import find_variant
 
-    settings = settings_for(overrides)
+    settings = store_settings_for(overrides)
     variant = find_variant(open_for(settings, catch_up=False), ref)
     folder = checkpoint_dir(variant.output_dir)
     if folder is None:
@@ -46,6 +50,8 @@ def _record_on_run(settings, variant, fmt: str, out: str) -> None:
 
 
 def cmd_export(args) -> int:
+    from qrecipe.engine.export import export_checkpoint
+
     if "=" in args.source or "=" in args.out:
         raise ConfigError("export: give SOURCE and OUT_DIR first, then KEY=VALUE overrides, e.g. "
                           "qrecipe export 3f9a out/3f9a-ct registry.url=...")
@@ -58,7 +64,7 @@ def cmd_export(args) -> int:
         src, variant, settings = _variant_checkpoint(args.source, args.overrides)
         provenance = {"variant_id": variant.id, "recipe": variant.recipe_name, "target": variant.target,
                       "mlflow_run_id": variant.mlflow_run_id}
-    record = export_checkpoint(src, args.out, args.format, provenance)
+    record = export_checkpoint(src, args.out, args.format, provenance, parents=args.parents)
     if variant is not None:
         _record_on_run(settings, variant, args.format, record["output_dir"])
     if args.json:
@@ -75,9 +81,10 @@ def cmd_export(args) -> int:
 def add_export_command(sub, common_flags) -> None:
     p = sub.add_parser("export", help="write a variant's checkpoint in a format serving engines load (vLLM, "
                                       "transformers)")
-    p.add_argument("--format", default="compressed-tensors", choices=sorted(WRITERS),
+    p.add_argument("--format", default="compressed-tensors", choices=FORMATS,
                    help="compressed-tensors: safetensors + quantization_config that vLLM and transformers read")
     p.add_argument("--json", action="store_true", help="print the provenance record as JSON")
+    p.add_argument("--parents", action="store_true", help="create OUT_DIR's missing parent folders (default: refuse)")
     common_flags(p)
     p.add_argument("source", metavar="VARIANT|CHECKPOINT", help="a variant id (or prefix), or a checkpoint folder")
     p.add_argument("out", metavar="OUT_DIR", help="the new folder to write (must not exist)")

@@ -9,8 +9,19 @@ top level). Each gate compares one metric from metrics.json:
     max_kl_mean                 kl_mean                    <=
     min_top1_agreement          top1_agreement             >=
     min_task_agreement.FAMILY   task.FAMILY.greedy_match   >=
+    min_decode_speedup          decode_speedup             >=
+    min_prefill_speedup         prefill_speedup            >=
 
-A gate whose metric was not measured fails: an unmeasured number cannot clear a bar.
+A gate whose metric was not measured fails: an unmeasured number cannot clear a bar. A speed
+gate also fails on a speedup the run flagged noisy (its interval includes 1.0, or the
+baseline's or variant's timings spread too much: engine/evaluate/spread.py): a noisy figure cannot clear a
+bar either, whatever its median.
+
+Gates judge a variant's latest successful run under one eval protocol (how it was measured;
+registry/protocols.py): `protocol` (top level only) names it by hash; null means the protocol
+the promoting command's own config measures under on its machine. A variant with no successful
+run under it is refused, unless `any_protocol: true` (or `--any-protocol`) lets its latest run
+be judged whatever it was measured under.
 """
 
 from __future__ import annotations
@@ -27,7 +38,12 @@ _SCALAR_GATES = {
     "max_ppl_increase_pct": (M.PPL_DELTA_PCT, "<="),
     "max_kl_mean": (M.KL_MEAN, "<="),
     "min_top1_agreement": (M.TOP1_AGREEMENT, ">="),
+    "min_decode_speedup": (M.DECODE_SPEEDUP, ">="),
+    "min_prefill_speedup": (M.PREFILL_SPEEDUP, ">="),
 }
+# speed gates: the run's flag that the figure is noisy, and why
+_NOISE = {M.DECODE_SPEEDUP: (M.DECODE_NOISY, M.DECODE_NOISE), M.PREFILL_SPEEDUP: (M.PREFILL_NOISY, M.PREFILL_NOISE)}
+_PROTOCOL_KEYS = ("protocol", "any_protocol")  # top level only
 _LAYERS = ("models", "recipes")
 
 
@@ -38,6 +54,8 @@ class Thresholds:
     max_ppl_increase_pct: float | None = None
     max_kl_mean: float | None = None
     min_top1_agreement: float | None = None
+    min_decode_speedup: float | None = None
+    min_prefill_speedup: float | None = None
     min_task_agreement: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,10 +68,11 @@ class GateCheck:
     op: str  # "<=" or ">="
     threshold: float
     value: float | None  # None: not measured
+    noise: str | None = None  # why the measured value is noisy (speed gates), None: it is not
 
     @property
     def passed(self) -> bool:
-        if self.value is None or math.isnan(self.value):
+        if self.value is None or math.isnan(self.value) or self.noise is not None:
             return False
         return self.value <= self.threshold if self.op == "<=" else self.value >= self.threshold
 
@@ -61,6 +80,9 @@ class GateCheck:
         """e.g. 'kl_mean 0.081 > max_kl_mean 0.05' (the failing side), or '... <= ...' when it passes."""
         if self.value is None:
             return f"{self.metric} not measured ({self.gate} {self.threshold:g})"
+        if self.noise is not None:
+            return (f"{self.metric} {self.value:.4g} is noisy ({self.noise}), so {self.gate} {self.threshold:g} "
+                    f"cannot be judged on it; time it again on a quieter machine")
         op = self.op if self.passed else {"<=": ">", ">=": "<"}[self.op]
         return f"{self.metric} {self.value:.4g} {op} {self.gate} {self.threshold:g}"
 
@@ -101,11 +123,19 @@ class GatePolicy:
     base: dict[str, Any] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: str | None = None  # the eval protocol (hash) the gates were written for; None: the default
+    any_protocol: bool = False  # judge the latest run whatever its protocol
 
     @classmethod
     def from_section(cls, node: Mapping[str, Any] | None) -> "GatePolicy":
         """From the resolved `gates` config section (None or {}: no gates at all)."""
         node = dict(node or {})
+        protocol, any_protocol = node.pop("protocol", None), node.pop("any_protocol", False)
+        if protocol is not None and (not isinstance(protocol, str) or not protocol.strip()):
+            raise ConfigError(f"gates.protocol: expected an eval protocol hash (as `qrecipe variants show` lists) or "
+                              f"null, got {protocol!r}")
+        if not isinstance(any_protocol, bool):
+            raise ConfigError(f"gates.any_protocol: expected true or false, got {any_protocol!r}")
         layers: dict[str, dict[str, dict[str, Any]]] = {}
         for name in _LAYERS:
             entries = node.pop(name, None) or {}
@@ -115,12 +145,20 @@ class GatePolicy:
         try:
             base = _check_layer(node, "gates")
         except ConfigError as e:  # name the per-model/per-recipe keys too in the list of allowed keys
-            raise ConfigError(str(e).replace("allowed keys are ", f"allowed keys are {', '.join(_LAYERS)}, ")) from None
-        return cls(base=base, **layers)
+            raise ConfigError(str(e).replace(
+                "allowed keys are ", f"allowed keys are {', '.join(_LAYERS + _PROTOCOL_KEYS)}, ")) from None
+        return cls(base=base, **layers, protocol=protocol, any_protocol=any_protocol)
 
     @classmethod
     def from_settings(cls, settings) -> "GatePolicy":
         return cls.from_section(settings.sections.get("gates"))
+
+    def required_protocol(self, default: str | None, any_protocol: bool = False) -> str | None:
+        """The eval protocol a judged run must have: None (any) with any_protocol here or in
+        the config, else the configured one, else `default` (the caller's own)."""
+        if any_protocol or self.any_protocol:
+            return None
+        return self.protocol or default
 
     def thresholds_for(self, model: str, recipe: str) -> Thresholds:
         merged: dict[str, Any] = {}
@@ -143,7 +181,9 @@ def check_gates(thresholds: Thresholds, metrics: Mapping[str, Any]) -> list[Gate
     for gate, (metric, op) in _SCALAR_GATES.items():
         threshold = getattr(thresholds, gate)
         if threshold is not None:
-            checks.append(GateCheck(gate, metric, op, float(threshold), _number(metrics.get(metric))))
+            flag, why = _NOISE.get(metric, (None, None))
+            noise = (str(metrics.get(why) or "flagged noisy") if flag and metrics.get(flag) else None)
+            checks.append(GateCheck(gate, metric, op, float(threshold), _number(metrics.get(metric)), noise))
     for family in sorted(thresholds.min_task_agreement):
         threshold = thresholds.min_task_agreement[family]
         if threshold is not None:

@@ -7,7 +7,8 @@ MLflow mirrors them (each run row names its MLflow run).
     variants      one row per distinct variant: model + target + recipe hash + plan hash. Its
                   metrics, output and MLflow run are those of its latest successful run.
     variant_runs  every `qrecipe run` of a variant (re-runs of one recipe add rows here, never
-                  a second variant), with its status, metrics, output folder and MLflow run
+                  a second variant), with its status, metrics, output folder, MLflow run and
+                  eval protocol (gates, compare and report use runs of one protocol)
     promotions    append-only audit trail of promotions and rollbacks (the promotion workflow
                   fills it; database triggers refuse UPDATE and DELETE)
     stage_pointers  which variant holds a stage (production) for a base model and target: one
@@ -101,7 +102,8 @@ class Variant(Base):
 class VariantRun(Base):
     __tablename__ = "variant_runs"
     __table_args__ = (UniqueConstraint("variant_id", "run_number", name="uq_variant_runs_number"),
-                      Index("ix_variant_runs_variant_status", "variant_id", "status"))
+                      Index("ix_variant_runs_variant_status", "variant_id", "status"),
+                      Index("ix_variant_runs_variant_protocol", "variant_id", "eval_protocol", "status"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     variant_id: Mapped[str] = mapped_column(ForeignKey("variants.id"))
@@ -115,6 +117,9 @@ class VariantRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     qrecipe_version: Mapped[str] = mapped_column(String(50), default="")
     git_commit: Mapped[str | None] = mapped_column(String(64))
+    # how it was measured (engine/evaluate/protocol.py): its hash, and the protocol itself
+    eval_protocol: Mapped[str | None] = mapped_column(String(32))
+    eval_protocol_spec: Mapped[dict[str, Any] | None]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 

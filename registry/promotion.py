@@ -36,12 +36,11 @@ from qrecipe.engine.errors import QRecipeError
 
 from .artifacts import checkpoint_dir
 from .gates import GateCheck, GatePolicy, check_gates
-from .models import MEASURED, Promotion, StagePointer, Variant, utcnow
+from .models import MEASURED, SUCCEEDED, Promotion, StagePointer, Variant, VariantRun, utcnow
 from .promotion_history import PROMOTE, ROLLBACK, base_model_id, serving_stack
 from .queries import find_variant
 from .record import write_with_retry
-
-STAGES = ("production", "staging")
+from .stages import STAGES
 
 
 class PromotionError(QRecipeError):
@@ -176,8 +175,31 @@ def _mirrored(result: PromotionResult, engine: Engine, mirror: Mirror | None) ->
     return replace(result, mirror=mirror.slot_status(engine, result.model, result.target, result.stage))
 
 
+def _judged_run(session, v: Variant, protocol: str | None) -> VariantRun | None:
+    """The run whose metrics the gates judge: the latest successful one under `protocol` (None: any)."""
+    query = select(VariantRun).where(VariantRun.variant_id == v.id, VariantRun.status == SUCCEEDED)
+    if protocol is not None:
+        query = query.where(VariantRun.eval_protocol == protocol)
+    return session.scalars(query.order_by(VariantRun.run_number.desc()).limit(1)).first()
+
+
+def _protocol_refusal(session, v: Variant, protocol: str) -> PromotionRefused:
+    from qrecipe.engine.evaluate.protocol import describe_protocol
+
+    runs = session.scalars(select(VariantRun).where(VariantRun.variant_id == v.id, VariantRun.status == SUCCEEDED)
+                           .order_by(VariantRun.run_number.desc())).all()
+    theirs = {r.eval_protocol or "unrecorded": describe_protocol(r.eval_protocol_spec) for r in runs}
+    return PromotionRefused(
+        f"variant {v.id} ({v.recipe_name} of {v.base_model.name} for {v.target}) has no successful run under eval "
+        f"protocol {protocol}, the one the gates judge, so they cannot judge it: its runs were measured under "
+        + "; ".join(f"{h} ({d})" for h, d in theirs.items())
+        + f". Run it again with the eval settings of that protocol, set gates.protocol=HASH to the one the gates "
+          f"were written for, pass --any-protocol to judge its latest run anyway, or --force --reason \"why\"")
+
+
 def promote(engine: Engine, variant: str, *, stage: str = "production", force: bool = False,
-            reason: str | None = None, actor: str, gates: GatePolicy, mirror: Mirror | None = None) -> PromotionResult:
+            reason: str | None = None, actor: str, gates: GatePolicy, mirror: Mirror | None = None,
+            protocol: str | None = None) -> PromotionResult:
     """Make `variant` (an id or unique prefix) the one that holds `stage` for its base model and target.
 
     Judges the variant's recorded metrics against `gates` (its model's and recipe's thresholds;
@@ -189,6 +211,9 @@ def promote(engine: Engine, variant: str, *, stage: str = "production", force: b
     appended and the slot's pointer moved in one transaction, then `mirror` (if given) catches
     MLflow up. Promoting the variant that already holds the stage returns changed=False and
     writes nothing. `actor` is recorded as who promoted (default_actor() gives the CLI's default).
+    `protocol` (an eval protocol hash; GatePolicy.required_protocol gives it) is the protocol the
+    judged run must have been measured under: the variant's latest successful run under it is
+    judged, and a variant without one is refused unless forced; None judges its latest run.
     """
     reason = _check_request(stage, actor, reason)
     if force and reason is None:
@@ -199,10 +224,15 @@ def promote(engine: Engine, variant: str, *, stage: str = "production", force: b
     def step(session) -> PromotionResult:
         v = session.get(Variant, variant_id)
         _check_promotable(v)
-        checks = check_gates(gates.thresholds_for(v.base_model.name, v.recipe_name), v.metrics)
+        judged = _judged_run(session, v, protocol)
+        if judged is None and protocol is not None and not force:
+            raise _protocol_refusal(session, v, protocol)
+        metrics = judged.metrics if judged is not None and judged.metrics else v.metrics
+        checks = check_gates(gates.thresholds_for(v.base_model.name, v.recipe_name), metrics)
         failed = [c for c in checks if not c.passed]
         if failed and not force:
             raise _refusal(v, failed)
+        off_protocol = judged is None and protocol is not None  # forced past the protocol check
         pointer = _lock_pointer(session, v.base_model_id, v.target, stage)
         if pointer is not None and pointer.variant_id == v.id:
             return PromotionResult(action=PROMOTE, changed=False, promotion_id=pointer.promotion_id,
@@ -210,8 +240,11 @@ def promote(engine: Engine, variant: str, *, stage: str = "production", force: b
                                    previous_variant_id=None, actor=actor, checks=tuple(checks))
         row = Promotion(base_model_id=v.base_model_id, target=v.target, stage=stage, action=PROMOTE,
                         variant_id=v.id, previous_variant_id=pointer.variant_id if pointer else None,
-                        gates={"passed": not failed, "checks": [c.to_dict() for c in checks]},
-                        forced=bool(failed), reason=reason, actor=actor, created_at=utcnow())
+                        gates={"passed": not failed and not off_protocol, "checks": [c.to_dict() for c in checks],
+                               "eval_protocol": {"required": protocol,
+                                                 "judged_run": judged.run_number if judged else None,
+                                                 "judged": (judged.eval_protocol if judged else None)}},
+                        forced=bool(failed) or off_protocol, reason=reason, actor=actor, created_at=utcnow())
         return _result(_append_and_point(session, pointer, row), v.base_model.name, checks)
 
     return _mirrored(write_with_retry(engine, step), engine, mirror)

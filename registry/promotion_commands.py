@@ -1,6 +1,6 @@
 """The promotion commands (registry/commands.py registers them under `qrecipe variants`):
 
-    promote VARIANT [--stage production] [--force --reason R] [--actor A] [--json]
+    promote VARIANT [--stage production] [--force --reason R] [--actor A] [--any-protocol] [--json]
     rollback MODEL --target T [--stage production] [--reason R] [--actor A] [--json]
     history MODEL [--target T] [--stage S] [--json]
     sync [--all] [--json]
@@ -58,10 +58,15 @@ def cmd_promote(args) -> int:
     from .gates import GatePolicy
     from .promotion import promote
 
+    from .protocols import requested_protocol
+
     ref, settings, engine, mirror = _parts(args, "variant (its id or a unique prefix)",
                                            "qrecipe variants promote 3f9a --stage production")
+    policy = GatePolicy.from_settings(settings)
+    needs_default = not (args.any_protocol or policy.any_protocol or policy.protocol)
+    protocol = policy.required_protocol(requested_protocol(settings)[0] if needs_default else None, args.any_protocol)
     result = promote(engine, ref, stage=args.stage, force=args.force, reason=args.reason, actor=_actor(args),
-                     gates=GatePolicy.from_settings(settings), mirror=mirror)
+                     gates=policy, mirror=mirror, protocol=protocol)
     _print_result(result, args.json)
     return 0
 
@@ -118,14 +123,14 @@ def cmd_history(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from .commands import open_for, settings_for, split_items
+    from .commands import open_for, split_items, store_settings_for
     from .mirror import ModelRegistryMirror
 
     refs, overrides = split_items(args.items)
     if refs:
         raise ConfigError(f"variants sync: unexpected argument {refs[0]!r}; it takes only KEY=VALUE overrides "
                           f"and --all")
-    settings = settings_for(overrides)
+    settings = store_settings_for(overrides)
     mirror = ModelRegistryMirror.from_settings(settings)
     if mirror is None:
         raise ConfigError("tracking.enabled: tracking is off in this config, so there is no MLflow to sync; "
@@ -150,7 +155,7 @@ def catch_up_mirror(settings, engine) -> None:
 
 def add_promotion_commands(vsub, common_flags) -> None:
     """Register promote, rollback, history and sync under `qrecipe variants`."""
-    from .promotion import STAGES
+    from .stages import STAGES
 
     def items(q, metavar: str) -> None:
         common_flags(q)
@@ -162,6 +167,8 @@ def add_promotion_commands(vsub, common_flags) -> None:
     q.add_argument("--force", action="store_true", help="promote even though gates fail (needs --reason)")
     q.add_argument("--reason", help="why (recorded in the trail; required with --force)")
     q.add_argument("--actor", help="who promotes (default: $QRECIPE_ACTOR, else the OS user)")
+    q.add_argument("--any-protocol", action="store_true",
+                   help="judge the variant's latest run whatever eval protocol it was measured under")
     items(q, "VARIANT|KEY=VALUE")
     q.set_defaults(func=cmd_promote)
 

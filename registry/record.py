@@ -77,8 +77,15 @@ def _base_model(session, ident: VariantIdentity) -> BaseModelRecord:
 
 
 def begin_run(engine: Engine, ident: VariantIdentity, device: str, qrecipe_version: str,
-              git_commit: str | None) -> RunHandle:
-    """Find or create the variant and add a `running` run to it."""
+              git_commit: str | None, eval_protocol: dict[str, Any] | None = None,
+              mlflow_run_id: str | None = None) -> RunHandle:
+    """Find or create the variant and add a `running` run to it, with the eval protocol it
+    will be measured under (engine/evaluate/protocol.py) and its MLflow run (so that whoever
+    finds the run abandoned can close that too)."""
+    from qrecipe.engine.evaluate.protocol import protocol_hash
+
+    protocol = protocol_hash(eval_protocol) if eval_protocol is not None else None
+
     def step(session) -> RunHandle:
         model = _base_model(session, ident)
         variant = session.scalar(select(Variant).where(Variant.id == ident.variant_id).with_for_update(of=Variant))
@@ -92,7 +99,8 @@ def begin_run(engine: Engine, ident: VariantIdentity, device: str, qrecipe_versi
         number = (session.scalar(select(func.max(VariantRun.run_number))
                                  .where(VariantRun.variant_id == variant.id)) or 0) + 1
         run = VariantRun(variant_id=variant.id, run_number=number, status=RUNNING, device=device,
-                         qrecipe_version=qrecipe_version, git_commit=git_commit)
+                         qrecipe_version=qrecipe_version, git_commit=git_commit, eval_protocol=protocol,
+                         eval_protocol_spec=eval_protocol, mlflow_run_id=mlflow_run_id)
         session.add(run)
         variant.runs_count = number
         variant.updated_at = utcnow()
@@ -119,9 +127,14 @@ def record_baseline(engine: Engine, model: str, cache_key: str, device: str, dty
 
 
 def finish_run(engine: Engine, handle: RunHandle, metrics: dict[str, Any], output_dir: str,
-               mlflow_run_id: str | None, baseline_id: int | None) -> None:
-    """Mark the run succeeded; the variant now shows this run's metrics and output."""
+               mlflow_run_id: str | None, baseline_id: int | None,
+               before_commit: Callable[[Any], None] | None = None) -> None:
+    """Mark the run succeeded; the variant now shows this run's metrics and output.
+    `before_commit(session)` runs in the same transaction and may refuse it by raising (a job's
+    cancel and its success are decided there, registry/jobs/queue.py complete_in)."""
     with write_session(engine) as session:
+        if before_commit is not None:
+            before_commit(session)
         run = session.get(VariantRun, handle.run_id)
         run.status, run.metrics, run.output_dir = SUCCEEDED, metrics, output_dir
         run.mlflow_run_id, run.baseline_id, run.finished_at = mlflow_run_id, baseline_id, utcnow()
@@ -139,3 +152,23 @@ def fail_run(engine: Engine, handle: RunHandle, error: str, mlflow_run_id: str |
         if variant.status != MEASURED:
             variant.status = FAILED
         variant.updated_at = utcnow()
+
+
+def close_abandoned_run(engine: Engine, variant_id: str, run_number: int, error: str, mlflow_status: str,
+                        tracking=None) -> bool:
+    """Mark a run that its process left `running` (it was killed, or its worker lost) failed with
+    the reason, and end its MLflow run `mlflow_status` (FAILED or KILLED) when `tracking` (the
+    settings naming the store) is given. False when the run was not left running."""
+    from .db import read_session
+
+    with read_session(engine) as s:
+        row = s.scalar(select(VariantRun).where(VariantRun.variant_id == variant_id,
+                                                VariantRun.run_number == run_number))
+    if row is None or row.status != RUNNING:
+        return False
+    fail_run(engine, RunHandle(variant_id, row.id, run_number), error, row.mlflow_run_id)
+    if row.mlflow_run_id and tracking is not None and tracking.tracking.enabled:
+        from .tracking import close_run
+
+        close_run(tracking, row.mlflow_run_id, mlflow_status)
+    return True

@@ -9,6 +9,11 @@
 Progress goes to on_event as ("stage", {stage, progress, message}) in [0, 1] over the whole
 search (the run's own steps included), and ("started", {variant_id, run_number}) when the found
 recipe's run is recorded.
+
+A job passes a Gate (registry/jobs/attempt.py): at every stage boundary (the search's stages, the
+found recipe's run's stages as "run: STAGE", and "recording" before the search is recorded) it
+may stop the search by raising; the found recipe's registration and the search's record each
+run its check inside their transaction, and the search's record is also the job's success.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +31,7 @@ from qrecipe.engine import metric_names as mn
 from qrecipe.engine.config import load_settings
 from qrecipe.engine.config.settings import Settings
 from qrecipe.engine.events import RunEvent, SearchEvent, Stage
+from qrecipe.engine.process import stopped
 from qrecipe.engine.search import MemoryCache, SearchResult, find, measure_points, pareto, prepare
 from qrecipe.engine.tables import human_bytes, text_table
 
@@ -38,29 +44,50 @@ _FIND, _RUN = 0.55, 0.9
 MEASURED_KEYS = (mn.KL_MEAN, mn.KL_P99, mn.PPL, mn.PPL_BASELINE, mn.PPL_DELTA_PCT, mn.TOP1_AGREEMENT, mn.WEIGHT_BYTES)
 
 
-def _search_events(on_event: OnEvent | None, lo: float, hi: float):
+RECORDING = "recording"  # the search's last stage: its MLflow run and registry row are written
+
+
+class Gate(Protocol):
+    """What a job asks of a search (registry/jobs/attempt.py SearchGate); each may raise to stop it."""
+
+    def boundary(self, stage: str) -> None:
+        """At each stage boundary."""
+
+    def hold_in(self, session, result: dict[str, Any]) -> None:
+        """Inside the transaction that records the found recipe's run."""
+
+    def complete_in(self, session, outcome: dict[str, Any]) -> None:
+        """Inside the transaction that records the search (the job's success)."""
+
+
+def _stage(on_event: OnEvent | None, gate: Gate | None, stage: str, progress: float, message: str) -> None:
+    if on_event is not None:
+        on_event("stage", {"stage": stage, "progress": round(progress, 4), "message": message})
+    if gate is not None:
+        gate.boundary(stage)
+
+
+def _search_events(on_event: OnEvent | None, gate: Gate | None, lo: float, hi: float):
     """The engine's SearchEvents as the search's stages, their progress scaled into [lo, hi]."""
-    if on_event is None:
+    if on_event is None and gate is None:
         return None
 
     def forward(event: SearchEvent) -> None:
-        on_event("stage", {"stage": event.stage.value, "progress": round(lo + (hi - lo) * event.progress, 4),
-                           "message": event.message})
+        _stage(on_event, gate, event.stage.value, lo + (hi - lo) * event.progress, event.message)
 
     return forward
 
 
-def _run_events(on_event: OnEvent | None, recorder: RunRecorder):
+def _run_events(on_event: OnEvent | None, gate: Gate | None, recorder: RunRecorder):
     """The found recipe's RunEvents as stages of the search ("run: baseline", ...)."""
-    if on_event is None:
+    if on_event is None and gate is None:
         return None
 
     def forward(event: RunEvent) -> None:
-        if event.stage is Stage.STARTED:  # the registry run now exists: say which
+        if event.stage is Stage.STARTED and on_event is not None:  # the registry run now exists: say which
             on_event("started", recorder.summary())
         if event.stage is not Stage.DONE:
-            on_event("stage", {"stage": f"run: {event.stage.value}",
-                               "progress": round(_FIND + (_RUN - _FIND) * event.progress, 4), "message": event.message})
+            _stage(on_event, gate, f"run: {event.stage.value}", _FIND + (_RUN - _FIND) * event.progress, event.message)
 
     return forward
 
@@ -79,7 +106,8 @@ def _point_row(result: SearchResult, pt, measured: dict[str, Any] | None) -> dic
             "predicted": result.predicted_figures(pt), "measured": measured, "chosen": pt.chosen, "mix": pt.mix()}
 
 
-def search_and_record(cfg: DictConfig, on_event: OnEvent | None = None, progress: bool = True) -> dict[str, Any]:
+def search_and_record(cfg: DictConfig, on_event: OnEvent | None = None, progress: bool = True,
+                      gate: Gate | None = None) -> dict[str, Any]:
     """Run a search (config composed with the search group) end to end; the outcome as plain data."""
     from qrecipe.engine.run import run
 
@@ -95,20 +123,20 @@ def search_and_record(cfg: DictConfig, on_event: OnEvent | None = None, progress
     from .sensitivity_cache import RegistrySensitivityCache
 
     cache = RegistrySensitivityCache(engine) if engine is not None else MemoryCache()
-    result = find(settings, cache, _search_events(on_event, 0.0, _FIND), prepared)
+    result = find(settings, cache, _search_events(on_event, gate, 0.0, _FIND), prepared)
     t_find = time.monotonic() - start
 
     run_result, t_run = None, 0.0
     if prepared.spec.run:
         t0 = time.monotonic()
-        recorder = RunRecorder()
+        recorder = RunRecorder(before_commit=gate.hold_in if gate is not None else None)
         run_result = run(run_config(cfg, prepared.output), recorder=recorder, progress=progress,
-                         on_event=_run_events(on_event, recorder))
+                         on_event=_run_events(on_event, gate, recorder))
         t_run = time.monotonic() - t0
         result.chosen.measured = {k: run_result.metrics[k] for k in MEASURED_KEYS if k in run_result.metrics}
     t0 = time.monotonic()
     measure_points(settings, prepared, result.front + ([] if run_result else [result.chosen]),
-                   _search_events(on_event, _RUN, 1.0))
+                   _search_events(on_event, gate, _RUN, 1.0))
     t_front = time.monotonic() - t0
 
     points = [_point_row(result, pt, pt.measured) for pt in sorted([*result.front, result.chosen],
@@ -130,10 +158,20 @@ def search_and_record(cfg: DictConfig, on_event: OnEvent | None = None, progress
         "sensitivities": {"measured": result.computed, "cached": result.cached},
         "allocation_exact": result.exact, "seconds": seconds,
         "variant_id": run_result.extra.get("variant_id") if run_result else None,
+        "run_number": run_result.extra.get("run_number") if run_result else None,
         "run_output_dir": str(run_result.output_dir) if run_result else None,
     }
-    outcome["mlflow_run_id"] = _log_mlflow(settings, result, outcome) if settings.tracking.enabled else None
-    outcome["search_id"] = _record(engine, settings, result, outcome) if engine is not None else None
+    _stage(on_event, gate, RECORDING, 1.0, "recording the search ...")
+    mlflow = _log_mlflow(settings, result, outcome) if settings.tracking.enabled else None
+    outcome["mlflow_run_id"] = mlflow.run_id if mlflow is not None else None
+    try:
+        outcome["search_id"] = _record(engine, settings, result, outcome, gate) if engine is not None else None
+    except BaseException as e:
+        if mlflow is not None:
+            mlflow.end("KILLED" if stopped(e) else "FAILED")
+        raise
+    if mlflow is not None:
+        mlflow.end("FINISHED")
     return outcome
 
 
@@ -146,7 +184,7 @@ def _settings_record(settings: Settings, result: SearchResult) -> dict[str, Any]
             "eval_seq_len": settings.eval.seq_len}
 
 
-def _record(engine, settings: Settings, result: SearchResult, outcome: dict[str, Any]) -> int:
+def _record(engine, settings: Settings, result: SearchResult, outcome: dict[str, Any], gate: Gate | None) -> int:
     from .models import Search
     from .record import write_with_retry
 
@@ -169,6 +207,8 @@ def _record(engine, settings: Settings, result: SearchResult, outcome: dict[str,
                      mlflow_run_id=outcome["mlflow_run_id"])
         session.add(row)
         session.flush()
+        if gate is not None:  # a job: its success and this record in one transaction
+            gate.complete_in(session, {**outcome, "search_id": row.id})
         return row.id
 
     return write_with_retry(engine, step)
@@ -188,9 +228,10 @@ def _table(points: list[dict[str, Any]]) -> dict[str, list]:
     return cols
 
 
-def _log_mlflow(settings: Settings, result: SearchResult, outcome: dict[str, Any]) -> str | None:
+def _log_mlflow(settings: Settings, result: SearchResult, outcome: dict[str, Any]):
     """An MLflow run for the search in the model's experiment: its settings, predicted and
-    measured figures, the Pareto plot and table, the recipe and the sensitivities."""
+    measured figures, the Pareto plot and table, the recipe and the sensitivities. Left running:
+    the caller ends it once the search is recorded (KILLED if a cancel stops that)."""
     from . import plots
     from .recorder import _start_mlflow
     from .tracking import flatten
@@ -224,11 +265,10 @@ def _log_mlflow(settings: Settings, result: SearchResult, outcome: dict[str, Any
                 mlflow.log_artifact(f, "search")
             mlflow.log_artifact(png, "plots")
         mlflow.client.log_table(mlflow.run_id, data=_table(outcome["points"]), artifact_file="search/pareto_table.json")
-        mlflow.end("FINISHED")
-    except BaseException:
-        mlflow.end("FAILED")
+    except BaseException as e:
+        mlflow.end("KILLED" if stopped(e) else "FAILED")
         raise
-    return mlflow.run_id
+    return mlflow
 
 
 def render(outcome: dict[str, Any]) -> str:

@@ -19,8 +19,46 @@ from pathlib import Path
 from typing import Any
 
 from qrecipe.engine.config.settings import Settings
+from qrecipe.engine.errors import QRecipeError
 
 log = logging.getLogger(__name__)
+PROBE_SECONDS = 5.0  # how long a tracking server gets to answer before a run refuses to start
+
+
+class TrackingError(QRecipeError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def check_reachable(settings) -> None:
+    """A tracking server must answer before a run records anything: MLflow's own client retries a
+    refused connection for minutes, so one request with a short timeout decides first. Any HTTP
+    answer (even an error status) means the server is there; the embedded store needs no check."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(settings)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS):
+            return
+    except urllib.error.HTTPError:  # it answered
+        return
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        why = getattr(e, "reason", None) or e
+        raise TrackingError(f"tracking.uri: the MLflow server {uri} does not answer ({why}); start it, fix "
+                            f"tracking.uri (or MLFLOW_TRACKING_URI), or set tracking=off") from None
+
+
+def close_run(settings, run_id: str, status: str) -> None:
+    """End an MLflow run left RUNNING by a process that died or was killed (FAILED or KILLED);
+    best effort, as the run's own record says what happened."""
+    try:
+        client = client_for(settings)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, e)
 
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _BATCH = 100  # MLflow's limit on params per log_batch
@@ -95,16 +133,28 @@ def client_for(settings: Settings):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment on its GenAI pages (Traces) unless the experiment says it is
+# a machine-learning one; qrecipe's experiments hold runs, params and metrics, so they say so.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def runs_table_url(address: str, experiment: str) -> str:
+    """The experiment's runs table in the MLflow UI at `address` (MLflow 3's route)."""
+    return f"{address.rstrip('/')}/#/experiments/{experiment}/runs"
+
+
 def experiment_id(client, name: str, artifacts: str | None) -> str:
     """The experiment's id, creating it if needed (a concurrent creator may win the race)."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get("mlflow.experimentKind") is None:  # made before qrecipe set the kind
+            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id
     location = f"{artifacts.rstrip('/')}/{name}" if artifacts else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -197,6 +247,9 @@ class MlflowRun:
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
+
+    def rename(self, run_name: str) -> None:
+        self.client.update_run(self.run_id, name=run_name)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)

@@ -50,10 +50,10 @@ TINY = SHARED / "models" / "TinyStories-656K"
 STORIES = SHARED / "data" / "tinystories" / "tinystories_val.txt"
 
 # Overrides that make a run small and in-domain for the tiny model: few windows, one prompt per
-# task family, short decodes, one timing repeat, no child-process memory measurement.
+# task family, short decodes, the fewest timing repeats (5), no child-process memory measurement.
 TINY_RUN = ["model=tinystories-656k", "data@eval.data=tinystories", "eval.windows=8", "eval.seq_len=256",
             "target=cpu", "eval.tasks.prompts=1", "eval.tasks.new_tokens=8", "eval.tasks.reference_tokens=16",
-            "eval.speed.prompt_len=32", "eval.speed.new_tokens=2", "eval.speed.warmup=0", "eval.speed.repeats=1",
+            "eval.speed.prompt_len=32", "eval.speed.context_len=32", "eval.speed.new_tokens=2", "eval.speed.warmup=0",
             "eval.memory.method=off"]
 
 

@@ -22,3 +22,18 @@ def test_a_fixed_output_dir_is_not_shared(tmp_path):
     reserve_output(want, numbered=False)
     with pytest.raises(ConfigError, match="run.output_dir: .* is being written by another run"):
         reserve_output(want, numbered=False)
+
+
+def test_a_run_folder_never_lies_outside_paths_root_runs(tmp_path):
+    """Recipe names are validated as names; whatever builds one, the folder stays inside runs/."""
+    from types import SimpleNamespace
+
+    from qrecipe.engine.run import run_folder
+
+    settings = SimpleNamespace(run=SimpleNamespace(output_dir=None), paths=SimpleNamespace(root=str(tmp_path)))
+    ok = run_folder(settings, SimpleNamespace(recipe="w8a16", plan_hash="abcd1234ef"))
+    assert ok.parent == tmp_path / "runs" and ok.name.endswith("-w8a16-abcd1234")
+    for name in ("../../../../tmp/x", "x/../../..", "a/b"):
+        with pytest.raises(ConfigError, match="recipe.name: .* would put the run folder outside"):
+            run_folder(settings, SimpleNamespace(recipe=name, plan_hash="abcd1234ef"))
+    assert list(tmp_path.iterdir()) == []  # nothing created by the check

@@ -55,18 +55,29 @@ class AWQ(InputScaling):
         # the weights' rounding (activations stay in float)
         return fmt.weight_only
 
-    def search_scales(self, group: ScaleGroup, stats) -> torch.Tensor:
+    def search_scales(self, group: ScaleGroup, stats: list) -> torch.Tensor:
         first = group.tasks[0]
-        h, x_mean = stats.hessian, stats.abs_mean
+        distinct = list({id(st): st for st in stats}.values())
+        if len(distinct) == 1:  # layers that read one tensor
+            x_mean, shares = distinct[0].abs_mean, [1.0] * len(stats)
+        else:
+            # a MoE layer's experts: each saw the tokens routed to it. Salience is the mean over
+            # every routed token, and each expert's output error counts by its share of them.
+            total = max(sum(st.tokens for st in distinct), 1)
+            x_mean = sum(st.abs_mean * st.tokens for st in distinct) / total
+            shares = [st.tokens / total for st in stats]
+        hessians = [st.hessian for st in stats]
         weights = [t.module.weight.float() for t in group.tasks]
         grids = [t.grid for t in group.tasks]
         w_mean = _weight_salience(torch.cat(weights), grids[0])
 
         def loss(s: torch.Tensor) -> float:
             total = 0.0
-            for w, grid in zip(weights, grids):
+            for w, grid, h, share in zip(weights, grids, hessians, shares):
+                if not share:
+                    continue
                 ws = w * s
-                total += output_error(w, grid.fake(ws, *grid.qparams(ws)).div_(s), h).item()
+                total += share * output_error(w, grid.fake(ws, *grid.qparams(ws)).div_(s), h).item()
             return total
 
         ones = torch.ones_like(x_mean)
@@ -108,8 +119,9 @@ class AWQ(InputScaling):
         for task in self.tasks:
             stats = self.context.stats.get(task.name)
             w = task.module.weight.float()
-            if stats is None or stats.tokens == 0:
-                self.notes.append(f"awq: {task.name} saw no calibration tokens; quantized with rtn (no scaling)")
+            short = task.too_few_tokens(stats)
+            if short:
+                self.notes.append(f"awq: {task.name} {short}; quantized with rtn (no clipping search)")
                 out[task.name] = rtn_quantize(w, task.scheme, task.params)
                 continue
             grid = task.grid

@@ -26,6 +26,8 @@ from torch import nn
 
 from ...kernels import QuantizedWeight, QuantParams, WeightFormat
 from ..errors import RecipeError
+from ..models.families import expand_pairings, pairings
+from ..modules import UnfusedExperts
 from ..quant.grid import WeightGrid
 from ..schemes import Scheme
 
@@ -33,14 +35,27 @@ from ..schemes import Scheme
 @dataclass
 class LayerTask:
     name: str
-    module: nn.Linear
+    module: nn.Linear  # for an expert: one projection of one expert (engine/modules/experts.py)
     scheme: Scheme
     params: QuantParams
     args: dict[str, Any] = field(default_factory=dict)
+    # Fewer calibration tokens than this and the algorithm quantizes the layer with RTN: 1 for
+    # linears (no tokens at all), calib.min_expert_tokens for experts (a rarely routed expert).
+    min_tokens: int = 1
+    tokens_seen: int | None = None  # calibration tokens its input statistics saw (set by the driver)
 
     @property
     def grid(self) -> WeightGrid:
         return WeightGrid.of(self.scheme, self.params)
+
+    def too_few_tokens(self, stats) -> str | None:
+        """Why its statistics are too thin to calibrate on (for the notes), or None."""
+        tokens = 0 if stats is None else stats.tokens
+        if tokens >= self.min_tokens:
+            return None
+        if tokens == 0:
+            return "saw no calibration tokens"
+        return f"saw {tokens} calibration tokens (fewer than calib.min_expert_tokens={self.min_tokens})"
 
 
 @dataclass
@@ -54,6 +69,12 @@ class BlockContext:
     # layer name -> per-channel divisor a transform applied to that layer's input (its
     # static activation scale is measured on the divided input)
     input_divisors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def pairings(self):
+        """(pairings of this block, groups of layers that read one tensor), with each of its
+        unfused experts modules expanded per expert (families.expand_pairings)."""
+        experts_in = {name: len(m) for name, m in self.block.named_modules() if isinstance(m, UnfusedExperts)}
+        return expand_pairings(pairings(self.model_type), experts_in)
 
     def relative(self, name: str) -> str:
         return name[len(self.prefix) + 1:] if self.prefix else name

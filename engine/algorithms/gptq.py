@@ -4,8 +4,8 @@ Layers that read one input (q/k/v, gate/up) share one Hessian; GPTQ treats weigh
 independently given the Hessian, so such layers with the same grid and arguments are
 solved as one stacked matrix (one factorization, one column loop).
 
-Fallbacks, recorded in the run's notes: a layer that saw no calibration tokens is
-quantized with RTN; a Hessian that stays singular after dampening is retried with ten
+Fallbacks, recorded in the run's notes: a layer that saw no calibration tokens (an expert:
+fewer than calib.min_expert_tokens) is quantized with RTN; a Hessian that stays singular after dampening is retried with ten
 and a hundred times the dampening, then the layer is quantized with RTN.
 """
 
@@ -46,8 +46,9 @@ class GPTQ(Algorithm):
             first = tasks[0]
             names = "+".join(t.name for t in tasks)
             stats = self.context.stats.get(first.name)
-            if stats is None or stats.tokens == 0:
-                self.notes.append(f"gptq: {names} saw no calibration tokens; quantized with rtn")
+            short = first.too_few_tokens(stats)
+            if short:
+                self.notes.append(f"gptq: {names} {short}; quantized with rtn")
                 out.update({t.name: rtn_quantize(t.module.weight.float(), t.scheme, t.params) for t in tasks})
                 continue
             w = torch.cat([t.module.weight.float() for t in tasks])

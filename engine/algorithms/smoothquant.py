@@ -41,9 +41,10 @@ class SmoothQuant(InputScaling):
         # moves activation outliers into the weights: for formats that quantize activations
         return not fmt.weight_only
 
-    def search_scales(self, group: ScaleGroup, stats) -> torch.Tensor:
+    def search_scales(self, group: ScaleGroup, stats: list) -> torch.Tensor:
         alpha = self.arg(group.tasks[0], "alpha")
-        x_max = stats.absmax.clamp_min(_FLOOR)
+        # a MoE layer's experts each saw their routed tokens: the input's max is over all of them
+        x_max = torch.stack([st.absmax for st in stats]).amax(dim=0).clamp_min(_FLOOR)
         weights = [t.module.weight.float() for t in group.tasks]
         w_max = torch.cat(weights).abs().amax(dim=0).clamp_min(_FLOOR)
 
@@ -52,15 +53,15 @@ class SmoothQuant(InputScaling):
 
         if not isinstance(alpha, (list, tuple)):
             return scales(alpha)
-        x = stats.sample
-        reference = [x @ w.T for w in weights]
+        samples = [st.sample for st in stats]  # each layer on its own inputs
+        reference = [x @ w.T for x, w in zip(samples, weights)]
 
         def error(s: torch.Tensor) -> float:
             total = 0.0
-            for t, w, y in zip(group.tasks, weights, reference):
+            for t, w, y, x, st in zip(group.tasks, weights, reference, samples, stats):
                 static = None
                 if t.params.activation == "static":  # the scale the driver will measure, after smoothing
-                    static = (stats.window_absmax / s).amax(dim=1).mean()
+                    static = (st.window_absmax / s).amax(dim=1).mean()
                 xq = fake_quantize_activations(x / s, t.scheme.weight_format, static)
                 wq = t.grid.fake(w * s, *t.grid.qparams(w * s))
                 total += (y - xq @ wq.T).pow(2).sum().item()

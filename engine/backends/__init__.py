@@ -4,7 +4,7 @@ prepared for inference. The first backend in BACKENDS that supports a layer gets
 plan shows which, and `emulated` marks numerics computed without the production kernel.
 """
 
-from .base import Backend
+from .base import EMULATED, FALLBACK, KERNEL, Backend
 from .registry import BACKENDS, select_backend
 
-__all__ = ["BACKENDS", "Backend", "select_backend"]
+__all__ = ["BACKENDS", "EMULATED", "FALLBACK", "KERNEL", "Backend", "select_backend"]

@@ -29,6 +29,7 @@ _TORCH_ZERO = 8
 
 class CpuInt4PackBackend(Backend):
     name = "cpu-int4pack"
+    runs_experts = False  # prepare() re-lays out the weights into the module's own buffers
 
     def supports(self, fmt, p, in_features, out_features, device, dtype):
         # fp32 activations: torch's packed kernels were 10-50x slower than dequantize + matmul

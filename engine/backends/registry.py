@@ -19,10 +19,13 @@ BACKENDS: list[Backend] = [TritonBackend(), CpuInt4PackBackend(), CpuInt8PackBac
 
 
 def select_backend(fmt: WeightFormat, p: QuantParams, in_features: int, out_features: int,
-                   device: torch.device | str, dtype: torch.dtype = torch.float32) -> Backend:
-    """The first backend that runs this layer on `device` with `dtype` activations."""
+                   device: torch.device | str, dtype: torch.dtype = torch.float32, experts: bool = False) -> Backend:
+    """The first backend that runs this layer on `device` with `dtype` activations (with
+    `experts`: that runs it one expert at a time, for a QuantExperts module)."""
     device = torch.device(device)
     for backend in BACKENDS:
+        if experts and not backend.runs_experts:
+            continue
         if backend.supports(fmt, p, in_features, out_features, device, dtype):
             return backend
     raise RuntimeError(f"no backend supports {fmt.name} on {device}")  # unreachable: emulation supports all

@@ -9,11 +9,19 @@ import torch
 import torch.nn.functional as F
 
 from ...kernels.act_quant import INT8_MAX, activation_scale, quantize_int8
-from .base import Backend
+from .base import FALLBACK, KERNEL, Backend
 
 
 class TorchBackend(Backend):
     name = "torch"
+
+    def kind(self, fmt):
+        # int8 x int8 GEMMs are what a CPU serves W8A8 with; weight-only formats are only
+        # dequantized into a float weight here, which no serving kernel does
+        return KERNEL if fmt.activation_dtype == "int8" else FALLBACK
+
+    def describe(self, fmt):
+        return "torch._int_mm" if fmt.activation_dtype == "int8" else "dequantize, then matmul"
 
     def supports(self, fmt, p, in_features, out_features, device, dtype):
         if fmt.weight_only:

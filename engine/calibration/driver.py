@@ -21,11 +21,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..algorithms import Algorithm, BlockContext, LayerTask, get_algorithm
-from ..models.families import pairings
 from ..plan import LayerPlan, Plan
+from ..progress import progress_bar
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .capture import capture_inputs, find_blocks, run_block, with_hidden
@@ -41,7 +40,7 @@ def _algorithms(tasks: list[LayerTask], algorithm_of: dict[str, str], context: B
 
 
 def _shared_inputs(context: BlockContext) -> list[tuple[str, ...]]:
-    return [tuple(context.absolute(n) for n in p.layers) for p in pairings(context.model_type)]
+    return [tuple(context.absolute(n) for n in group) for group in context.pairings()[1]]
 
 
 def _finite(q) -> bool:
@@ -71,6 +70,9 @@ def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context:
                 h.remove()
             for algo in algos:
                 algo.detach()
+        for t in tasks:
+            if t.name in context.stats:
+                t.tokens_seen = context.stats[t.name].tokens
     for algo in algos:
         algo.transform()
     results = {}
@@ -95,10 +97,22 @@ def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context:
 
 @torch.no_grad()
 def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan], windows: torch.Tensor,
-                           batch_size: int, make_task: Callable[[nn.Module, LayerPlan], LayerTask],
+                           batch_size: int, make_tasks: Callable[[nn.Module, LayerPlan], list[LayerTask]],
                            swap: Callable[[LayerTask, object], None], progress: bool = True) -> list[str]:
-    """Quantize every planned layer in `layers`, block by block; return the run's notes."""
-    algorithm_of = {lp.name: lp.algorithm for lp in layers}
+    """Quantize every planned layer in `layers`, block by block; return the run's notes.
+
+    `make_tasks` turns a planned layer into its tasks: one for a linear, one per expert and
+    projection for an expert tensor (whose experts module it unfuses in the model)."""
+    algorithm_of: dict[str, str] = {}
+
+    def tasks_of(lps: list[LayerPlan]) -> list[LayerTask]:
+        tasks = []
+        for lp in lps:
+            for t in make_tasks(model, lp):
+                algorithm_of[t.name] = lp.algorithm
+                tasks.append(t)
+        return tasks
+
     found = find_blocks(model)
     notes: list[str] = []
     if found is None:
@@ -116,10 +130,10 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
 
     last_needing_data = max((i for i, lps in enumerate(by_block) if any(lp.calibrates for lp in lps)), default=-1)
     calls = capture_inputs(model, blocks[0], windows, batch_size) if last_needing_data >= 0 else []
-    bar = tqdm(total=len(blocks), desc="calibrate", unit="block", disable=not progress, leave=False)
+    bar = progress_bar(total=len(blocks), desc="calibrate", unit="block", enabled=progress)
     for i, (block, lps) in enumerate(zip(blocks, by_block)):
         context = BlockContext(prefixes[i], block, plan.model_type)
-        tasks = [make_task(model, lp) for lp in lps]
+        tasks = tasks_of(lps)
 
         def run_float(block=block):
             for call in calls:
@@ -142,7 +156,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
             for start in range(0, windows.shape[0], batch_size):
                 model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
 
-        tasks = [make_task(model, lp) for lp in outside]
+        tasks = tasks_of(outside)
         notes += quantize_unit(tasks, algorithm_of, context, run_model, swap)
     return _dedupe(notes)
 

@@ -9,11 +9,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
 from ..models.spec import ModelSpec
-from ..recipe import Recipe, parse_recipe
 from ..targets import Target, parse_target
 from .typed import build
+
+if TYPE_CHECKING:  # the recipe schema imports the weight formats (torch): loaded when a recipe is parsed
+    from ..recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,25 @@ class TaskSpec:
     mbpp: str = ""
 
 
+MIN_SPEED_REPEATS = 5  # fewer timed repeats cannot state an interquartile range worth the name
+SPEED_TIMINGS = ("auto", "interleaved", "sequential")
+
+
 @dataclass(frozen=True)
 class SpeedSpec:
+    """How speed is timed (conf/eval/default.yaml explains each field); the roofline
+    prediction (engine/plan/roofline.py) is made for the same workload."""
+
     enabled: bool = True
-    prompt_len: int = 256
+    prompt_len: int = 256  # prefill: batch_size x prompt_len tokens in one forward
     batch_size: int = 1
+    context_len: int = 256  # decode: tokens already in the KV cache when the timed steps start
+    decode_batch_size: int = 1
     new_tokens: int = 8
     warmup: int = 1
-    repeats: int = 3
+    repeats: int = 5
+    max_rel_iqr: float = 0.10  # a model's IQR / median of repeats above which its speedups are noisy
+    timing: str = "auto"  # auto | interleaved | sequential (see engine/evaluate/speed.py)
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,9 @@ class CalibSpec:
     seq_len: int = 512
     seed: int = 0
     batch_size: int = 8
+    # An expert the router sends fewer calibration tokens than this is quantized with RTN
+    # (statistics of a handful of tokens overfit them); the run's notes list each one.
+    min_expert_tokens: int = 128
 
 
 @dataclass(frozen=True)
@@ -172,14 +190,48 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{getattr(e, 'full_key', 'config')}: {str(e).splitlines()[0]}") from None
 
 
-def load_settings(cfg: DictConfig) -> Settings:
-    from ..algorithms import algorithm_names, check_recipe_algorithms
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where records are kept (paths, tracking, registry) and the other subsystems' sections:
+    all that commands reading the registry need. Built without the recipe, model or target, so
+    those commands load no torch."""
 
+    paths: PathsSpec
+    sections: dict[str, Any]
+    raw: DictConfig
+    tracking: TrackingSpec = TrackingSpec()
+    registry: RegistrySpec = RegistrySpec()
+
+
+def _known_sections(cfg: DictConfig) -> dict[str, Any]:
     node = _resolve(cfg)
     for key in node:
         if key not in CORE_SECTIONS + OTHER_SECTIONS:
             raise ConfigError(f"{key}: unknown top-level key; known sections are "
                               f"{', '.join(CORE_SECTIONS + OTHER_SECTIONS)}")
+    return node
+
+
+def _store_sections(node: dict[str, Any], cfg: DictConfig) -> StoreSettings:
+    tracking = build(TrackingSpec, node.get("tracking") or {}, "tracking")
+    registry = build(RegistrySpec, node.get("registry") or {}, "registry")
+    if registry.url is not None and not registry.url.startswith(("sqlite:", "postgresql")):
+        raise ConfigError(f"registry.url: {registry.url!r} is neither sqlite:///PATH nor postgresql://...; "
+                          f"pass one of those or leave it null for SQLite under paths.root")
+    return StoreSettings(paths=build(PathsSpec, node.get("paths"), "paths"),
+                         sections={k: node[k] for k in OTHER_SECTIONS if k in node}, raw=cfg,
+                         tracking=tracking, registry=registry)
+
+
+def load_store_settings(cfg: DictConfig) -> StoreSettings:
+    return _store_sections(_known_sections(cfg), cfg)
+
+
+def load_settings(cfg: DictConfig) -> Settings:
+    from ..algorithms import algorithm_names, check_recipe_algorithms
+    from ..recipe import parse_recipe
+
+    node = _known_sections(cfg)
     recipe = parse_recipe(node.get("recipe"), algorithm_names())
     check_recipe_algorithms(recipe)
     model = build(ModelSpec, node.get("model"), "model")
@@ -187,7 +239,8 @@ def load_settings(cfg: DictConfig) -> Settings:
     calib = build(CalibSpec, node.get("calib"), "calib")
     for where, value in (("eval.seq_len", eval_spec.seq_len), ("eval.windows", eval_spec.windows),
                          ("eval.batch_size", eval_spec.batch_size), ("calib.samples", calib.samples),
-                         ("calib.seq_len", calib.seq_len), ("calib.batch_size", calib.batch_size)):
+                         ("calib.seq_len", calib.seq_len), ("calib.batch_size", calib.batch_size),
+                         ("calib.min_expert_tokens", calib.min_expert_tokens)):
         _positive(value, where)
     for where, data in (("eval.data", eval_spec.data), ("calib.data", calib.data)):
         if data.format not in ("auto", "text", "jsonl"):
@@ -196,15 +249,23 @@ def load_settings(cfg: DictConfig) -> Settings:
     run = build(RunSpec, node.get("run"), "run")
     if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
         raise ConfigError(f"run.device: expected auto, cpu or cuda[:N], got {run.device!r}")
-    tracking = build(TrackingSpec, node.get("tracking") or {}, "tracking")
-    registry = build(RegistrySpec, node.get("registry") or {}, "registry")
-    if registry.url is not None and not registry.url.startswith(("sqlite:", "postgresql")):
-        raise ConfigError(f"registry.url: {registry.url!r} is neither sqlite:///PATH nor postgresql://...; "
-                          f"pass one of those or leave it null for SQLite under paths.root")
+    store = _store_sections(node, cfg)
     return Settings(recipe=recipe, model=model, eval=eval_spec, calib=calib, target=parse_target(node.get("target")),
-                    run=run, paths=build(PathsSpec, node.get("paths"), "paths"),
-                    sections={k: node[k] for k in OTHER_SECTIONS if k in node}, raw=cfg,
-                    tracking=tracking, registry=registry)
+                    run=run, paths=store.paths, sections=store.sections, raw=cfg, tracking=store.tracking,
+                    registry=store.registry)
+
+
+def _check_speed(speed: SpeedSpec) -> None:
+    if speed.warmup < 0:
+        raise ConfigError(f"eval.speed.warmup: must be 0 or more, got {speed.warmup}")
+    if speed.repeats < MIN_SPEED_REPEATS:
+        raise ConfigError(f"eval.speed.repeats: at least {MIN_SPEED_REPEATS} timed repeats are needed to state a "
+                          f"spread (median and interquartile range), got {speed.repeats}; set "
+                          f"eval.speed.repeats={MIN_SPEED_REPEATS} or more, or eval.speed.enabled=false")
+    if not 0 < speed.max_rel_iqr < 10:
+        raise ConfigError(f"eval.speed.max_rel_iqr: expected a share such as 0.1 (10%), got {speed.max_rel_iqr}")
+    if speed.timing not in SPEED_TIMINGS:
+        raise ConfigError(f"eval.speed.timing: expected {', '.join(SPEED_TIMINGS)}, got {speed.timing!r}")
 
 
 def _check_eval(spec: EvalSpec) -> EvalSpec:
@@ -222,11 +283,12 @@ def _check_eval(spec: EvalSpec) -> EvalSpec:
                          ("eval.tasks.batch_size", spec.tasks.batch_size),
                          ("eval.speed.prompt_len", spec.speed.prompt_len),
                          ("eval.speed.batch_size", spec.speed.batch_size),
+                         ("eval.speed.context_len", spec.speed.context_len),
+                         ("eval.speed.decode_batch_size", spec.speed.decode_batch_size),
                          ("eval.speed.new_tokens", spec.speed.new_tokens),
                          ("eval.speed.repeats", spec.speed.repeats)):
         _positive(value, where)
-    if spec.speed.warmup < 0:
-        raise ConfigError(f"eval.speed.warmup: must be 0 or more, got {spec.speed.warmup}")
+    _check_speed(spec.speed)
     unknown = [f for f in spec.tasks.families if f not in TASK_FAMILIES]
     if unknown:
         raise ConfigError(f"eval.tasks.families: unknown {unknown}; choose from {list(TASK_FAMILIES)} "

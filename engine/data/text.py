@@ -7,6 +7,7 @@ hub copy is used; otherwise a clear error says what to pass.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from pathlib import Path
@@ -33,9 +34,43 @@ def _hub_usable(spec: DataSpec) -> bool:
     return True
 
 
+SNIFF_BYTES = 1 << 16  # what check_text_file reads of a file: enough to tell text from binary
+
+
+def _not_utf8(path: Path, field: str, e: UnicodeDecodeError) -> ConfigError:
+    return ConfigError(f"{field}: {path} is not UTF-8 text (the byte at offset {e.start} is "
+                       f"{e.object[e.start]:#04x}); convert it (e.g. iconv -f latin1 -t utf-8 FILE > FILE.txt) or "
+                       f"pass another file")
+
+
+def check_text_file(path: Path, field: str) -> None:
+    """A readable UTF-8 text file (its first SNIFF_BYTES looked at; gzip files are taken as they are),
+    else one line naming the field and the fix."""
+    if path.is_dir():
+        raise ConfigError(f"{field}: {path} is a folder, not a file; pass {field}=FILE")
+    if path.suffix == ".gz":
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as e:
+        raise ConfigError(f"{field}: cannot read {path} ({e.strerror}); check its permissions") from None
+    if b"\0" in head:
+        raise ConfigError(f"{field}: {path} is a binary file (it holds NUL bytes), not text; pass a UTF-8 plain text "
+                          f"or jsonl file")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, field, e) from None
+
+
 def check_data(spec: DataSpec, where: str) -> None:
     """Fail before any model loads if the data cannot be read."""
-    if Path(spec.path).is_file() or _hub_usable(spec):
+    path = Path(spec.path)
+    if path.exists():
+        check_text_file(path, f"{where}.path")
+        return
+    if _hub_usable(spec):
         return
     hint = " (or install qrecipe[hub] and go online for the hub copy)" if spec.hub else ""
     raise ConfigError(f"{where}.path: file {spec.path!r} does not exist; pass {where}.path=FILE, choose another "
@@ -50,6 +85,14 @@ def load_documents(spec: DataSpec, where: str = "data") -> list[str]:
 
         ds = datasets.load_dataset(spec.hub.id, spec.hub.config, split=spec.hub.split)
         return [row[spec.hub.field] for row in ds]
+    try:
+        return _read_documents(spec, path, where)
+    except UnicodeDecodeError as e:  # past what check_text_file looked at
+        raise ConfigError(f"{where}.path: {path} is not UTF-8 text beyond its first {SNIFF_BYTES} bytes ({e.reason}); "
+                          f"convert it (e.g. iconv -f latin1 -t utf-8 FILE > FILE.txt) or pass another file") from None
+
+
+def _read_documents(spec: DataSpec, path: Path, where: str) -> list[str]:
     if _format(spec) == "text":
         return [path.read_text(encoding="utf-8")]
     docs = []

@@ -25,6 +25,7 @@ import torch
 from ..config.settings import Settings
 from ..models.loading import locate
 from .divergence import TextReference
+from .forward import device_label
 from .json_tasks import json_cases
 from .task_metrics import TaskBaseline
 
@@ -68,7 +69,7 @@ def baseline_key_parts(settings: Settings, device: torch.device, dtype: torch.dt
     return {
         "format": BASELINE_FORMAT,
         "model": model_fingerprint(settings),
-        "device": device.type if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "device": device_label(device),
         "dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__.split("+")[0],
         "seq_len": ev.seq_len, "windows": ev.windows, "batch_size": ev.batch_size, "kl_topk": ev.kl_topk,
@@ -86,30 +87,41 @@ def cache_folder(settings: Settings, key: str) -> Path:
     return Path(settings.paths.root).resolve() / "baselines" / f"{settings.model.name}-{key}"
 
 
+class UnreadableCache(Exception):
+    """A cached baseline exists but cannot be used (damaged file, older format); its message
+    says why. The run recomputes and replaces it, and says so."""
+
+
 def load_baseline(folder: Path) -> BaselineOutputs | None:
-    """The cached outputs, or None when there are none (or they cannot be read)."""
+    """The cached outputs, or None when there are none; UnreadableCache when they cannot be used."""
+    import pickle
+    import zipfile
+
     ref = folder / "reference.pt"
     if not ref.is_file():
         return None
     try:
         state = torch.load(ref, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable cache is recomputed, not fatal
-        return None
-    if state.get("format") != BASELINE_FORMAT:
-        return None
-    tasks = TaskBaseline.from_state(state["tasks"]) if state.get("tasks") else None
-    return BaselineOutputs({n: TextReference.from_state(s) for n, s in state["texts"].items()}, tasks,
-                           list(state["task_sources"]))
+        if state.get("format") != BASELINE_FORMAT:
+            raise UnreadableCache(f"format {state.get('format')}, this qrecipe writes {BASELINE_FORMAT}")
+        tasks = TaskBaseline.from_state(state["tasks"]) if state.get("tasks") else None
+        return BaselineOutputs({n: TextReference.from_state(s) for n, s in state["texts"].items()}, tasks,
+                               list(state["task_sources"]))
+    except (RuntimeError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise UnreadableCache(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
 
 
-def save_baseline(folder: Path, outputs: BaselineOutputs, meta: dict[str, Any]) -> None:
-    """Write once, atomically; a concurrent writer of the same key leaves the first copy."""
+def save_baseline(folder: Path, outputs: BaselineOutputs, meta: dict[str, Any], replace: bool = False) -> None:
+    """Write once, atomically; a concurrent writer of the same key leaves the first copy.
+    `replace`: the existing copy could not be used and is replaced."""
     from filelock import FileLock
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if (folder / "reference.pt").is_file():
+        if (folder / "reference.pt").is_file() and not replace:
             return
+        if replace and folder.exists():
+            shutil.rmtree(folder)
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as the rest of paths.root
         try:

@@ -6,11 +6,17 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from tqdm.auto import tqdm
+
+from ..progress import progress_bar
 
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def device_label(device: torch.device) -> str:
+    """What a measurement ran on: `cpu`, or the GPU's name as torch reports it (NVIDIA H100 80GB HBM3)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 @torch.no_grad()
@@ -18,8 +24,7 @@ def window_logits(model, windows: torch.Tensor, batch_size: int, desc: str = "fo
                   progress: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(ids, logits) per batch of windows; logits[:, t] predicts ids[:, t + 1]."""
     device = model_device(model)
-    for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, unit="batch", disable=not progress,
-                      leave=False):
+    for start in progress_bar(range(0, windows.shape[0], batch_size), desc=desc, unit="batch", enabled=progress):
         ids = windows[start:start + batch_size].to(device)
         yield ids, model(input_ids=ids, use_cache=False).logits
 
@@ -35,8 +40,7 @@ def sequence_logits(model, sequences: list[list[int]], batch_size: int, desc: st
     """
     device = model_device(model)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress,
-                      leave=False):
+    for start in progress_bar(range(0, len(order), batch_size), desc=desc, unit="batch", enabled=progress):
         members = order[start:start + batch_size]
         width = max(len(sequences[i]) for i in members)
         ids = torch.zeros(len(members), width, dtype=torch.long)

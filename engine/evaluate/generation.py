@@ -8,8 +8,8 @@ token (included) or after new_tokens tokens.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .forward import model_device
 
 
@@ -43,7 +43,7 @@ def greedy_continuations(model, prompts: list[list[int]], new_tokens: int, stop_
                               pad_token_id=pad, eos_token_id=sorted(stop_ids) or None)
     out: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(order), batch_size), desc=desc, unit="batch", enabled=progress):
         members = order[start:start + batch_size]
         width = max(len(prompts[i]) for i in members)
         ids = torch.full((len(members), width), pad, dtype=torch.long)

@@ -53,6 +53,23 @@ def peak_method(requested: str, device: torch.device) -> str:
     return requested
 
 
+def available_bytes(device: torch.device) -> int:
+    """Memory a new allocation can take now: free CUDA memory on a GPU; on a CPU, Linux's
+    MemAvailable (free plus reclaimable page cache), else psutil's figure."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:

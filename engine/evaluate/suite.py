@@ -1,9 +1,12 @@
 """Everything `qrecipe run` measures, before and after quantization:
 
     measure_baseline          the quality reference (cached per model, eval settings and
-                              device), speed and peak memory of the unquantized model
+                              device) and peak memory of the unquantized model
+    SpeedTimer                keeps a float copy of the baseline before quantization (or times
+                              the baseline there, when a copy does not fit), then times the
+                              baseline and the variant (speed.py)
     measure_variant_quality   perplexity, divergence and task behaviour against that reference
-    measure_variant_speed     timed like the baseline, in the same process
+    measure_variant_speed     the speed metrics, with their spread and noise flags
     measure_variant_peak      peak memory, measured like the baseline's
 
 and the flat metrics they produce (names in README "Tracking and registry").
@@ -11,7 +14,9 @@ and the flat metrics they produce (names in README "Tracking and registry").
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,13 +24,17 @@ from typing import Any, Callable
 import torch
 
 from .. import metric_names as M
-from ..config.settings import Settings
+from ..config.settings import Settings, SpeedSpec
 from ..data import load_documents, token_windows
-from .baseline_cache import (BaselineOutputs, baseline_key, baseline_key_parts, cache_folder, load_baseline,
-                             save_baseline)
+from ..errors import ConfigError
+from ..plan.roofline import roofline_metrics
+from ..tables import human_bytes
+from .baseline_cache import (BaselineOutputs, UnreadableCache, baseline_key, baseline_key_parts, cache_folder,
+                             load_baseline, save_baseline)
 from .divergence import compare_pass, reference_pass
-from .memory import child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
-from .speed import SpeedResult, measure_speed, speed_tokens
+from .memory import available_bytes, child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
+from .speed import INTERLEAVED, SEQUENTIAL, SpeedSamples, measure_one, measure_pair, speed_metrics, speed_tokens, \
+    tokens_needed
 from .task_metrics import baseline_tasks, variant_tasks
 from .tasks import TaskItem, build_task_items
 
@@ -49,8 +58,8 @@ class BaselineSide:
     folder: Path
     key_parts: dict[str, Any]
     weight_bytes: int
-    speed: SpeedResult | None
     peak_bytes: int | None
+    notes: list[str] = dataclasses.field(default_factory=list)  # what did not go the usual way
 
 
 def prepare_inputs(settings: Settings, tokenizer) -> EvalInputs:
@@ -62,7 +71,7 @@ def prepare_inputs(settings: Settings, tokenizer) -> EvalInputs:
         windows[name] = token_windows(tokenizer, docs, ev.seq_len, ev.windows, "eval")
     items = build_task_items(ev.tasks, tokenizer, primary_docs or [])
     first = next(iter(windows.values()))
-    return EvalInputs(windows, items, speed_tokens(first, max(ev.speed.prompt_len, 32)))
+    return EvalInputs(windows, items, speed_tokens(first, tokens_needed(ev.speed)))
 
 
 _METHODS = {"child": "each model in a fresh child process (peak RSS running one eval batch)",
@@ -82,8 +91,10 @@ def describe_sizes(settings: Settings, inputs: EvalInputs, device: torch.device)
              f"  tasks:   {fam} prompts (eval.tasks.prompts={t.prompts}), {t.new_tokens} greedy tokens "
              f"(eval.tasks.new_tokens), references scored on {t.reference_tokens} tokens"]
     if s.enabled:
-        lines.append(f"  speed:   prefill {s.batch_size} x {s.prompt_len} tokens, decode {s.new_tokens} tokens at "
-                     f"batch 1; {s.warmup} warm-up + median of {s.repeats} (eval.speed.*)")
+        lines.append(f"  speed:   prefill {s.batch_size} x {s.prompt_len} tokens, decode {s.new_tokens} steps of "
+                     f"{s.decode_batch_size} after {s.context_len} tokens of context; {s.warmup} warm-up + {s.repeats} "
+                     f"repeats, baseline and variant interleaved unless eval.speed.timing says otherwise; median and "
+                     f"interquartile range, noisy above {100 * s.max_rel_iqr:g}% spread (eval.speed.*)")
     lines.append(f"  memory:  {_METHODS[peak_method(ev.memory.method, device)]} (eval.memory.method)")
     return "\n".join(lines)
 
@@ -105,8 +116,19 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
     key = baseline_key(parts)
     folder = cache_folder(settings, key)
     sources = [it.source for it in inputs.items]
-    outputs = load_baseline(folder)
-    cached = outputs is not None and outputs.task_sources == sources and set(outputs.texts) == set(inputs.windows)
+    notes: list[str] = []
+    try:
+        outputs = load_baseline(folder)
+    except UnreadableCache as e:
+        outputs = None
+        notes.append(f"the cached baseline outputs in {folder} could not be used ({e}); recomputed and replaced")
+    stale = outputs is not None and (outputs.task_sources != sources or set(outputs.texts) != set(inputs.windows))
+    if stale:
+        notes.append(f"the cached baseline outputs in {folder} hold other texts or task prompts than this run's; "
+                     f"recomputed and replaced")
+    cached = outputs is not None and not stale
+    for note in notes:
+        say(f"note: {note}")
     if cached:
         say(f"baseline outputs: cached ({folder})")
     else:
@@ -115,17 +137,13 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
                  for name, w in inputs.windows.items()}
         tasks = baseline_tasks(model, tokenizer, inputs.items, ev.tasks, progress) if inputs.items else None
         outputs = BaselineOutputs(texts, tasks, sources)
-        save_baseline(folder, outputs, {"key": key, "parts": parts,
-                                        "ppl": {n: r.ppl for n, r in texts.items()}})
-    speed = None
-    if ev.speed.enabled:
-        say("timing the baseline ...")
-        speed = measure_speed(model, inputs.speed_tokens, ev.speed)
+        save_baseline(folder, outputs, {"key": key, "parts": parts, "ppl": {n: r.ppl for n, r in texts.items()}},
+                      replace=bool(notes))
     if settings.eval.memory.method != "off":
         say("peak memory of the baseline ...")
     peak = _peak(settings, device, model, {"model": dataclasses.asdict(settings.model),
                                            "cache": str(settings.paths.cache), "dtype": str(dtype).split(".")[-1]})
-    return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), speed, peak)
+    return BaselineSide(outputs, cached, key, folder, parts, weight_bytes(model), peak, notes)
 
 
 def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalInputs, base: BaselineSide,
@@ -150,26 +168,108 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
     return metrics
 
 
-def speed_and_memory_metrics(base: BaselineSide, speed: SpeedResult | None, peak: int | None,
-                             variant_weight_bytes: int, method: str) -> dict[str, Any]:
+def memory_metrics(base: BaselineSide, peak: int | None, variant_weight_bytes: int, method: str) -> dict[str, Any]:
     m: dict[str, Any] = {M.WEIGHT_BYTES: variant_weight_bytes, M.WEIGHT_BYTES_BASELINE: base.weight_bytes,
                          M.WEIGHT_REDUCTION: base.weight_bytes / variant_weight_bytes}
-    if speed is not None and base.speed is not None:
-        m.update({M.PREFILL_TOKENS_PER_S: speed.prefill_tokens_per_s,
-                  M.PREFILL_TOKENS_PER_S_BASELINE: base.speed.prefill_tokens_per_s,
-                  M.PREFILL_SPEEDUP: speed.prefill_tokens_per_s / base.speed.prefill_tokens_per_s,
-                  M.DECODE_MS_PER_TOKEN: speed.decode_ms_per_token,
-                  M.DECODE_MS_PER_TOKEN_BASELINE: base.speed.decode_ms_per_token,
-                  M.DECODE_SPEEDUP: base.speed.decode_ms_per_token / speed.decode_ms_per_token,
-                  M.SPEED_DEVICE: speed.device})
     if peak is not None and base.peak_bytes is not None:
         m.update({M.PEAK_MEMORY_BYTES: peak, M.PEAK_MEMORY_BYTES_BASELINE: base.peak_bytes,
                   M.PEAK_MEMORY_REDUCTION: base.peak_bytes / peak, M.PEAK_MEMORY_METHOD: method})
     return m
 
 
-def measure_variant_speed(model, settings: Settings, inputs: EvalInputs) -> SpeedResult | None:
-    return measure_speed(model, inputs.speed_tokens, settings.eval.speed) if settings.eval.speed.enabled else None
+# A float copy of the baseline is kept for interleaved timing when it takes at most this share
+# of the memory free on the device (the rest is for the quantized copy and activations).
+KEEP_SHARE = 0.5
+
+
+def timing_mode(spec: SpeedSpec, model_bytes: int, free_bytes: int, where: str) -> tuple[str, str | None]:
+    """(interleaved | sequential, why sequential): interleaving needs the baseline alive while
+    the variant runs, i.e. a float copy of the model kept through quantization."""
+    if spec.timing == SEQUENTIAL:
+        return SEQUENTIAL, "eval.speed.timing=sequential: the baseline was timed before quantization and the " \
+                           "variant after, so drift in the machine's speed between the two is not cancelled"
+    if model_bytes <= KEEP_SHARE * free_bytes:
+        return INTERLEAVED, None
+    why = (f"a float copy of the baseline for interleaved timing needs {human_bytes(model_bytes)}, more than "
+           f"{KEEP_SHARE:.0%} of the {human_bytes(free_bytes)} free on {where}")
+    if spec.timing == INTERLEAVED:
+        raise ConfigError(f"eval.speed.timing=interleaved: {why}; use eval.speed.timing=auto (which then times "
+                          f"sequentially and says so) or sequential")
+    return SEQUENTIAL, f"{why}, so the baseline was timed before quantization and the variant after (drift in " \
+                       f"the machine's speed between the two is not cancelled)"
+
+
+class SpeedTimer:
+    """Created before quantization: keeps a float copy of the baseline (interleaved timing) or
+    times the baseline at once (sequential). `time_variant` then times the variant and frees
+    the copy; `release` frees it on any other way out."""
+
+    def __init__(self, settings: Settings, inputs: EvalInputs, model, device: torch.device, say: Say):
+        self.spec, self.tokens = settings.eval.speed, inputs.speed_tokens
+        self.reference, self.base = None, None
+        self.mode, self.note = None, None
+        if not self.spec.enabled:
+            return
+        self.mode, self.note = timing_mode(self.spec, weight_bytes(model), available_bytes(device), str(device))
+        if self.mode == INTERLEAVED:
+            say("keeping a float copy of the baseline, to time it interleaved with the variant ...")
+            self.reference = copy.deepcopy(model)
+        else:
+            say(f"timing the baseline now: {self.note} ...")
+            self.base = measure_one(model, self.tokens, self.spec)
+
+    def time_variant(self, model, say: Say) -> dict[str, Any]:
+        if self.mode is None:
+            return {}
+        if self.reference is not None:
+            say("timing baseline and variant, interleaved ...")
+            self.base, variant = measure_pair(self.reference, model, self.tokens, self.spec)
+            self.release()
+        else:
+            say("timing the variant ...")
+            variant = measure_one(model, self.tokens, self.spec)
+        assert isinstance(self.base, SpeedSamples)
+        return speed_metrics(self.base, variant, self.spec, self.mode, self.note)
+
+    def release(self) -> None:
+        if self.reference is None:
+            return
+        self.reference = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def measure_variant_speed(timer: SpeedTimer, model, say: Say) -> dict[str, Any]:
+    return timer.time_variant(model, say)
+
+
+def prediction_metrics(roofline: dict[str, Any], speed: dict[str, Any], on_target: bool) -> dict[str, Any]:
+    """The roofline's predictions (predicted_*) and, where the speed was measured on the
+    target's own kind of hardware, measured over predicted throughput (1.0: at the roofline)."""
+    m = roofline_metrics(roofline)
+    if not m or not on_target or M.DECODE_MS_PER_TOKEN not in speed:
+        return m
+    base = M.baseline_of
+    pairs = [(M.DECODE_MEASURED_OVER_PREDICTED, M.PREDICTED_DECODE_MS_PER_TOKEN, M.DECODE_MS_PER_TOKEN),
+             (base(M.DECODE_MEASURED_OVER_PREDICTED), base(M.PREDICTED_DECODE_MS_PER_TOKEN),
+              M.DECODE_MS_PER_TOKEN_BASELINE)]
+    for ratio, predicted, measured in pairs:  # time: predicted over measured is throughput measured over predicted
+        m[ratio] = m[predicted] / speed[measured]
+    pairs = [(M.PREFILL_MEASURED_OVER_PREDICTED, M.PREDICTED_PREFILL_TOKENS_PER_S, M.PREFILL_TOKENS_PER_S),
+             (base(M.PREFILL_MEASURED_OVER_PREDICTED), base(M.PREDICTED_PREFILL_TOKENS_PER_S),
+              M.PREFILL_TOKENS_PER_S_BASELINE)]
+    for ratio, predicted, measured in pairs:
+        if predicted in m:
+            m[ratio] = speed[measured] / m[predicted]
+    return m
+    for side in ("", "_baseline"):
+        m[f"decode_measured_over_predicted{side}"] = (m[f"predicted_decode_ms_per_token{side}"]
+                                                      / speed[f"decode_ms_per_token{side}"])
+        if f"predicted_prefill_tokens_per_s{side}" in m:
+            m[f"prefill_measured_over_predicted{side}"] = (speed[f"prefill_tokens_per_s{side}"]
+                                                           / m[f"predicted_prefill_tokens_per_s{side}"])
+    return m
 
 
 def measure_variant_peak(settings: Settings, device: torch.device, model, checkpoint: Path) -> int | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config.settings import TaskSpec
+from ..data.text import check_text_file
 from ..errors import ConfigError
 from .json_tasks import json_cases
 
@@ -56,10 +57,11 @@ def check_task_data(spec: TaskSpec) -> None:
     for family in spec.families:
         for key in _SOURCES.get(family, ()):
             path = getattr(spec, key)
-            if not Path(path).is_file():
+            if not Path(path).exists():
                 raise ConfigError(f"eval.tasks.{key}: file {path!r} does not exist; set eval.tasks.{key}=FILE, set "
                                   f"QRECIPE_SHARED to the folder holding data/, or drop {family} from "
                                   f"eval.tasks.families")
+            check_text_file(Path(path), f"eval.tasks.{key}")
 
 
 def _spread(items: list, n_hint: int) -> Iterator:

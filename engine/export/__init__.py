@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..files import normal_modes
 from .compressed_tensors import FORMAT as COMPRESSED_TENSORS
 from .compressed_tensors import ExportError, write_compressed_tensors
 
@@ -35,10 +36,14 @@ def _check_source(src: Path) -> dict[str, Any]:
     return meta
 
 
-def _staging(out: Path) -> Path:
+def _staging(out: Path, parents: bool) -> Path:
     if out.exists():
         raise ExportError(f"OUT_DIR: {out} already exists; choose a new folder (an export never overwrites)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():
+        if not parents or out.parent.exists():
+            raise ExportError(f"OUT_DIR: the folder {out.parent} does not exist; create it first, or pass --parents "
+                              f"to create it")
+        out.parent.mkdir(parents=True)
     staging = out.parent / f".{out.name}.partial"
     try:
         staging.mkdir()
@@ -49,20 +54,23 @@ def _staging(out: Path) -> Path:
 
 
 def export_checkpoint(src: str | Path, out: str | Path, fmt: str, provenance: dict[str, Any] | None = None,
-                      **options) -> dict[str, Any]:
+                      parents: bool = False, **options) -> dict[str, Any]:
     """Convert the qrecipe checkpoint in src to fmt in the new folder out; returns the provenance
-    written to out/qrecipe_export.json (provenance: extra fields such as the variant id)."""
+    written to out/qrecipe_export.json (provenance: extra fields such as the variant id). The
+    folder holding out must exist unless `parents` asks to create it (a typo in a path then
+    does not quietly make a new tree)."""
     if fmt not in WRITERS:
         raise ExportError(f"--format: unknown format {fmt!r}; choose one of {', '.join(WRITERS)}")
     src, out = Path(src).resolve(), Path(out).resolve()
     meta = _check_source(src)
-    staging = _staging(out)
+    staging = _staging(out, parents)
     try:
         summary = WRITERS[fmt](src, staging, **options)
         record = {"format": fmt, "source_checkpoint": str(src), "model_id": meta.get("model_id"),
                   "plan_hash": meta.get("plan_hash"), "exported_at": datetime.now(timezone.utc).isoformat(),
                   **(provenance or {}), **summary}
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2))
+        normal_modes(staging)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

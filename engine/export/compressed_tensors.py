@@ -7,7 +7,8 @@ which re-derives the same integer (or fp8) codes from them; the quantization_con
 writes into config.json has one config group per distinct scheme whose targets are the exact
 module names from the plan (no regex for a loader to re-match), and an ignore list of every
 linear layer the plan kept in float. Fused shards (q/k/v, gate/up) land in one group or are
-ignored together, as vLLM requires.
+ignored together, as vLLM requires. Mixture-of-experts layers are written per expert in the
+hub's layout, one `re:` target per MoE layer, routers ignored (engine/export/moe.py).
 
 Conventions of the format, and what they mean for the numbers:
 - Scales are stored in the model's dtype (loaders create them so). W4A16/W8A16 group scales
@@ -34,20 +35,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ...kernels import QuantParams, get_format
-from ..errors import QRecipeError
+from ...kernels import QuantParams
 from ..plan import Plan
 from ..schemes import SCHEMES
+from ..models.families import moe_layout
+from .errors import ExportError
+from .moe import ExpertsExport, refuse_unloadable_experts, split_rows
 
 FORMAT = "compressed-tensors"
 # Written by this exporter; everything else in the checkpoint folder (tokenizer, generation
 # config, plan.json) is copied as it is. qrecipe_quant.json is not: the export is not a
 # qrecipe checkpoint.
 _REWRITTEN = ("model.safetensors", "qrecipe_quant.json", "config.json")
-
-
-class ExportError(QRecipeError):
-    """The checkpoint cannot be written in the requested format."""
 
 
 @dataclass(frozen=True)
@@ -92,14 +91,11 @@ def _refuse_unloadable(specs: list[LayerSpec]) -> None:
             f"cannot load (zero-point shape mismatch); export a variant built with symmetric: true")
 
 
-def _group_layers(specs: list[LayerSpec]) -> list[tuple[Any, Any, list[str]]]:
-    """[(weights args, input args, layer names)], one entry per distinct scheme, in plan order."""
-    groups: dict[str, tuple[Any, Any, list[str]]] = {}
-    for spec in specs:
-        weights, inputs = quantization_args(spec)
-        key = json.dumps([weights.model_dump(), inputs.model_dump() if inputs else None], sort_keys=True, default=str)
-        groups.setdefault(key, (weights, inputs, []))[2].append(spec.name)
-    return list(groups.values())
+def _args_key(spec: LayerSpec) -> tuple[str, Any, Any]:
+    """(key, weights args, input args): layers with one key share a config group."""
+    weights, inputs = quantization_args(spec)
+    key = json.dumps([weights.model_dump(), inputs.model_dump() if inputs else None], sort_keys=True, default=str)
+    return key, weights, inputs
 
 
 def _check_fused(plan: Plan, group_of: dict[str, str]) -> None:
@@ -114,11 +110,16 @@ def _check_fused(plan: Plan, group_of: dict[str, str]) -> None:
                               f"({', '.join(sorted(where))}); give them one scheme in the recipe")
 
 
-def _module_state(f, spec: LayerSpec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _buffers(f, spec: LayerSpec) -> dict[str, torch.Tensor]:
+    """The packed buffers of a layer (an expert tensor's: stacked per expert)."""
+    fmt = SCHEMES[spec.scheme].weight_format
+    return {n: f.get_tensor(f"{spec.name}.{n}") for n in fmt.buffer_specs(spec.out_features, spec.in_features,
+                                                                          spec.params)}
+
+
+def _module_state(buffers: dict[str, torch.Tensor], spec: LayerSpec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The layer as compressed-tensors' compressors take it: float weight, scale, zero point."""
-    fmt = get_format(SCHEMES[spec.scheme].format)
-    names = fmt.buffer_specs(spec.out_features, spec.in_features, spec.params)
-    buffers = {n: f.get_tensor(f"{spec.name}.{n}") for n in names}
+    fmt = SCHEMES[spec.scheme].weight_format
     packed = fmt.unpack(buffers, spec.params)
     state = {"weight": fmt.dequantize(buffers, spec.params, torch.float32),  # exact: codes times scales
              "weight_scale": packed.scale.reshape(spec.out_features, -1).to(dtype)}
@@ -129,11 +130,33 @@ def _module_state(f, spec: LayerSpec, dtype: torch.dtype) -> dict[str, torch.Ten
     return state
 
 
+def _expert_states(f, x: ExpertsExport, specs: dict[str, LayerSpec], dtype: torch.dtype
+                   ) -> dict[str, dict[str, torch.Tensor]]:
+    """checkpoint module name -> module state, for every projection of every expert."""
+    out = {}
+    for tensor, spec in specs.items():
+        stacked = _buffers(f, spec)
+        for e in range(x.num_experts):
+            state = _module_state({n: t[e] for n, t in stacked.items()}, spec, dtype)
+            for leaf, half in x.shards(tensor):
+                out[x.module(e, leaf)] = split_rows(state, half)
+    return out
+
+
+def _float_experts(f, x: ExpertsExport, lp) -> dict[str, torch.Tensor]:
+    """A kept (float) expert tensor in the checkpoint layout: one weight per expert and projection."""
+    t = f.get_tensor(lp.name)
+    tensor = lp.name.rsplit(".", 1)[1]
+    return {f"{x.module(e, leaf)}.weight": (t[e] if half is None else t[e].chunk(2, dim=0)[half]).contiguous()
+            for e in range(x.num_experts) for leaf, half in x.shards(tensor)}
+
+
 def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = False) -> dict[str, Any]:
     """Write the compressed-tensors form of the qrecipe checkpoint in src into the empty folder out.
 
-    allow_unloadable writes asymmetric zero points anyway (for the test that watches the
-    loaders); users get an ExportError instead. Returns a summary for the provenance file.
+    allow_unloadable writes what the installed loaders cannot read anyway (asymmetric zero
+    points, int8 or mixed-scheme experts; for the tests that watch the loaders); users get an
+    ExportError instead. Returns a summary for the provenance file.
     """
     from compressed_tensors.compressors import BaseCompressor, ModelCompressor
     from compressed_tensors.compressors.format import infer_module_format
@@ -142,30 +165,76 @@ def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = F
     meta = json.loads((src / "qrecipe_quant.json").read_text())
     plan = Plan.from_dict(json.loads((src / "plan.json").read_text()))
     dtype = getattr(torch, meta["dtype"])
+    layout = moe_layout(plan.model_type)
     specs = [LayerSpec.from_meta(name, layer) for name, layer in meta["layers"].items()]
-    if not specs:
+    experts: dict[str, tuple[ExpertsExport, dict[str, LayerSpec]]] = {}
+    for name, entry in meta.get("experts", {}).items():
+        if layout is None:
+            raise ExportError(f"checkpoint {src}: model type {plan.model_type!r} has quantized experts but no MoE "
+                              f"layout in engine/models/families.py MOE_LAYOUTS to name them by")
+        experts[name] = (ExpertsExport(name, layout, entry["num_experts"]),
+                         {t: LayerSpec.from_meta(f"{name}.{t}", spec) for t, spec in entry["tensors"].items()})
+    expert_specs = [spec for _, tensors in experts.values() for spec in tensors.values()]
+    if not specs and not experts:
         raise ExportError(f"checkpoint {src}: no quantized layer to export; compressed-tensors holds quantized models")
     if not allow_unloadable:
-        _refuse_unloadable(specs)
-    by_name = {s.name: s for s in specs}
-    config_groups, group_of, state = {}, {}, {}
+        _refuse_unloadable(specs + expert_specs)
+        refuse_unloadable_experts({name: (_args_key(tensors[layout.gate_up])[0], tensors[layout.gate_up].scheme)
+                                   for name, (_, tensors) in experts.items()})
+    # (target, plan layers it stands for, key, states) per config-group member, in plan order
+    members = []
+    for spec in specs:
+        members.append((spec.name, [spec.name], _args_key(spec), lambda f, spec=spec: {
+            spec.name: _module_state(_buffers(f, spec), spec, dtype)}))
+    for name, (x, tensors) in experts.items():
+        keys = {_args_key(t)[0] for t in tensors.values()}
+        if len(keys) > 1:
+            raise ExportError(f"plan: {name} has tensors with different schemes; vLLM's FusedMoE takes one scheme for "
+                              f"all of a layer's experts: give them one")
+        members.append((x.target, [t.name for t in tensors.values()], _args_key(tensors[layout.gate_up]),
+                        lambda f, x=x, tensors=tensors: _expert_states(f, x, tensors, dtype)))
+    groups: dict[str, tuple[Any, Any, list]] = {}
+    for member in members:
+        key, weights, inputs = member[2]
+        groups.setdefault(key, (weights, inputs, []))[2].append(member)
+
+    config_groups, group_of, state, schemes_of = {}, {}, {}, {}
+    by_layer = {s.name: s for s in specs + expert_specs}
     with safe_open(str(src / "model.safetensors"), "pt") as f:
-        for i, (weights, inputs, names) in enumerate(_group_layers(specs)):
-            probe = QuantizationScheme(targets=sorted(names), weights=weights, input_activations=inputs)
+        for i, (weights, inputs, group_members) in enumerate(groups.values()):
+            targets = sorted(m[0] for m in group_members)
+            probe = QuantizationScheme(targets=targets, weights=weights, input_activations=inputs)
             scheme = probe.model_copy(update={"format": infer_module_format(torch.nn.Linear, probe).value})
             compressor = BaseCompressor.get_value_from_registry(scheme.format)
             config_groups[f"group_{i}"] = scheme
-            for name in names:
-                group_of[name] = f"group_{i}"
-                for key, t in compressor.compress(_module_state(f, by_name[name], dtype), scheme).items():
-                    state[f"{name}.{key}"] = t.contiguous()
+            schemes_of[f"group_{i}"] = sorted({by_layer[n].scheme for m in group_members for n in m[1]})
+            for _, layers, _, states in group_members:
+                group_of.update({n: f"group_{i}" for n in layers})
+                for module, module_state in states(f).items():
+                    for key, t in compressor.compress(module_state, scheme).items():
+                        state[f"{module}.{key}"] = t.contiguous()
         _check_fused(plan, group_of)
-        packed_buffers = {f"{s.name}.{n}" for s in specs
-                          for n in get_format(SCHEMES[s.scheme].format).buffer_specs(s.out_features, s.in_features,
+        packed_buffers = {f"{s.name}.{n}" for s in specs + expert_specs
+                          for n in SCHEMES[s.scheme].weight_format.buffer_specs(s.out_features, s.in_features,
                                                                                      s.params)}
-        for key in f.keys():  # embeddings, norms, biases, kept layers: as they are
+        moe = {x.block: x for x, _ in experts.values()}
+        ignore = []
+        for lp in plan.layers:
+            if lp.name in group_of:
+                continue
+            if lp.kind == "experts" and layout is not None:  # kept in float: per expert, as checkpoints are
+                x = ExpertsExport(lp.name.rsplit(".", 1)[0], layout, lp.num_experts)
+                state.update(_float_experts(f, x, lp))
+                packed_buffers.add(lp.name)
+                moe.setdefault(x.block, x)
+                if x.target not in ignore:
+                    ignore.append(x.target)
+            else:
+                ignore.append(lp.name)
+        for key in f.keys():  # embeddings, norms, biases, routers, kept layers: as they are
             if key not in packed_buffers:
-                state[key] = f.get_tensor(key)
+                state[_checkpoint_name(key, moe, layout)] = f.get_tensor(key)
+    ignore = [_checkpoint_name(n, moe, layout) for n in ignore]
     for alias in meta.get("aliases", {}):  # tied weights are stored once; config.json re-ties them
         state.pop(alias, None)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -173,13 +242,21 @@ def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = F
         if item.is_file() and item.name not in _REWRITTEN:
             shutil.copy2(item, out / item.name)
     shutil.copy2(src / "config.json", out / "config.json")
-    ignore = [lp.name for lp in plan.layers if lp.name not in group_of]
     formats = {s.format for s in config_groups.values()}
     config = QuantizationConfig(config_groups=config_groups, ignore=ignore,
                                 format=formats.pop() if len(formats) == 1 else "mixed-precision",
                                 quantization_status=QuantizationStatus.COMPRESSED)
     ModelCompressor(quantization_config=config).update_config(str(out))
-    return {"config_groups": {g: {"format": s.format, "layers": len(s.targets),
-                                  "schemes": sorted({by_name[t].scheme for t in s.targets})}
+    return {"config_groups": {g: {"format": s.format, "layers": len(s.targets), "schemes": schemes_of[g]}
                               for g, s in config_groups.items()},
             "ignore": ignore, "versions": {p: version(p) for p in ("compressed-tensors", "transformers", "torch")}}
+
+
+def _checkpoint_name(name: str, moe: dict[str, ExpertsExport], layout) -> str:
+    """A name inside an MoE block as the hub's checkpoints spell it (Mixtral: mlp -> block_sparse_moe)."""
+    for block, x in moe.items():
+        if name.startswith(block + "."):
+            inside = name[len(block) + 1:]
+            head = layout.experts.split(".")[0]
+            return x.rename(inside) if inside.startswith(head + ".") else name
+    return name

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..files import normal_modes
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def locate(spec: ModelSpec) -> Location:
             if looks_like_hub_id and spec.allow_hub and os.environ.get("HF_HUB_OFFLINE") != "1":
                 return Location(path, spec.gguf_file, local=False)
             why = "hub access is disabled (model.allow_hub=false or HF_HUB_OFFLINE=1)" if looks_like_hub_id else \
-                "no such folder"
+                "it is a file, not a folder" if folder.exists() else "no such folder"
             raise ConfigError(f"model.path: {path!r} is not a local model folder ({why}); pass "
                               f"model=hf model.path=DIR with a folder holding config.json")
     if spec.gguf_file and not (folder / spec.gguf_file).is_file():
@@ -90,14 +91,9 @@ def _gguf_config(loc: Location):
 
 
 def _gguf_tokenizer(loc: Location):
-    from transformers import AutoTokenizer
+    from .gguf_tokenizer import load_gguf_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(loc.source, gguf_file=loc.gguf_file)
-    except (IndexError, ValueError):
-        from .gguf_tokenizer import tokenizer_from_gguf
-
-        return tokenizer_from_gguf(Path(loc.source) / loc.gguf_file)
+    return load_gguf_tokenizer(Path(loc.source), loc.gguf_file)
 
 
 def convert_gguf(loc: Location, spec: ModelSpec, cache_root: Path) -> Path:
@@ -127,6 +123,7 @@ def convert_gguf(loc: Location, spec: ModelSpec, cache_root: Path) -> Path:
         try:
             model.save_pretrained(tmp)
             _gguf_tokenizer(loc).save_pretrained(tmp)
+            normal_modes(tmp)
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

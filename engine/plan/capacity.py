@@ -7,6 +7,14 @@ is memory_gib * memory_utilization (as vLLM's gpu_memory_utilization). KV cache 
 in the target's serving dtype (2 bytes for bf16): per token 2 (K and V) x layers x kv_heads
 x head_dim x bytes; with tp > kv_heads the KV heads are replicated (one per device).
 Activations and CUDA graphs are not modelled: treat the token counts as upper bounds.
+
+Decode speed follows the bytes read per generated token, not the bytes stored: at batch 1 a
+token reads every dense weight (attention, dense MLPs, routers, norms, the head) and, in each
+mixture-of-experts layer, only the experts its router picks: num_experts_per_tok of
+num_experts, so experts_per_token / num_experts of each expert tensor. The input embedding
+table is read one row per token, so it is left out (unless the head is tied to it and reads
+it whole). A batch of B tokens reads up to min(num_experts, B x experts_per_token) experts per
+layer, so this is the batch-1 figure.
 """
 
 from __future__ import annotations
@@ -49,6 +57,21 @@ def kv_tokens_at(weight_bytes: int, tp: int, info: ModelInfo, target: Target, el
     return max(0, int(free // per_token)) if per_token else 0
 
 
+def decode_bytes_per_token(plan, info: ModelInfo, after: bool, tokens: int = 1) -> int:
+    """Weight bytes one forward of `tokens` tokens reads (see the module docstring): at batch 1
+    what one decoded token reads; a forward of B tokens reads up to min(num_experts, B x
+    experts_per_token) experts of each expert tensor (engine/plan/roofline.py uses that)."""
+    elem = dtype_bytes(plan.dtype)
+    embedding = 0 if info.tied_lm_head else info.input_embedding_params * elem
+    total = max(0, plan.other_bytes - embedding)
+    for lp in plan.layers:
+        size = lp.bytes_after if after else lp.bytes_before
+        if lp.kind == "experts" and info.experts_per_token:
+            size = size * min(tokens * info.experts_per_token, lp.num_experts) // lp.num_experts
+        total += size
+    return total
+
+
 def capacity_report(plan, info: ModelInfo, target: Target) -> dict[str, Any]:
     totals = plan.totals()
     elem = dtype_bytes(target.dtype)
@@ -66,6 +89,8 @@ def capacity_report(plan, info: ModelInfo, target: Target) -> dict[str, Any]:
         "kv_cache_tokens_before": before["kv_cache_tokens"],
         "kv_cache_tokens_after": after["kv_cache_tokens"],
         "kv_bytes_per_token": _kv_bytes_per_token(info, 1, elem),
+        "decode_bytes_per_token_before": decode_bytes_per_token(plan, info, after=False),
+        "decode_bytes_per_token_after": decode_bytes_per_token(plan, info, after=True),
     }
     if before["min_tp"] and after["min_tp"] and after["min_tp"] != before["min_tp"]:
         # Same hardware as the baseline needs: quantization buys that much more KV cache.

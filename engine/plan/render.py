@@ -7,6 +7,7 @@ import re
 
 from ..schemes import SCHEMES
 from ..tables import human_bytes, text_table
+from .roofline import describe_roofline
 from .types import Plan
 
 _INDEX = re.compile(r"\.(\d+)\.")
@@ -24,6 +25,14 @@ def _ranges(indices: list[int]) -> str:
     return ",".join(out)
 
 
+def _float_parts(parts: dict[str, int]) -> str:
+    """'embeddings and norms 1.16 GiB, routers 12.00 MiB, kept layers 0 B' (zero parts left out,
+    embeddings and norms always named)."""
+    labels = {"embeddings_and_norms": "embeddings and norms", "routers": "routers", "kept_layers": "kept layers"}
+    shown = [f"{labels[k]} {human_bytes(v)}" for k, v in parts.items() if v or k == "embeddings_and_norms"]
+    return ", ".join(shown) + " stay"
+
+
 def _rows(plan: Plan, expand: bool) -> list[list[str]]:
     groups: dict[tuple, list] = {}
     for lp in plan.layers:
@@ -33,7 +42,9 @@ def _rows(plan: Plan, expand: bool) -> list[list[str]]:
         scheme = f"{lp.scheme}" + (f" {group}" if lp.is_quantized and SCHEMES[lp.scheme].group_sizes else "") + \
             ("" if lp.symmetric in (None, True) else " asym") + \
             (f" {lp.activation}" if lp.activation not in (None, "none") else "")
-        key = (key_name, lp.out_features, lp.in_features, scheme, lp.algorithm or "-",
+        shape = f"{lp.out_features} x {lp.in_features}" if lp.kind != "experts" else \
+            f"{lp.num_experts} x {lp.out_features} x {lp.in_features}"
+        key = (key_name, shape, scheme, lp.algorithm or "-",
                "emulated" if lp.emulated else lp.backend, lp.status, lp.reason)
         groups.setdefault(key, []).append((int(m.group(1)) if m else None, lp))
     rows = []
@@ -44,13 +55,12 @@ def _rows(plan: Plan, expand: bool) -> list[list[str]]:
             name = name.replace(".*.", f".{{{_ranges(idx)}}}.", 1) + f" x{len(members)}"
         before = sum(lp.bytes_before for _, lp in members)
         after = sum(lp.bytes_after for _, lp in members)
-        rows.append([name, f"{key[1]}x{key[2]}", key[3], key[4], key[5], key[6], key[7],
-                     human_bytes(before), human_bytes(after)])
+        rows.append([name, *key[1:], human_bytes(before), human_bytes(after)])
     return rows
 
 
 def render_plan(plan: Plan, expand: bool = False) -> str:
-    header = ["module", "shape (out x in)", "scheme", "algorithm", "backend", "status", "reason", "before", "after"]
+    header = ["module", "shape ([experts x] out x in)", "scheme", "algorithm", "backend", "status", "reason", "before", "after"]
     t = plan.totals()
     c = plan.capacity
     ratio = f"{t['ratio']:.2f}x" if t["ratio"] else "-"
@@ -61,10 +71,11 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
         text_table(header, _rows(plan, expand)),
         "",
         f"weights: {human_bytes(t['weight_bytes_before'])} -> {human_bytes(t['weight_bytes_after'])} ({ratio} smaller; "
-        f"embeddings and norms {human_bytes(plan.other_bytes)} stay in {plan.dtype})",
+        f"in {plan.dtype}: {_float_parts(t['float_bytes'])})",
         "layers: " + ", ".join(f"{v} {k}" for k, v in sorted(t["by_status"].items())) +
         (f"  schemes: {plan.scheme_mix()}" if t["by_scheme"] else ""),
     ]
+    any_experts = any(lp.kind == "experts" for lp in plan.layers)
     if c:
         def fit(tp, tokens):
             if tp is None:
@@ -78,5 +89,10 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
         if "kv_cache_tokens_after_at_tp_before" in c:
             lines.append(f"  after, on the baseline's {c['min_tp_before']} devices: KV cache "
                          f"~{c['kv_cache_tokens_after_at_tp_before']:,} tokens")
+        if "decode_bytes_per_token_after" in c:
+            lines.append(f"  weight bytes read per decoded token (batch 1{', active experts only' if any_experts else ''}): "
+                         f"{human_bytes(c['decode_bytes_per_token_before'])} -> "
+                         f"{human_bytes(c['decode_bytes_per_token_after'])}")
+    lines += describe_roofline(plan.roofline)
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

@@ -27,6 +27,10 @@ RULE_FIELDS = ("match",) + POLICY_FIELDS
 BASE_FIELDS = POLICY_FIELDS
 RECIPE_FIELDS = ("name", "description", "base", "rules", "ignore", "overlap", "tied_embeddings")
 OVERLAP_MODES = ("error", "first_match")
+# A recipe's name names its run folders (paths.root/runs/<time>-<name>-<hash>): a plain name,
+# never a path. Stated in the error and in the README.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
 TIED_MODES = ("keep", "quantize")
 CAPABILITIES = ("int8", "fp8")
 
@@ -181,8 +185,6 @@ def build_policy(base: Mapping[str, Any], rule: Mapping[str, Any], where: str, a
                               f"got {activation!r}")
     else:
         activation = "none"
-        if act_value not in (None, "none") and act_from == where:
-            raise RecipeError(f"{where}.activation: {scheme.name} keeps activations in float; remove the field")
 
     req_value, req_from = pick("requires")
     requires = _requires(req_value, req_from)
@@ -202,9 +204,45 @@ def build_policy(base: Mapping[str, Any], rule: Mapping[str, Any], where: str, a
             raise RecipeError(f"{src_where}.args: expected a mapping of algorithm arguments, got {source!r}")
         args.update(source)
 
-    return Policy(scheme=scheme.name, algorithm=algorithm, group_size=group_size, symmetric=symmetric,
-                  activation=activation, requires=requires, fallback=fallback,
-                  args=tuple(sorted((str(k), _freeze(v)) for k, v in args.items())))
+    policy = Policy(scheme=scheme.name, algorithm=algorithm, group_size=group_size, symmetric=symmetric,
+                    activation=activation, requires=requires, fallback=fallback,
+                    args=tuple(sorted((str(k), _freeze(v)) for k, v in args.items())))
+    for key, reason in ignored_fields(scheme, policy).items():
+        if _is_set(rule, key):
+            raise RecipeError(f"{where}.{key}: {reason}, so this field would do nothing; remove it")
+    return policy
+
+
+def ignored_fields(scheme: Scheme, policy: Policy) -> dict[str, str]:
+    """The policy fields a layer under `scheme` ignores, each with why: setting one is an error
+    (a recipe never says something that silently does nothing)."""
+    out = {}
+    if scheme.keeps_float:
+        for key in ("group_size", "symmetric", "activation", "algorithm", "args"):
+            out[key] = f"{scheme.name} keeps the layer in float"
+    elif not scheme.activation_modes:
+        out["activation"] = f"{scheme.name} keeps activations in float, only W8A8 and FP8 quantize them"
+    if not policy.requires and not scheme.requires:
+        out["fallback"] = f"{scheme.name} asks nothing of the target and no requires is set, so no fallback is used"
+    return out
+
+
+def _is_set(node: Mapping[str, Any], key: str) -> bool:
+    value = node.get(key)
+    return value is not None and not (key == "activation" and value == "none") and not (key == "args" and not value)
+
+
+def _check_base_fields(base: Mapping[str, Any], rules: list[tuple["Rule", Mapping[str, Any]]]) -> None:
+    """A field set in base that every rule inheriting it ignores does nothing: an error."""
+    for key in POLICY_FIELDS:
+        if not _is_set(base, key):
+            continue
+        heirs = [r for r, node in rules if not _is_set(node, key)]
+        reasons = [ignored_fields(get_scheme(r.policy.scheme, "scheme"), r.policy).get(key) for r in heirs]
+        if heirs and all(reasons):
+            names = ", ".join(r.name for r in heirs)
+            raise RecipeError(f"recipe.base.{key}: ignored by every rule that inherits it ({names}): {reasons[0]}; "
+                              f"remove it")
 
 
 def _freeze(value: Any) -> Any:
@@ -234,7 +272,7 @@ def parse_recipe(node: Any, algorithms: tuple[str, ...], name: str = "recipe") -
     _unknown_keys(base, BASE_FIELDS, "recipe.base")
     rules_node = _as_mapping(node.get("rules"), "recipe.rules",
                              "rules are a mapping NAME: {match: ..., scheme: ...}")
-    rules = []
+    rules, nodes = [], []
     for order, (rule_name, rule_node) in enumerate(rules_node.items()):
         where = f"recipe.rules.{rule_name}"
         rule_node = _as_mapping(rule_node, where, "a rule is a mapping with match: and scheme:")
@@ -244,6 +282,8 @@ def parse_recipe(node: Any, algorithms: tuple[str, ...], name: str = "recipe") -
                               f"'class:CLASS'); existing rules are {', '.join(map(str, rules_node))}")
         matcher = Matcher.parse(rule_node["match"], f"{where}.match")
         rules.append(Rule(str(rule_name), matcher, build_policy(base, rule_node, where, algorithms), order))
+        nodes.append(rule_node)
+    _check_base_fields(base, list(zip(rules, nodes)))
     ignore_node = node.get("ignore") or []
     if isinstance(ignore_node, str) or not isinstance(ignore_node, (list, tuple)):
         raise RecipeError(f"recipe.ignore: expected a list of layer names or patterns, got {ignore_node!r}")
@@ -254,5 +294,12 @@ def parse_recipe(node: Any, algorithms: tuple[str, ...], name: str = "recipe") -
     tied = node.get("tied_embeddings") or "keep"
     if tied not in TIED_MODES:
         raise RecipeError(f"recipe.tied_embeddings: expected one of {', '.join(TIED_MODES)}, got {tied!r}")
-    return Recipe(name=str(node.get("name") or name), rules=tuple(rules), ignore=ignore, overlap=overlap,
+    if not rules:
+        raise RecipeError("recipe.rules: none, so no layer would be quantized; add a rule, e.g. "
+                          "+recipe.rules.all.match=class:Linear")
+    recipe_name = str(node.get("name") or name)
+    if not NAME_PATTERN.match(recipe_name) or ".." in recipe_name:
+        raise RecipeError(f"recipe.name: {recipe_name!r} is not a recipe name ({NAME_RULE}); it names the run "
+                          f"folders, so set e.g. recipe.name=my-w4a16")
+    return Recipe(name=recipe_name, rules=tuple(rules), ignore=ignore, overlap=overlap,
                   tied_embeddings=tied, description=str(node.get("description") or ""), raw=node)

@@ -98,19 +98,28 @@ class Prepared:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
+    return re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "_", text)).strip("._-") or "model"
 
 
 def _output(settings: Settings, spec: SearchSpec) -> Path:
+    """The recipe file: its stem is the recipe's name (and its run folders'), so it must be a
+    recipe name, as for any recipe file (engine/config/compose.py check_recipe_file_name)."""
+    from ..config.compose import check_recipe_file_name
+
     if spec.output:
         out = Path(spec.output).expanduser()
         if out.suffix not in (".yaml", ".yml"):
             raise ConfigError(f"search.output: {out} should end in .yaml (the recipe's file name is its name)")
+        check_recipe_file_name(out, "search.output")
         if out.exists():
             raise ConfigError(f"search.output: {out} already exists; choose a new file or delete it")
         return out.resolve()
     folder = Path(settings.paths.root).resolve() / "recipes"
-    stem = f"search-{_slug(settings.model.name)}-{spec.budget.tag}"
+    tag = spec.budget.tag
+    # room for "search-", "-TAG" and a "-NNNN" number within a recipe name's 64 characters
+    model = _slug(settings.model.name)[:max(1, 64 - len("search--") - len(tag) - 5)].rstrip("._-") or "model"
+    stem = f"search-{model}-{tag}"
+    check_recipe_file_name(folder / f"{stem}.yaml", "search.output")
     for n in range(1, 10_000):
         out = folder / (f"{stem}.yaml" if n == 1 else f"{stem}-{n}.yaml")
         if not out.exists():
@@ -119,11 +128,12 @@ def _output(settings: Settings, spec: SearchSpec) -> Path:
 
 
 def prepare(settings: Settings) -> Prepared:
-    """Every check that needs no weights: a bad budget, candidate or output fails here."""
-    from ..planning import model_info
+    """Every check that needs no weights: a bad budget, candidate, output or input file fails here."""
+    from ..planning import check_inputs, model_info
 
     spec = search_spec(settings.sections)
     info = model_info(settings)
+    check_inputs(settings, None, calibrates=True)  # a search always reads its calibration slice
     units = build_units(settings.recipe, info)
     if not units:
         raise ConfigError(f"recipe: every linear layer of {info.model_id} is ignored or tied; nothing to search "

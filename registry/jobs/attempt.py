@@ -4,7 +4,8 @@ It reads the job (JSON) on stdin, writes its output to stdout/stderr (the job's 
 progress as JSON lines on the file descriptor named by QRECIPE_JOB_EVENTS_FD:
 
     {"event": "stage", "stage": ..., "progress": ...}     a step of the job
-    {"event": "started", "variant_id": ..., "run_number": ...}   the registry run it recorded
+    {"event": "started", "variant_id": ..., "run_number": ..., "output_dir": ..., "staging": ...}
+                                                          the registry run it recorded, its folder
     {"event": "result", "result": {...}}                  it succeeded (exit code 0)
     {"event": "error", "message": ..., "user_error": bool} it failed (exit code != 0)
 
@@ -76,6 +77,45 @@ def _sleep(params: dict[str, Any], emit: Events) -> dict[str, Any]:
     return {"slept_seconds": seconds, "pid": os.getpid()}
 
 
+class JobGate:
+    """Where a run job's attempt meets its job row: at every stage boundary it asks whether the
+    job was cancelled (then the run stops there) or taken from it (its lease lost), and the write
+    that records the run succeeded is also the one that ends the job succeeded (queue.complete_in),
+    so a cancel and the registration are decided in one transaction.
+
+    Debug (jobs.debug_kinds): `pause_at` holds the run at that stage until the job is cancelled,
+    then lets it go on, so tests can cancel a real run at each stage."""
+
+    POLL_SECONDS = 0.1
+    PAUSE_LIMIT_SECONDS = 600.0
+
+    def __init__(self, engine, job_id: int, token: str, pause_at: str | None = None):
+        self.engine, self.job_id, self.token, self.pause_at = engine, job_id, token, pause_at
+
+    def boundary(self, stage: str) -> None:
+        from qrecipe.engine.process import Cancelled
+
+        from . import queue
+
+        state = queue.cancel_state(self.engine, self.job_id, self.token)
+        if state == "cancel":
+            raise Cancelled(f"job {self.job_id} was cancelled (the run stopped at stage {stage})")
+        if state == "lost":
+            raise queue.LeaseLost(f"job {self.job_id}: this attempt lost its lease at stage {stage}; the job runs "
+                                  f"again")
+        if stage == self.pause_at:
+            print(f"debug: paused at stage {stage} until the job is cancelled", flush=True)
+            deadline = time.monotonic() + self.PAUSE_LIMIT_SECONDS
+            while queue.cancel_state(self.engine, self.job_id, self.token) == "go" and time.monotonic() < deadline:
+                time.sleep(self.POLL_SECONDS)
+            print(f"debug: going on from stage {stage}", flush=True)
+
+    def complete_in(self, session, result: dict[str, Any]) -> None:
+        from . import queue
+
+        queue.complete_in(session, self.job_id, self.token, result)
+
+
 def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
@@ -84,7 +124,8 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     from qrecipe.engine.events import RunEvent, Stage
     from qrecipe.engine.planning import build_plan
 
-    from ..recorder import RunRecorder
+    from ..db import open_registry, registry_url
+    from ..recorder import RESULT_KEYS, RunRecorder
     from .paths import check_calibration_path, check_paths
 
     register_resolvers()
@@ -94,7 +135,9 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     check_paths(settings, roots, allow_hub=payload["allow_hub"])
     if payload["kind"] == "search":  # a search always reads its calibration slice
         check_calibration_path(settings, roots)
-        return _search(cfg, emit)
+        gate = JobGate(open_registry(registry_url(settings)), payload["job_id"], payload["lease_token"],
+                       (payload.get("params") or {}).get("pause_at"))
+        return _search(cfg, emit, gate)
     emit("stage", stage="planning", progress=0.01)
     plan, _ = build_plan(settings)
     if plan.calibrates:
@@ -103,22 +146,56 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
         return _plan(plan, emit)
     from qrecipe.engine.run import run
 
-    recorder = RunRecorder()
+    gate = JobGate(open_registry(registry_url(settings)), payload["job_id"], payload["lease_token"],
+                   (payload.get("params") or {}).get("pause_at"))
+    recorder = RunRecorder(before_commit=gate.complete_in)
 
     def on_event(event: RunEvent) -> None:
         if event.stage is Stage.STARTED:  # the registry run now exists: say which, before anything else
             summary = recorder.summary()
-            emit("started", variant_id=summary.get("variant_id"), run_number=summary.get("run_number"))
+            emit("started", variant_id=summary.get("variant_id"), run_number=summary.get("run_number"),
+                 output_dir=event.data.get("output_dir"), staging=event.data.get("staging"))
         if event.stage is not Stage.DONE:  # the job is done when its result is written, not before
             emit("stage", stage=event.stage.value, progress=event.progress)
+            gate.boundary(event.stage.value)
 
-    result = run(cfg, recorder=recorder, progress=False, on_event=on_event)
+    # progress=True: off a terminal (here, the job's log) it is one line every 30 s, not bars
+    result = run(cfg, recorder=recorder, progress=True, on_event=on_event)
     summary = result.summary()
-    return {k: summary.get(k) for k in ("variant_id", "run_number", "output_dir", "plan_hash", "recipe", "model",
-                                        "target", "mlflow_run_id", "tracking_uri", "metrics")}
+    return {k: summary.get(k) for k in RESULT_KEYS}
 
 
-def _search(cfg, emit: Events) -> dict[str, Any]:
+SEARCH_RESULT_KEYS = ("recipe", "recipe_path", "model", "target", "budget", "predicted", "measured", "points",
+                      "spearman", "sensitivities", "seconds", "variant_id", "run_number", "search_id", "mlflow_run_id",
+                      "run_output_dir")
+
+
+class SearchGate:
+    """A search job's JobGate (registry/search_flow.py Gate): the same stage-boundary checks as a
+    run job's; the found recipe's registration is refused if a cancel came first (the job goes on);
+    the search's record is the job's success, decided against a cancel in one transaction. A
+    cancel after the found recipe's run was recorded stops the search at its next boundary: that
+    variant stays (its run is complete), the front and the search are not recorded."""
+
+    def __init__(self, gate: JobGate):
+        self.gate = gate
+
+    def boundary(self, stage: str) -> None:
+        self.gate.boundary(stage)
+
+    def hold_in(self, session, result: dict[str, Any]) -> None:
+        from . import queue
+
+        queue.hold_in(session, self.gate.job_id, self.gate.token, "the found recipe's run")
+
+    def complete_in(self, session, outcome: dict[str, Any]) -> None:
+        from . import queue
+
+        queue.complete_in(session, self.gate.job_id, self.gate.token,
+                          {k: outcome.get(k) for k in SEARCH_RESULT_KEYS}, "the search")
+
+
+def _search(cfg, emit: Events, gate: JobGate) -> dict[str, Any]:
     from ..search_flow import render, search_and_record
 
     def on_event(name: str, data: dict) -> None:
@@ -127,11 +204,10 @@ def _search(cfg, emit: Events) -> dict[str, Any]:
         elif name == "stage":
             emit("stage", stage=data["stage"], progress=data["progress"])
 
-    outcome = search_and_record(cfg, on_event=on_event, progress=False)
+    # progress=False: the found recipe's run reports through on_event (the job's stages) instead
+    outcome = search_and_record(cfg, on_event=on_event, progress=False, gate=SearchGate(gate))
     print(render(outcome), flush=True)
-    return {k: outcome.get(k) for k in ("recipe", "recipe_path", "model", "target", "budget", "predicted", "measured",
-                                        "points", "spearman", "sensitivities", "seconds", "variant_id", "search_id",
-                                        "mlflow_run_id", "run_output_dir")}
+    return {k: outcome.get(k) for k in SEARCH_RESULT_KEYS}
 
 
 def _plan(plan, emit: Events) -> dict[str, Any]:
@@ -144,7 +220,7 @@ def _plan(plan, emit: Events) -> dict[str, Any]:
 
 def main(read_payload: Callable[[], str] = sys.stdin.read) -> int:
     die_with_parent()
-    from qrecipe.engine.process import Terminated, quiet_libraries, raise_terminated
+    from qrecipe.engine.process import Cancelled, Terminated, quiet_libraries, raise_terminated
 
     quiet_libraries()
     signal.signal(signal.SIGTERM, raise_terminated)
@@ -158,6 +234,10 @@ def main(read_payload: Callable[[], str] = sys.stdin.read) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         emit("error", message=str(e), user_error=True)
         return e.exit_code
+    except Cancelled as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        emit("error", message=str(e), user_error=False)
+        return Cancelled.exit_code
     except (Terminated, KeyboardInterrupt):
         print("error: terminated", file=sys.stderr, flush=True)
         emit("error", message="terminated", user_error=False)

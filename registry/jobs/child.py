@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -111,6 +113,7 @@ class AttemptProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
                                      env=env, start_new_session=True)
         os.close(write_fd)
+        self.folders: list[str | None] = []  # the run's staging and final folder, once it says them
         self.outcome: Outcome | None = None
         self.events: list[dict[str, Any]] = []
         self.tail: list[str] = []
@@ -141,6 +144,7 @@ class AttemptProcess:
                 if event["event"] == "stage":
                     self.sink.progress(stage=str(event["stage"])[:200], progress=float(event["progress"]))
                 elif event["event"] == "started":
+                    self.folders = [event.get("staging"), event.get("output_dir")]
                     self.sink.progress(urgent=True, variant_id=event.get("variant_id"),
                                        run_number=event.get("run_number"))
 
@@ -156,7 +160,24 @@ class AttemptProcess:
             t.join(timeout=10)
         self.sink.close()  # the last log lines and progress are written before the outcome is
         self.outcome = self._outcome(code)
+        if code != 0:
+            self._remove_unrecorded_folder()
         return self.outcome
+
+    def _remove_unrecorded_folder(self) -> None:
+        """A run killed before it could clean up (SIGKILL after the grace period) leaves its staged
+        folder, or its renamed one if it died between the rename and the write that records it:
+        removed here, where the run ran, unless that write happened (the job succeeded)."""
+        staging, out = (self.folders + [None, None])[:2]
+        if not staging or queue.ended_by(self.sink.engine, self.sink.token) == SUCCEEDED:
+            return
+        staging = Path(staging)
+        if not (staging.name.startswith(".") and staging.name.endswith(".partial")):
+            return  # not a folder reserve_output made: leave it
+        for folder in (staging, Path(out) if out else None):
+            if folder is not None and folder.parent == staging.parent and folder.is_dir():
+                log.warning("job %s: removing %s, left by its killed attempt", self.sink.job_id, folder)
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _outcome(self, code: int) -> Outcome:
         last = {e["event"]: e for e in self.events}

@@ -110,23 +110,31 @@ def _wait(client: Client, job_id: int, poll: float = 1.0) -> dict:
 
 
 def cmd_list(args) -> int:
-    from qrecipe.engine.tables import text_table
-
-    params = {"limit": args.limit, **({"status": args.status} if args.status else {})}
-    jobs = _client(args).request("GET", "/jobs", params=params)["jobs"]
+    params = {"limit": args.limit, **({"status": args.status} if args.status else {}),
+              **({"before": args.before} if args.before else {})}
+    answer = _client(args).request("GET", "/jobs", params=params)
+    jobs = answer["jobs"]
     if args.json:
         print(json.dumps(jobs))
-        return 0
-    if not jobs:
+    elif not jobs:
         print("no jobs" + (f" {args.status}" if args.status else ""))
-        return 0
+    else:
+        print(_jobs_table(jobs))
+    if answer.get("more"):  # on stderr: the table (or JSON) on stdout stays what it is
+        print(f"note: {len(jobs)} jobs shown and older ones exist; see them with --before {jobs[-1]['id']} (or a "
+              f"larger --limit, up to 1000)", file=sys.stderr)
+    return 0
+
+
+def _jobs_table(jobs: list[dict]) -> str:
+    from qrecipe.engine.tables import text_table
+
     rows = [[str(j["id"]), j["status"], j["kind"], j.get("recipe") or "-", j.get("model") or "-",
              j.get("target") or "-", j.get("stage") or "-", f"{100 * j['progress']:.0f}%",
              f"{j['attempts']}/{j['max_attempts']}", j.get("variant_id") or "-",
              (j["timings"]["created_at"] or "")[:19]] for j in jobs]
-    print(text_table(["id", "status", "kind", "recipe", "model", "target", "stage", "progress", "attempts", "variant",
-                  "created"], rows))
-    return 0
+    return text_table(["id", "status", "kind", "recipe", "model", "target", "stage", "progress", "attempts", "variant",
+                       "created"], rows)
 
 
 def cmd_show(args) -> int:
@@ -158,5 +166,17 @@ def cmd_logs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    print(_line(_client(args).request("POST", f"/jobs/{args.job}/cancel")))
+    """Each job in turn; one that cannot be cancelled is said on stderr and the others still are."""
+    client, failed = _client(args), 0
+    for job_id in args.jobs:
+        try:
+            print(_line(client.request("POST", f"/jobs/{job_id}/cancel")), flush=True)
+        except ServiceError as e:
+            if len(args.jobs) == 1 or "cannot reach" in str(e):
+                raise
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+    if failed:
+        print(f"error: {failed} of {len(args.jobs)} jobs were not cancelled", file=sys.stderr)
+        return 2
     return 0

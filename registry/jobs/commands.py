@@ -3,7 +3,7 @@
     qrecipe serve [--host H] [--port P] [--workers N] [KEY=VALUE...]   the HTTP service + N local workers
     qrecipe worker [--workers N] [KEY=VALUE...]                        workers only (e.g. on another machine)
     qrecipe jobs submit [--kind run|plan|search] [-m] [--priority N] [--wait] OVERRIDES...
-    qrecipe jobs list [--status S] | show JOB | logs JOB [--follow] | cancel JOB
+    qrecipe jobs list [--status S] [--limit N] [--before ID] | show JOB | logs JOB [--follow] | cancel JOB...
 
 serve and worker take config overrides for the operator's settings (registry.url=...,
 jobs.executor=ray, jobs.lease_seconds=..., service.tokens_file=...).
@@ -64,14 +64,18 @@ def add_commands(sub, common_flags) -> None:
     q.set_defaults(func=client.cmd_submit)
     q = jsub.add_parser("list", help="jobs, newest first")
     q.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--limit", type=int, default=50, help="at most this many (default 50; the service allows 1000)")
+    q.add_argument("--before", type=int, help="only jobs older than this id (the next page)")
     q.add_argument("--json", action="store_true", help="print the service's JSON")
     q.set_defaults(func=client.cmd_list)
     for name, func, helptext in (("show", client.cmd_show, "one job: status, stage, attempts, error, result"),
                                  ("logs", client.cmd_logs, "a job's output"),
-                                 ("cancel", client.cmd_cancel, "cancel a queued job or stop a running one")):
+                                 ("cancel", client.cmd_cancel, "cancel queued jobs or stop running ones")):
         q = jsub.add_parser(name, help=helptext)
-        q.add_argument("job", type=int, help="the job's id")
+        if name == "cancel":
+            q.add_argument("jobs", type=int, nargs="+", metavar="JOB", help="the jobs' ids")
+        else:
+            q.add_argument("job", type=int, help="the job's id")
         if name == "show":
             q.add_argument("--json", action="store_true", help="print the service's JSON")
         if name == "logs":

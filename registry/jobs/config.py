@@ -49,6 +49,7 @@ class ServiceConfig:
     tokens_file: str | None = None
     max_body_bytes: int = 65536
     max_overrides: int = 64
+    docs: bool = False  # Swagger UI at /docs (its assets come from a CDN); /openapi.json is always served
 
 
 def with_operator_groups(overrides: list[str]) -> list[str]:

@@ -11,7 +11,6 @@ interpolations (${oc.env:SECRET} would copy the service's environment into the r
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from qrecipe.engine.errors import ConfigError
@@ -26,14 +25,16 @@ ALLOWED_KEYS = tuple(re.compile(p) for p in (
     r"eval\.(seq_len|windows|batch_size|kl_topk)",
     r"eval\.tasks\.(families|prompts|new_tokens|reference_tokens|max_prompt_tokens|batch_size|chat_template"
     r"|gsm8k|humaneval|mbpp)",
-    r"eval\.speed\.(enabled|prompt_len|batch_size|new_tokens|warmup|repeats)",
+    r"eval\.speed\.(enabled|prompt_len|batch_size|context_len|decode_batch_size|new_tokens|warmup|repeats"
+    r"|max_rel_iqr|timing)",
     r"eval\.memory\.method",
     rf"eval\.data\.{_DATA_FIELDS}",
     rf"eval\.texts\.[A-Za-z0-9_-]+(\.{_DATA_FIELDS})?",
     r"calib\.(samples|seq_len|seed|batch_size)",
     rf"calib\.data\.{_DATA_FIELDS}",
     r"model\.(name|path|gguf_file|dtype|revision|cache_gguf)",
-    r"target\.(memory_gib|compute_capability|capabilities|dtype|memory_utilization|max_devices)",
+    r"target\.(memory_gib|compute_capability|capabilities|dtype|memory_utilization|max_devices|bandwidth_gb_s"
+    r"|dense_tflops(\.[a-z0-9]+)?)",
     r"run\.(seed|device|output_dir|save_checkpoint)",
     r"search(\.[A-Za-z0-9_-]+)+",
 ))
@@ -49,9 +50,9 @@ ALLOWED_SUMMARY = ("recipe=NAME, model=NAME, target=NAME, data@eval.data=NAME, d
 
 def shipped_recipes() -> list[str]:
     """Recipes in qrecipe's own recipes/ folder: a request never reaches QRECIPE_RECIPE_PATH."""
-    import qrecipe.recipes
+    from qrecipe.engine.config.recipes import recipe_files
 
-    return sorted(p.stem for p in Path(qrecipe.recipes.__file__).resolve().parent.glob("*.yaml"))
+    return list(recipe_files(user=False))
 
 
 def group_options(group: str) -> list[str]:
@@ -121,18 +122,18 @@ def _reserved(name: str) -> bool:
 
 
 def _check_value(key: str, value: Any) -> None:
-    """No interpolation and no instantiation key anywhere inside the value."""
-    if isinstance(value, str):
-        if "${" in value:
-            raise ConfigError(f"{key}: interpolations (${{...}}) are refused in a job request; write the value itself")
-    elif isinstance(value, dict):
+    """No interpolation (the rule compose applies to every override) and no instantiation key
+    anywhere inside the value."""
+    from qrecipe.engine.config.compose import INTERPOLATION_REFUSED, has_interpolation
+
+    if has_interpolation(value):
+        raise ConfigError(f"{key}: {INTERPOLATION_REFUSED}")
+    if isinstance(value, dict):
         for k, v in value.items():
             if _reserved(str(k)):
                 raise ConfigError(f"{key}.{k}: Hydra instantiation keys (_target_ and the like) are refused in a job "
                                   f"request")
             _check_value(f"{key}.{k}", v)
-            if "${" in str(k):
-                raise ConfigError(f"{key}: interpolations (${{...}}) are refused in a job request")
     elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_value(f"{key}[{i}]", v)
+        for v in value:
+            _check_value(key, v)

@@ -28,6 +28,9 @@ from .models import (CANCELLED, FAILED, FINAL, LOST, QUEUED, RELEASED, RUNNING, 
                      JobLog, JobSubmission)
 
 
+CANCELLED_WHILE_RUNNING = "cancelled while running"  # the error of every running job that ends cancelled
+
+
 class JobNotFound(QRecipeError):
     """No job has this id."""
 
@@ -202,19 +205,76 @@ def _end(session, job: Job, status: str, *, error: str | None = None, result: di
 
 
 def finish(engine: Engine, job_id: int, token: str, status: str, *, result: dict | None = None,
-           error: str | None = None) -> bool:
-    """End the attempt with a final status; False (and nothing written) if the lease was lost."""
+           error: str | None = None) -> str | None:
+    """End the attempt: a compare-and-set on the job row. A cancel requested before this write
+    wins over success and failure alike (the job ends cancelled). Returns the status the job now
+    has: the one written, the one the attempt itself wrote (a run job completes in the
+    transaction that registers its variant, complete_in), or None if the lease was lost."""
     if status not in FINAL:
         raise ValueError(f"finish: {status!r} is not a final status")
     with write_session(engine) as s:
         job = _held(s, job_id, token)
         if job is None:
-            return False
+            return _ended_by(s, token)
+        if job.cancel_requested and status != CANCELLED:
+            _end(s, job, CANCELLED, error=CANCELLED_WHILE_RUNNING)
+            return CANCELLED
         if result is not None:
             job.variant_id = result.get("variant_id", job.variant_id)
             job.run_number = result.get("run_number", job.run_number)
         _end(s, job, status, error=error, result=result)
-        return True
+        return status
+
+
+
+def _ended_by(session, token: str) -> str | None:
+    """The final status the attempt holding `token` gave its job itself, if it did."""
+    row = session.scalar(select(JobAttempt).where(JobAttempt.lease_token == token))
+    return row.outcome if row is not None and row.outcome in FINAL else None
+
+
+def ended_by(engine: Engine, token: str) -> str | None:
+    """How the attempt with this lease token ended its job (None: not ended, or not by it)."""
+    with read_session(engine) as s:
+        return _ended_by(s, token)
+
+
+class LeaseLost(QRecipeError):
+    """The attempt no longer holds its job (its lease expired and the job went back to the queue)."""
+
+
+def cancel_state(engine: Engine, job_id: int, token: str) -> str:
+    """What an attempt should do at a stage boundary: "go", "cancel" (asked for) or "lost"."""
+    with read_session(engine) as s:
+        job = s.get(Job, job_id)
+    if job is None or job.lease_token != token or job.status != RUNNING:
+        return "lost"
+    return "cancel" if job.cancel_requested else "go"
+
+
+def hold_in(session, job_id: int, token: str, what: str = "its run") -> Job:
+    """Inside a transaction that records a job's work: raises Cancelled if a cancel came first
+    (and LeaseLost if the attempt lost the job), so nothing of the transaction is written; the
+    job row stays locked until the transaction ends (cancel() takes the same lock)."""
+    from qrecipe.engine.process import Cancelled
+
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or job.lease_token != token or job.status != RUNNING:
+        raise LeaseLost(f"job {job_id}: this attempt lost its lease before {what} was recorded; the job runs again")
+    if job.cancel_requested:
+        raise Cancelled(f"job {job_id} was cancelled before {what} was recorded")
+    return job
+
+
+def complete_in(session, job_id: int, token: str, result: dict[str, Any], what: str = "its run") -> None:
+    """Inside the transaction that records a run job's variant (record.finish_run) or a search
+    job's search: the job ends succeeded with its result, or, if a cancel came first, raises
+    Cancelled and nothing of the transaction is written. cancel() takes the same row lock, so
+    exactly one of the two wins: a cancel after this one is refused as too late (the job already
+    succeeded)."""
+    job = hold_in(session, job_id, token, what)
+    job.variant_id, job.run_number = result.get("variant_id"), result.get("run_number")
+    _end(session, job, SUCCEEDED, result=result)
 
 
 def retry_or_fail(engine: Engine, job_id: int, token: str, error: str) -> str | None:
@@ -235,7 +295,7 @@ def release(engine: Engine, job_id: int, token: str, reason: str) -> bool:
         if job is None:
             return False
         if job.cancel_requested:
-            _end(s, job, CANCELLED, error="cancelled")
+            _end(s, job, CANCELLED, error=CANCELLED_WHILE_RUNNING)
             return True
         _close_attempt(s, job, RELEASED, reason)
         job.attempts -= 1
@@ -250,7 +310,7 @@ def _back_to_queue(job: Job, stage: str) -> None:
 
 def _requeue_or_fail(session, job: Job, outcome: str, error: str) -> str:
     if job.cancel_requested:
-        _end(session, job, CANCELLED, error="cancelled", outcome=outcome)
+        _end(session, job, CANCELLED, error=CANCELLED_WHILE_RUNNING, outcome=outcome)
         return CANCELLED
     if job.attempts >= job.max_attempts:
         _end(session, job, FAILED, outcome=outcome,
@@ -288,17 +348,13 @@ def requeue_expired(engine: Engine) -> list[LostRun]:
     return lost
 
 
-def mark_lost_runs(engine: Engine, lost: list[LostRun]) -> None:
-    """Mark the registry runs of lost attempts failed (a re-run records a new run of the variant)."""
-    from ..models import VariantRun
-    from ..record import RunHandle, fail_run
+def mark_lost_runs(engine: Engine, lost: list[LostRun], tracking=None) -> None:
+    """Mark the registry runs of lost attempts failed, and their MLflow runs FAILED where
+    `tracking` names the store (a re-run records a new run of the variant)."""
+    from ..record import close_abandoned_run
 
     for run in lost:
-        with read_session(engine) as s:
-            row = s.scalar(select(VariantRun).where(VariantRun.variant_id == run.variant_id,
-                                                    VariantRun.run_number == run.run_number))
-        if row is not None and row.status == RUNNING:
-            fail_run(engine, RunHandle(run.variant_id, row.id, run.run_number), run.error, row.mlflow_run_id)
+        close_abandoned_run(engine, run.variant_id, run.run_number, run.error, "FAILED", tracking)
 
 
 # -- anyone's side --------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from qrecipe.engine.events import Stage
+
 Override = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
@@ -19,6 +21,14 @@ class SleepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seconds: float = Field(0.0, ge=0, le=3600)
     fail: bool = False  # end with an error instead of a result
+
+
+class DebugParams(BaseModel):
+    """Test hooks for run jobs (the service must enable jobs.debug_kinds)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pause_at: Literal[tuple(s.value for s in Stage if s is not Stage.DONE)] = Field(
+        description="hold the run at this stage until the job is cancelled, then let it go on")
 
 
 class JobRequest(BaseModel):
@@ -36,6 +46,7 @@ class JobRequest(BaseModel):
     sweep: bool = Field(False, description="expand sweep syntax (a=1,2) into one job per point")
     max_attempts: int | None = Field(None, ge=1, le=10, description="default: the service's jobs.max_attempts")
     sleep: SleepParams | None = None
+    debug: DebugParams | None = None
 
     def canonical_hash(self) -> str:
         """Equal for equal requests (the Idempotency-Key check compares these)."""

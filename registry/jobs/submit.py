@@ -67,6 +67,7 @@ class Submitter:
             return [self._sleep(request, attempts)]
         if request.sleep is not None:
             raise ConfigError("sleep: only a sleep job takes sleep parameters; remove them or set \"kind\": \"sleep\"")
+        params = self._debug(request)
         points = sweep_points(request_overrides(request), request.sweep, self.jobs.max_sweep_points)
         if request.kind == "search":
             from qrecipe.engine.search.spec import with_search_group
@@ -74,7 +75,17 @@ class Submitter:
             points = [with_search_group(point) for point in points]
         for point in points:  # every point is checked before any is composed
             check_overrides(point, allow_hub=self.jobs.allow_hub)
-        return [self._recipe_job(request, point, attempts) for point in points]
+        return [self._recipe_job(request, point, attempts, params) for point in points]
+
+    def _debug(self, request: JobRequest) -> dict[str, Any]:
+        if request.debug is None:
+            return {}
+        if not self.jobs.debug_kinds:
+            raise ConfigError("debug: test hooks are turned off on this service (jobs.debug_kinds=false); remove "
+                              "the field")
+        if request.kind != "run":
+            raise ConfigError("debug.pause_at: only a run job has stages to pause at; set \"kind\": \"run\"")
+        return request.debug.model_dump()
 
     def _sleep(self, request: JobRequest, attempts: int) -> JobSpec:
         if not self.jobs.debug_kinds:
@@ -85,23 +96,27 @@ class Submitter:
         params = (request.sleep.model_dump() if request.sleep else {"seconds": 0.0, "fail": False})
         return JobSpec(kind="sleep", priority=request.priority, max_attempts=attempts, overrides=[], params=params)
 
-    def _recipe_job(self, request: JobRequest, point: list[str], attempts: int) -> JobSpec:
+    def _recipe_job(self, request: JobRequest, point: list[str], attempts: int, params: dict[str, Any]) -> JobSpec:
         from omegaconf import OmegaConf
 
         from qrecipe.engine.config import compose, load_settings
+        from qrecipe.engine.planning import check_inputs
 
         forced = [] if self.jobs.allow_hub else ["model.allow_hub=false"]
         with _COMPOSE_LOCK:
-            composed = compose(point + forced)
+            composed = compose(point + forced, user_recipes=False)  # never the service's QRECIPE_RECIPE_PATH
             settings = load_settings(with_operator_sections(composed, self.operator))
             check_paths(settings, self.jobs.roots(), allow_hub=self.jobs.allow_hub)
             if request.kind == "search":  # a search always reads its calibration slice
                 check_calibration_path(settings, self.jobs.roots())
+                # what the files hold is looked at only once they are known to lie under the roots
                 searched = _prepare_search(settings)
             else:
                 plan, ident = _resolve(settings, request.kind)
                 if plan.calibrates:
                     check_calibration_path(settings, self.jobs.roots())
+                # what the files hold is looked at only once they are known to lie under the roots
+                check_inputs(settings, plan)  # as `qrecipe plan` and `qrecipe run` do
         own = {k: v for k, v in OmegaConf.to_container(composed, resolve=False).items() if k not in OPERATOR_SECTIONS}
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(own))
         if request.kind == "search":  # the recipe's name and the variant are known once it has run
@@ -109,40 +124,29 @@ class Submitter:
                            params={"budget": searched["budget"]}, model=searched["model"], target=searched["target"],
                            config_yaml=config_yaml)
         return JobSpec(kind=request.kind, priority=request.priority, max_attempts=attempts, overrides=point,
-                       params={}, recipe=plan.recipe, model=plan.model_id, target=plan.target,
+                       params=params, recipe=plan.recipe, model=plan.model_id, target=plan.target,
                        config_yaml=config_yaml, plan_hash=plan.plan_hash,
                        expected_variant_id=ident.variant_id if ident else None)
 
 
 def _prepare_search(settings) -> dict[str, Any]:
-    """The checks `qrecipe search` makes before any weights load (budget, candidates, output,
-    the eval texts its found recipe is run on)."""
-    from qrecipe.engine.data import check_data
-    from qrecipe.engine.evaluate.tasks import check_task_data
+    """The checks `qrecipe search` makes before any weights load (budget, candidates, output, the
+    files it reads)."""
     from qrecipe.engine.search import prepare
 
-    for name, data in settings.eval.all_texts().items():
-        check_data(data, settings.eval.text_field(name))
-    check_task_data(settings.eval.tasks)
     p = prepare(settings)
     return {"budget": {p.spec.budget.kind: p.spec.budget.value}, "model": p.info.model_id,
             "target": settings.target.name}
 
 
 def _resolve(settings, kind: str):
-    """(plan, variant identity or None) with the checks `qrecipe run` makes before any work."""
+    """(plan, variant identity or None); the plan resolved on a CPU where the job asks for a GPU this lacks."""
     import torch
 
-    from qrecipe.engine.data import check_data
-    from qrecipe.engine.evaluate.tasks import check_task_data
     from qrecipe.engine.planning import build_plan
 
     from ..recorder import identity
 
-    if kind == "run":
-        for name, data in settings.eval.all_texts().items():
-            check_data(data, settings.eval.text_field(name))
-        check_task_data(settings.eval.tasks)
     # The service plans on its own CPU when the job asks for a GPU it lacks: the worker's run
     # resolves the plan again on its device (the expected variant id says what the service saw).
     device = torch.device("cpu") if settings.run.device != "cpu" and not torch.cuda.is_available() else None

@@ -20,19 +20,23 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from ..record import close_abandoned_run
 from . import queue
 from .child import Outcome
 from .config import JobsConfig, with_operator_sections
 from .executors import Executor, make_executor
-from .models import CANCELLED, FAILED, SUCCEEDED, Job
+from .models import CANCELLED, FAILED, SUCCEEDED
 
 log = logging.getLogger(__name__)
 
 
-def attempt_payload(job: Job, cfg: JobsConfig, operator: dict[str, Any], registry_url: str) -> dict[str, Any]:
+def attempt_payload(claim: queue.Claim, cfg: JobsConfig, operator: dict[str, Any],
+                    registry_url: str) -> dict[str, Any]:
     """What the attempt process needs: the job's config with this machine's paths, tracking and
-    the queue's registry in place of its own, and the roots its paths must lie under."""
-    payload = {"job_id": job.id, "kind": job.kind, "params": job.params or {},
+    the queue's registry in place of its own, the roots its paths must lie under, and its lease
+    token (it fences the attempt's own checks and the write that records its run)."""
+    job = claim.job
+    payload = {"job_id": job.id, "kind": job.kind, "params": job.params or {}, "lease_token": claim.token,
                "allowed_roots": [str(r) for r in cfg.roots()], "allow_hub": cfg.allow_hub}
     if job.config_yaml:
         from omegaconf import OmegaConf
@@ -46,6 +50,7 @@ class Worker:
     def __init__(self, engine: Engine, registry_url: str, cfg: JobsConfig, operator: dict[str, Any],
                  executor: Executor | None = None, worker_id: str | None = None):
         self.engine, self.registry_url, self.cfg, self.operator = engine, registry_url, cfg, operator
+        self.tracking = _tracking_of(operator)  # where the MLflow runs of abandoned attempts are closed
         self.executor = executor or make_executor(cfg, engine, registry_url)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
@@ -71,14 +76,14 @@ class Worker:
         """Reap lost jobs, then claim and run one job; False if there was none."""
         lost = queue.requeue_expired(self.engine)
         if lost:
-            queue.mark_lost_runs(self.engine, lost)
+            queue.mark_lost_runs(self.engine, lost, self.tracking)
         claim = queue.claim(self.engine, self.id, self.cfg.lease_seconds)
         if claim is None:
             return False
         log.info("worker %s: job %s (%s), attempt %d of %d", self.id, claim.job.id, claim.job.kind,
                  claim.job.attempts, claim.job.max_attempts)
         try:
-            payload = attempt_payload(claim.job, self.cfg, self.operator, self.registry_url)
+            payload = attempt_payload(claim, self.cfg, self.operator, self.registry_url)
             execution = self.executor.start(claim, payload)
         except Exception as e:  # noqa: BLE001 - a job that cannot even start fails with the reason
             log.exception("worker %s: job %s could not start", self.id, claim.job.id)
@@ -101,33 +106,78 @@ class Worker:
                 execution.stop(grace=0)
                 return
             if beat.cancel_requested:
-                execution.stop(self.cfg.cancel_grace_seconds)
-                queue.finish(self.engine, job_id, token, CANCELLED, error="cancelled while running")
+                self._stop(execution, job_id, token)
+                status = queue.finish(self.engine, job_id, token, CANCELLED, error=queue.CANCELLED_WHILE_RUNNING)
+                self._close_abandoned(job_id, status)
                 return
             if self.stopping.is_set():
-                execution.stop(self.cfg.cancel_grace_seconds)
-                queue.release(self.engine, job_id, token, f"worker {self.id} shut down")
+                self._stop(execution, job_id, token)
+                reason = f"worker {self.id} shut down"
+                if queue.release(self.engine, job_id, token, reason):
+                    self._close_abandoned(job_id, "released", reason)
                 return
         self._record(claim, outcome)
+
+    def _stop(self, execution, job_id: int, token: str) -> None:
+        """Stop the attempt (SIGTERM, SIGKILL after the grace period) while renewing the lease: a run
+        unwinding on a busy machine can take longer than a lease, and must not be taken as lost."""
+        stopped = threading.Event()
+
+        def stop() -> None:
+            try:
+                execution.stop(self.cfg.cancel_grace_seconds)
+            finally:
+                stopped.set()
+
+        threading.Thread(target=stop, name=f"stop-job-{job_id}", daemon=True).start()
+        while not stopped.wait(self.cfg.heartbeat_seconds):
+            try:
+                queue.heartbeat(self.engine, job_id, token, self.cfg.lease_seconds)
+            except DBAPIError as e:
+                log.warning("worker %s: heartbeat of job %s failed while stopping it (%s)", self.id, job_id,
+                            str(e).splitlines()[0])
 
     def _record(self, claim: queue.Claim, outcome: Outcome) -> None:
         job_id, token = claim.job.id, claim.token
         for wait in (1, 2, 4, 8, 0):  # the database may be restarting; past the lease, the job re-runs
             try:
                 if outcome.status == SUCCEEDED:
-                    done = queue.finish(self.engine, job_id, token, SUCCEEDED, result=outcome.result)
+                    status = queue.finish(self.engine, job_id, token, SUCCEEDED, result=outcome.result)
                 elif outcome.retry:
-                    done = queue.retry_or_fail(self.engine, job_id, token, outcome.error) is not None
+                    status = queue.retry_or_fail(self.engine, job_id, token, outcome.error)
                 else:
-                    done = queue.finish(self.engine, job_id, token, FAILED, error=outcome.error)
+                    status = queue.finish(self.engine, job_id, token, FAILED, error=outcome.error)
                 break
             except DBAPIError:
                 if not wait:
                     raise
                 log.warning("worker %s: could not record job %s; retrying in %ds", self.id, job_id, wait)
                 self.stopping.wait(wait)
-        if not done:  # the lease was lost while it ran: the attempt that replaced it decides
+        if status is None:  # the lease was lost while it ran: the attempt that replaced it decides
             log.warning("worker %s: job %s ended after its lease was lost; its outcome is not recorded", self.id,
                         job_id)
-        else:
-            log.info("worker %s: job %s %s", self.id, job_id, outcome.status if not outcome.retry else "died")
+            return
+        log.info("worker %s: job %s %s", self.id, job_id, status if not outcome.retry else f"died ({status})")
+        self._close_abandoned(job_id, status)
+
+    def _close_abandoned(self, job_id: int, status: str | None, reason: str | None = None) -> None:
+        """A registry run the attempt left `running` (it was killed before it could record its end)
+        is marked failed and its MLflow run ended: KILLED when the job was cancelled or handed back."""
+        if status in (None, SUCCEEDED):
+            return
+        job = queue.get_job(self.engine, job_id)
+        if job.variant_id and job.run_number:
+            why = f"job {job_id}: {reason or job.error or status}"
+            close_abandoned_run(self.engine, job.variant_id, job.run_number, why,
+                                "KILLED" if status in (CANCELLED, "released") else "FAILED", self.tracking)
+
+
+def _tracking_of(operator: dict[str, Any]):
+    """The operator's tracking settings (the paths and tracking sections), or None without them."""
+    if not operator.get("paths"):
+        return None
+    from omegaconf import OmegaConf
+
+    from qrecipe.engine.config.settings import load_store_settings
+
+    return load_store_settings(OmegaConf.create(operator))

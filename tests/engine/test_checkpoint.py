@@ -48,3 +48,16 @@ def test_tied_embeddings_are_stored_once(settings, fresh_tiny_model, tmp_path):
 def test_loading_a_folder_that_is_not_a_checkpoint(tmp_path):
     with pytest.raises(QRecipeError, match="qrecipe_quant.json"):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_has_the_modes_of_plain_files(settings, fresh_tiny_model, tmp_path):
+    """safetensors alone writes model.safetensors 0600: a serving account could not read it."""
+    from qrecipe.engine.files import current_umask
+
+    model, tok = fresh_tiny_model
+    plan, _ = build_plan(settings("recipe=w8a16", "model=tinystories-656k", "run.device=cpu"))
+    quantize_model(model, plan, progress=False)
+    save_checkpoint(model, tok, plan, tmp_path / "ckpt")
+    mask = current_umask()
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()} == \
+        {p.name: 0o666 & ~mask for p in (tmp_path / "ckpt").iterdir()}

@@ -43,3 +43,30 @@ def test_every_candidate_tile_matches_the_reference(table_name, device, case_nam
             monkeypatch.setattr(tuning, "pick", lambda *args, tile=tile: tile)
             y = triton_linear(case.fmt.name, x, buffers, case.params.group_size, None).float()
             torch.testing.assert_close(y, ref, rtol=2e-3, atol=2e-3 * ref.abs().max(), msg=f"{case.id} {tile}")
+
+
+def test_the_autotuner_skips_tiles_that_do_not_fit_and_says_so_but_never_hides_a_broken_kernel(monkeypatch):
+    import triton.testing
+    from triton.runtime.errors import OutOfResources
+
+    monkeypatch.setenv("QRECIPE_TRITON_AUTOTUNE", "1")
+    monkeypatch.setattr(tuning, "TUNED", {})
+    monkeypatch.setattr(tuning, "SKIPPED", {})
+    # GPU timing is the boundary here: each call runs the launch and reports its tile's made-up time
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: fn())
+    big, small = tuning.candidates(tuning.SCALED_MM, 4096)[:2]
+
+    def launch(tile):
+        if tile == big:
+            raise OutOfResources(required=300_000, limit=232_448, name="shared memory")
+        return 1.0 if tile == small else 2.0
+
+    assert tuning.pick("scaled_mm", tuning.SCALED_MM, ("k",), 4096, launch) == small
+    [skipped] = [row for row in tuning.tuned_as_json() if "skipped" in row]
+    assert "OutOfResources" in skipped["skipped"] and skipped["block_n"] == big.block_n
+
+    def broken(tile):
+        raise ValueError("a kernel bug")
+
+    with pytest.raises(ValueError, match="a kernel bug"):
+        tuning.pick("scaled_mm", tuning.SCALED_MM, ("other key",), 4096, broken)

@@ -70,17 +70,20 @@ def registry_url(request, tmp_path):
 
 @pytest.fixture
 def measured_variant(tmp_path):
-    """measured_variant(engine, name, metrics, target="cpu", checkpoint=True) -> variant id: a variant
-    of model `tiny` recorded through the registry's own API as measured, its run folder holding a
-    checkpoint marker (or none), for promotion tests that need no real model."""
+    """measured_variant(engine, name, metrics, target="cpu", checkpoint=True, protocol=None) -> variant
+    id: a variant of model `tiny` recorded through the registry's own API as measured (under the
+    eval protocol `protocol`, a dict, when given), its run folder holding a checkpoint marker (or
+    none), for promotion and compare tests that need no real model. Called again with the same
+    name, it records another run of that variant."""
     from qrecipe.registry.record import VariantIdentity, begin_run, finish_run
 
-    def make(engine, name: str, metrics: dict, target: str = "cpu", checkpoint: bool = True) -> str:
+    def make(engine, name: str, metrics: dict, target: str = "cpu", checkpoint: bool = True,
+             protocol: dict | None = None) -> str:
         ident = VariantIdentity(model="tiny", model_source="/models/tiny", model_type="llama", target=target,
                                 recipe_name=name, recipe_hash=f"r-{name}", plan_hash="p", scheme_mix="W8A16:14",
                                 requires=())
-        run = begin_run(engine, ident, "cpu", "0.1.0", None)
-        out = tmp_path / f"run-{name}-{target}"
+        run = begin_run(engine, ident, "cpu", "0.1.0", None, protocol)
+        out = tmp_path / f"run-{name}-{target}-{run.run_number}"
         if checkpoint:
             (out / "model").mkdir(parents=True)
             (out / "model" / "qrecipe_quant.json").write_text("{}")

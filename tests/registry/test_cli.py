@@ -62,3 +62,48 @@ def test_run_json_last_line_and_sweep(tmp_path):
     for x in lines:
         assert {"ppl", "ppl_baseline", "weight_bytes", "weight_bytes_baseline"} <= set(x["metrics"])
         assert (tmp_path / "home" / "runs").is_dir() and x["output_dir"].startswith(str(tmp_path / "home"))
+
+
+def test_export_formats_on_the_command_line_are_the_writers():
+    from qrecipe.engine.export import WRITERS
+    from qrecipe.registry.export_command import FORMATS
+
+    assert set(FORMATS) == set(WRITERS)
+
+
+def test_every_command_shows_an_example_in_its_help():
+    from qrecipe.registry.cli import build_parser
+    from qrecipe.registry.cli_examples import EXAMPLES, subparsers
+
+    commands = dict(subparsers(build_parser()))
+    assert set(commands) == set(EXAMPLES)  # every command has examples, and every example a command
+    for path, parser in commands.items():
+        help_text = parser.format_help()
+        assert "examples:\n" in help_text and f"  qrecipe {path}" in help_text, path
+
+
+def test_version_and_recipes_list(capsys):
+    from importlib.metadata import version
+
+    import pytest
+
+    from qrecipe.engine.config import available_recipes
+    from qrecipe.registry.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"qrecipe {version('qrecipe')}"
+    assert main(["recipes", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in listed] == available_recipes()
+    assert all(r["description"] and r["path"].endswith(f"recipes/{r['name']}.yaml") and r["error"] is None
+               for r in listed)
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`qrecipe jobs list | head`: stdout closes before the command writes; no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "qrecipe.registry.cli", "recipes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert (proc.wait(timeout=120), err) == (141, b"")

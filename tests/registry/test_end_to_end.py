@@ -98,21 +98,41 @@ def test_a_rerun_the_commands_that_read_the_registry_and_the_report(monkeypatch,
                                 f"tags.`qrecipe.variant_id` = '{first['variant_id']}'")
     assert {r.info.run_id for r in tagged} == {first["mlflow_run_id"], again["mlflow_run_id"]}
     assert _artifacts(client, other["mlflow_run_id"]) >= {"plots/quality_vs_memory.png"}
+    names = [client.get_run(r[k]).info.run_name for r in (first, again, other) for k in ["mlflow_run_id"]]
+    assert names == [f"w8a16@cpu #1 {first['variant_id'][:8]}", f"w8a16@cpu #2 {first['variant_id'][:8]}",
+                     f"w4a16[base.group_size=32]@cpu #1 {other['variant_id'][:8]}"]
+    # speed with its spread, how far to trust it, and the eval protocol, on the MLflow run too
+    m, tags = other["metrics"], client.get_run(other["mlflow_run_id"]).data.tags
+    assert m["speed_timing"] == "interleaved" and m["speed_repeats"] == 5
+    assert m["decode_speedup_low"] <= m["decode_speedup"] <= m["decode_speedup_high"]
+    assert tags["qrecipe.decode_noisy"] == str(m["decode_noisy"]).lower()
+    assert tags["qrecipe.eval_protocol"] == m["eval_protocol"] == first["metrics"]["eval_protocol"]
+    assert m["backend.torch"] == 14 and m["speed_production"] is False  # fp32 W4A16: dequantize, then matmul
+    assert "not the production kernel's speed" in tags["qrecipe.speed_caveat"]
+    assert "predicted_decode_speedup" not in m  # target cpu states no bandwidth: no prediction
 
     rc, out, _ = cli(capsys, "variants", "list")
     assert rc == 0 and first["variant_id"] in out and other["variant_id"] in out
     rc, out, _ = cli(capsys, "variants", "show", first["variant_id"][:6], "--json")
     shown = json.loads(out)
     assert [r["number"] for r in shown["runs"]] == [1, 2] and shown["metrics"]["ppl"] == again["metrics"]["ppl"]
-    rc, out, _ = cli(capsys, "variants", "compare", "--json")
-    rows = {r["variant"]: r for r in json.loads(out)}
+    # compare and report use the runs measured under the protocol of the settings they are given
+    rc, out, _ = cli(capsys, "variants", "compare", "--json", *TINY_RUN)
+    shown = json.loads(out)
+    rows = {r["variant"]: r for r in shown["rows"]}
+    assert shown["protocol"] == first["metrics"]["eval_protocol"] and shown["missing"] == {}
     assert rows[other["variant_id"]]["weight_reduction"] == pytest.approx(other["metrics"]["weight_reduction"])
-    assert rows[other["variant_id"]]["serves_on"] == ["a100", "cpu", "h100", "l4"]  # weight-only runs anywhere
+    assert rows[other["variant_id"]]["serves_on"] == ["a100", "cpu", "h100", "h200", "l4"]  # weight-only: anywhere
     assert rows[other["variant_id"]]["worst_family"] == other["metrics"]["task.worst_family"]
-    rc, out, _ = cli(capsys, "variants", "compare", first["variant_id"], other["variant_id"])
+    assert rows[first["variant_id"]]["run_number"] == 2
+    rc, out, _ = cli(capsys, "variants", "compare", first["variant_id"], other["variant_id"], *TINY_RUN)
     assert rc == 0 and "worst task" in out and "w4a16" in out
+    assert out.startswith(f"eval protocol {first['metrics']['eval_protocol']}: tinystories (sha256 ")
+    assert f"note: {other['variant_id']}: not the production kernel's speed" in out
+    rc, _, err = cli(capsys, "variants", "compare", first["variant_id"], *TINY_RUN, "eval.windows=4")
+    assert rc == 2 and "no successful run under eval protocol" in err  # measured on 8 windows, not 4
 
-    rc, out, _ = cli(capsys, "report", "tinystories-656k", "--out", str(tmp_path / "report"))
+    rc, out, _ = cli(capsys, "report", "tinystories-656k", "--out", str(tmp_path / "report"), *TINY_RUN)
     assert rc == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Decision matrix" in md and other["variant_id"] in md

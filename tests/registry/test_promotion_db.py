@@ -75,7 +75,8 @@ def test_promote_replace_and_roll_back(registry_url, measured_variant):
         ("rollback", c, b, "dave"), ("rollback", b, a, "dave")]
     assert trail[1].reason == "smaller" and trail[3].reason == "latency regression"
     assert trail[0].gates["passed"] and trail[0].gates["checks"][1] == {
-        "gate": "max_kl_mean", "metric": "kl_mean", "op": "<=", "threshold": 0.05, "value": 0.01, "passed": True}
+        "gate": "max_kl_mean", "metric": "kl_mean", "op": "<=", "threshold": 0.05, "value": 0.01, "noise": None,
+        "passed": True}
     assert trail[3].gates is None and len(history(engine, "tiny")) == 6
     with read_session(engine) as s:
         assert s.scalar(select(func.count()).select_from(StagePointer)) == 2
@@ -112,6 +113,29 @@ def test_failing_gates_refuse_with_the_numbers_and_write_nothing(registry_url, m
     assert not promote(engine, good, force=True, reason="back", actor="alice", gates=POLICY).forced
 
 
+def test_gates_judge_only_a_run_under_their_eval_protocol(registry_url, measured_variant):
+    """A variant measured well on the full protocol and re-run badly on a tiny one: the gates
+    judge the run of the protocol they are asked for, and refuse a variant without one."""
+    from qrecipe.engine.evaluate.protocol import protocol_hash
+
+    engine = open_registry(registry_url)
+    full, tiny, other = ({"windows": w, "seq_len": n, "device": "cpu"} for w, n in ((32, 512), (1, 32), (8, 256)))
+    v = measured_variant(engine, "v", GOOD, protocol=full)
+    measured_variant(engine, "v", BAD, protocol=tiny)
+    with pytest.raises(PromotionRefused, match="fails 4 quality gates"):  # its latest run is the bad tiny one
+        promote(engine, v, actor="alice", gates=POLICY)
+    with pytest.raises(PromotionRefused) as e:
+        promote(engine, v, actor="alice", gates=POLICY, protocol=protocol_hash(other))
+    assert f"has no successful run under eval protocol {protocol_hash(other)}, the one the gates judge" in str(e.value)
+    assert f"{protocol_hash(tiny)} (" in str(e.value) and "--any-protocol" in str(e.value)
+    assert _rows(engine) == []
+    result = promote(engine, v, actor="alice", gates=POLICY, protocol=protocol_hash(full))
+    assert result.changed and not result.forced and all(c.passed for c in result.checks)
+    [row] = _rows(engine)
+    assert row.gates["eval_protocol"] == {"required": protocol_hash(full), "judged_run": 1,
+                                          "judged": protocol_hash(full)}
+
+
 def test_unmeasured_unmetered_or_checkpointless_variants_are_refused_even_forced(registry_url, measured_variant):
     engine = open_registry(registry_url)
     failed = begin_run(engine, _ident("broken"), "cpu", "0.1.0", None)
@@ -120,7 +144,7 @@ def test_unmeasured_unmetered_or_checkpointless_variants_are_refused_even_forced
     no_ckpt = measured_variant(engine, "nockpt", GOOD, checkpoint=False)
     unmeasured_family = measured_variant(engine, "nofamily", {k: v for k, v in GOOD.items() if "task" not in k})
     for variant, why in ((failed.variant_id, "has status failed: only a variant with a succeeded, measured run"),
-                         (pending, "has status pending"), (no_ckpt, "has no checkpoint under .*run-nockpt-cpu")):
+                         (pending, "has status pending"), (no_ckpt, "has no checkpoint under .*run-nockpt-cpu-1")):
         with pytest.raises(PromotionRefused, match=why):
             promote(engine, variant, force=True, reason="please", actor="alice", gates=POLICY)
     with pytest.raises(PromotionRefused, match=r"task\.prose\.greedy_match not measured"):

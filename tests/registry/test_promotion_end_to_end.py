@@ -66,14 +66,18 @@ def test_refuse_promote_force_history_rollback_and_mlflow_agrees(recorded, cli, 
     good, bad = recorded["w8a16"], recorded["w4a16"]
     g, b, m = good["variant_id"], bad["variant_id"], bad["metrics"]
 
-    rc, out, err = cli("variants", "promote", b[:8])
+    # the gates judge runs measured like the promoting config measures: the default config scores
+    # WikiText-2, these variants were scored on TinyStories, so the gates refuse to judge them
+    rc, out, err = cli("variants", "promote", g)
+    assert rc == 3 and "has no successful run under eval protocol" in err and good["metrics"]["eval_protocol"] in err
+    rc, out, err = cli("variants", "promote", b[:8], *TINY_RUN)
     assert rc == 3 and out == ""
     assert err.startswith(f"error: variant {b} (w4a16 of {MODEL} for cpu) fails 3 quality gates: ")
     assert (f"ppl_delta_pct {m['ppl_delta_pct']:.4g} > max_ppl_increase_pct 3; kl_mean {m['kl_mean']:.4g} > "
             f"max_kl_mean 0.05; top1_agreement {m['top1_agreement']:.4g} < min_top1_agreement 0.9") in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
-    rc, out, _ = cli("variants", "promote", g, "--json")
+    rc, out, _ = cli("variants", "promote", g, "--json", *TINY_RUN)
     promoted = json.loads(out)
     assert rc == 0 and (promoted["variant_id"], promoted["actor"], promoted["mirror"]) == (g, getpass.getuser(),
                                                                                           "synced")
@@ -83,7 +87,7 @@ def test_refuse_promote_force_history_rollback_and_mlflow_agrees(recorded, cli, 
     assert rc == 2 and err.startswith("error: --reason: a forced promotion needs a reason")
     monkeypatch.setenv("QRECIPE_ACTOR", "release-bot")
     rc, out, _ = cli("variants", "promote", b, "--force", "--reason", "the 4-bit memory saving is worth it",
-                     "gates.max_kl_mean=0.05")  # an override after the options is still an override
+                     "gates.max_kl_mean=0.05", "--any-protocol")  # an override after the options is still an override
     assert rc == 0 and f"promoted {b}: production of {MODEL} for cpu, replacing {g}" in out
     assert "FORCED past failed gates: the 4-bit memory saving is worth it" in out
     held, version = _production_in_mlflow(bad["tracking_uri"])

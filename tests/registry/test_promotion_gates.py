@@ -27,7 +27,8 @@ def test_the_shipped_defaults_and_per_model_and_per_recipe_layers(settings):
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"max_kl": 0.1}, "gates.max_kl: unknown key; allowed keys are models, recipes, max_ppl_increase_pct"),
+    ({"max_kl": 0.1}, "gates.max_kl: unknown key; allowed keys are models, recipes, protocol, any_protocol, "
+                             "max_ppl_increase_pct"),
     ({"max_kl_mean": "high"}, "gates.max_kl_mean: expected a number, got 'high'"),
     ({"max_kl_mean": math.inf}, "gates.max_kl_mean: must be a finite number or null"),
     ({"min_top1_agreement": 90}, "gates.min_top1_agreement: expected a share between 0 and 1"),
@@ -58,5 +59,32 @@ def test_checks_compare_each_metric_and_an_unmeasured_one_fails():
         "task.json.greedy_match not measured (min_task_agreement.json 0.8)",
         "task.prose.greedy_match 0.5 >= min_task_agreement.prose 0.5"]
     assert GateCheck("max_kl_mean", "kl_mean", "<=", 0.05, 0.01).to_dict() == {
-        "gate": "max_kl_mean", "metric": "kl_mean", "op": "<=", "threshold": 0.05, "value": 0.01, "passed": True}
+        "gate": "max_kl_mean", "metric": "kl_mean", "op": "<=", "threshold": 0.05, "value": 0.01, "noise": None,
+        "passed": True}
     assert check_gates(Thresholds(), {"kl_mean": 9.0}) == []
+
+
+def test_a_speed_gate_refuses_a_noisy_speedup_whatever_its_median():
+    thresholds = Thresholds(min_decode_speedup=1.5, min_prefill_speedup=0.9)
+    noisy = {"decode_speedup": 2.1, "decode_noisy": True,
+             "decode_noise": "the baseline's repeats spread 27% (IQR/median), more than eval.speed.max_rel_iqr=0.1",
+             "prefill_speedup": 1.0, "prefill_noisy": False}
+    decode, prefill = check_gates(thresholds, noisy)
+    assert decode.passed is False and prefill.passed is True
+    assert decode.describe() == ("decode_speedup 2.1 is noisy (the baseline's repeats spread 27% (IQR/median), more "
+                                 "than eval.speed.max_rel_iqr=0.1), so min_decode_speedup 1.5 cannot be judged on it; "
+                                 "time it again on a quieter machine")
+    assert check_gates(thresholds, {**noisy, "decode_noisy": False})[0].passed is True
+
+
+def test_the_protocol_the_gates_judge(settings):
+    shipped = GatePolicy.from_settings(settings())
+    assert (shipped.protocol, shipped.any_protocol) == (None, False)
+    assert shipped.required_protocol("abc") == "abc"  # the promoting config's own protocol
+    assert shipped.required_protocol("abc", any_protocol=True) is None  # --any-protocol
+    assert GatePolicy.from_section({"protocol": "f00"}).required_protocol("abc") == "f00"
+    assert GatePolicy.from_section({"any_protocol": True}).required_protocol("abc") is None
+    with pytest.raises(ConfigError, match="gates.any_protocol: expected true or false"):
+        GatePolicy.from_section({"any_protocol": "yes"})
+    with pytest.raises(ConfigError, match="gates.recipes.w4a16.protocol: unknown key"):
+        GatePolicy.from_section({"recipes": {"w4a16": {"protocol": "f00"}}})

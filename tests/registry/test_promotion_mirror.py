@@ -68,7 +68,7 @@ def test_the_mirror_follows_promotions_and_catches_up_after_mlflow_was_unavailab
     versions = {v.tags["qrecipe.variant_id"]: v for v in client.search_model_versions(f"name = '{MODEL}'")}
     assert sorted(versions) == sorted([a, b])
     va = versions[a]
-    assert va.source == str((tmp_path / "run-a-cpu" / "model").resolve())  # a local store takes the path
+    assert va.source == str((tmp_path / "run-a-cpu-1" / "model").resolve())  # a local store takes the path
     assert (va.tags["metric.kl_mean"], va.tags["qrecipe.recipe"], va.tags["qrecipe.target"]) == ("0.01", "a", "cpu")
     assert client.get_registered_model(MODEL).aliases == {"production-cpu": int(va.version)}
 
@@ -121,6 +121,6 @@ def test_a_tracking_server_gets_the_checkpoint_as_a_run_artifact(settings, tmp_p
         assert held == {"model/qrecipe_quant.json"}  # the checkpoint folder, uploaded
         assert client.get_run(version.run_id).data.tags["qrecipe.checkpoint_of"] == a
         with pytest.raises(MlflowException, match="Invalid model version source"):  # why: a server refuses paths
-            client.create_model_version(MODEL, str(tmp_path / "run-a-cpu" / "model"))
+            client.create_model_version(MODEL, str(tmp_path / "run-a-cpu-1" / "model"))
         assert mirror.sync(engine, everything=True).synced == ["tiny/cpu/production"]
         assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1

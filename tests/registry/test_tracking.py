@@ -56,7 +56,17 @@ def test_flatten_makes_dotted_params():
 
 
 @pytest.mark.slow
-def test_ui_serves_the_store(tmp_path):
+def test_ui_serves_the_store_and_prints_each_experiments_runs_table(tmp_path, monkeypatch):
+    from conftest import settings_for
+
+    from qrecipe.registry.tracking import artifact_root, client_for, experiment_name
+
+    monkeypatch.setenv("QRECIPE_HOME", str(tmp_path / "home"))
+    settings = settings_for()
+    client = client_for(settings)
+    exp = experiment_id(client, experiment_name(settings, "tiny"), artifact_root(settings))
+    # MLflow 3 opens an experiment of this kind on its runs, not on its GenAI Traces page
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     port = free_port()
     env = dict(os.environ, QRECIPE_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen([sys.executable, "-m", "qrecipe.registry.cli", "ui", "--port", str(port)], env=env,
@@ -64,6 +74,8 @@ def test_ui_serves_the_store(tmp_path):
     try:
         line = proc.stdout.readline()  # printed once the server answers
         assert line.startswith(f"MLflow UI: http://127.0.0.1:{port}"), line
+        assert proc.stdout.readline().startswith("each model's runs table")
+        assert proc.stdout.readline() == f"  qrecipe-tiny runs: http://127.0.0.1:{port}/#/experiments/{exp}/runs\n"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
             assert page.status == 200 and b"MLflow" in page.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=5",

@@ -1,4 +1,6 @@
-"""The FastAPI app: OpenAPI docs at /docs, JSON errors, a body size limit, bearer tokens."""
+"""The FastAPI app: JSON errors with the documented statuses only, a body size limit, bearer
+tokens; the API's description at /openapi.json, and Swagger UI at /docs only with service.docs
+(its page loads assets from a CDN, which an offline machine cannot reach)."""
 
 from __future__ import annotations
 
@@ -25,11 +27,16 @@ class ServiceState:
     tokens: dict[str, str]  # token -> scope; empty: loopback only, everyone writes
     sections: dict[str, Any]  # the operator's other config sections (gates, for promotion)
     mirror: Any = None  # the MLflow Model Registry mirror promotions move (None: tracking off)
+    # the eval protocol the operator's config measures under on this machine: what promotion
+    # gates judge unless gates.protocol or gates.any_protocol says otherwise
+    default_protocol: str | None = None
 
 
 def create_app(state: ServiceState) -> FastAPI:
+    # redirect_slashes=False: /jobs/ is a 404 like any unknown path, not a 307 to /jobs
     app = FastAPI(title="qrecipe", version="1", description="Submit, watch and cancel recipe runs; read the "
-                  "registry's variants. Send 'Authorization: Bearer TOKEN' when the service has tokens.")
+                  "registry's variants. Send 'Authorization: Bearer TOKEN' when the service has tokens.",
+                  docs_url="/docs" if state.service.docs else None, redoc_url=None, redirect_slashes=False)
     for name, value in vars(state).items():
         setattr(app.state, name, value)
     errors.install(app)

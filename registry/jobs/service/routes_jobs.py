@@ -18,7 +18,8 @@ from .auth import Principal, reader, writer
 from .views import job_view
 
 router = APIRouter(tags=["jobs"])
-JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the job's id")]
+ROW_ID_MAX = 2**31 - 1  # ids are 32-bit integers in the database: a larger one is a 422, not an overflow
+JobId = Annotated[int, Path(ge=1, le=ROW_ID_MAX, description="the job's id")]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 _LOG_POLL_SECONDS = 0.5
 
@@ -52,10 +53,12 @@ def submit_job(request: Request, body: JobRequest, response: Response, who: Prin
     return _answer(body, jobs)
 
 
-@router.get("/jobs", summary="Jobs, newest first")
+@router.get("/jobs", summary="Jobs, newest first; `more` says whether older ones were left out (page with before=)")
 def list_jobs(request: Request, status: Status | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-              before: Annotated[int | None, Query(ge=1)] = None, who: Principal = Depends(reader)) -> dict:
-    return {"jobs": [job_view(j) for j in queue.list_jobs(request.app.state.engine, status, limit, before)]}
+              before: Annotated[int | None, Query(ge=1, le=ROW_ID_MAX)] = None,
+              who: Principal = Depends(reader)) -> dict:
+    jobs = queue.list_jobs(request.app.state.engine, status, limit + 1, before)
+    return {"jobs": [job_view(j) for j in jobs[:limit]], "more": len(jobs) > limit}
 
 
 @router.get("/jobs/{job_id}", summary="One job: status, stage, progress, timings, attempts, error, variant")
@@ -66,7 +69,8 @@ def show_job(request: Request, job_id: JobId, who: Principal = Depends(reader)) 
 
 @router.get("/jobs/{job_id}/logs", summary="The job's output (follow=true streams it until the job ends)",
             response_class=StreamingResponse)
-def job_logs(request: Request, job_id: JobId, follow: bool = False, after: Annotated[int, Query(ge=0)] = 0,
+def job_logs(request: Request, job_id: JobId, follow: bool = False,
+             after: Annotated[int, Query(ge=0, le=ROW_ID_MAX)] = 0,
              who: Principal = Depends(reader)) -> StreamingResponse:
     engine = request.app.state.engine
     queue.get_job(engine, job_id)  # 404 before the stream starts

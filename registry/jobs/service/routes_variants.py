@@ -54,9 +54,10 @@ def promote_variant(request: Request, variant_id: VariantRef, body: PromoteReque
     body = body or PromoteRequest()
     state = request.app.state
     v = _variant(state.engine, variant_id)
+    policy = GatePolicy.from_section(state.sections.get("gates"))
     try:
         result = promote(state.engine, v.id, stage=body.stage, force=body.force, reason=body.reason, actor=who.actor,
-                         gates=GatePolicy.from_section(state.sections.get("gates")), mirror=state.mirror)
+                         gates=policy, mirror=state.mirror, protocol=policy.required_protocol(state.default_protocol))
     except PromotionRefused as e:
         raise HTTPException(status_code=409, detail=str(e)) from None
     return jsonable_encoder(result.to_dict())

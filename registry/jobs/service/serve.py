@@ -35,7 +35,7 @@ class Operator:
     def load(cls, items: list[str]) -> "Operator":
         from qrecipe.engine.config import compose, load_settings
 
-        from ...recorder import registry_url
+        from ...db import registry_url
 
         settings = load_settings(compose(with_operator_groups(items)))
         if not settings.registry.enabled:
@@ -131,6 +131,7 @@ def serve(items: list[str], host: str | None, port: int | None, workers: int | N
 
     from ...db import open_registry
     from ...mirror import ModelRegistryMirror
+    from ...protocols import requested_protocol
     from ..submit import Submitter
     from .app import ServiceState, create_app
     from .auth import ENV, load_tokens
@@ -150,7 +151,8 @@ def serve(items: list[str], host: str | None, port: int | None, workers: int | N
     engine = open_registry(op.registry_url)  # migrated before any worker starts
     state = ServiceState(engine=engine, jobs=op.jobs, service=service, submitter=Submitter(op.jobs, op.sections()),
                          tokens=tokens, sections=op.settings.sections,
-                         mirror=ModelRegistryMirror.from_settings(op.settings))
+                         mirror=ModelRegistryMirror.from_settings(op.settings),
+                         default_protocol=requested_protocol(op.settings)[0])
     app = create_app(state)
     pool = WorkerPool(count, items, op.jobs.cancel_grace_seconds).start()
     access = (f"{len(tokens)} token(s)" if tokens else

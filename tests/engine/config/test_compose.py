@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -133,3 +135,45 @@ def test_unparseable_override_is_one_line(compose):
     with pytest.raises(ConfigError) as e:
         compose("recipe.rules.x.match=re:(a|b")
     assert "\n" not in str(e.value)
+
+
+BROKEN = {
+    "syntax.yaml": ("name: syntax\nbase:\n  scheme: W8A16\n   rules: [\n", "syntax.yaml line 4, column 9: mapping "
+                                                                           "values are not allowed here"),
+    "dup.yaml": ("name: a\nname: b\n", "dup.yaml line 2, column 1: found duplicate key name"),
+    "list.yaml": ("- a\n- b\n", "list.yaml: the file holds a list; a recipe is a mapping"),
+    "latin1.yaml": ("name: caf\xe9\n".encode("latin-1"), "latin1.yaml: 'utf-8' codec can't decode byte 0xe9"),
+}
+
+
+def test_a_broken_recipe_file_is_one_line_and_breaks_no_other_recipe(tmp_path, monkeypatch, settings, compose):
+    for name, (text, _) in BROKEN.items():
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    (tmp_path / "mine.yaml").write_text("name: mine\nbase: {scheme: W8A16}\nrules: {l: {match: 'class:Linear'}}\n")
+    monkeypatch.setenv("QRECIPE_RECIPE_PATH", str(tmp_path))
+    for name, (_, where) in BROKEN.items():
+        with pytest.raises(ConfigError) as e:
+            compose(f"recipe={Path(name).stem}")
+        assert str(e.value).startswith(f"recipe={Path(name).stem}: cannot read {tmp_path}/{where}")
+        assert str(e.value).endswith("fix the file or remove it from QRECIPE_RECIPE_PATH") and "\n" not in str(e.value)
+    assert settings("recipe=mine", "model=tinystories-656k").recipe.name == "mine"
+    assert settings("recipe=w4a16", "model=tinystories-656k").recipe.name == "w4a16"  # shipped ones still work
+
+
+def test_a_broken_file_shadowing_a_shipped_recipe_is_an_error_not_the_shipped_one(tmp_path, monkeypatch, compose):
+    (tmp_path / "w8a16.yaml").write_text("name: w8a16\nbase: [\n")
+    monkeypatch.setenv("QRECIPE_RECIPE_PATH", str(tmp_path))
+    for chosen in ([], ["recipe=w8a16"]):  # w8a16 is also the default
+        with pytest.raises(ConfigError, match=rf"^recipe=w8a16: cannot read {tmp_path}/w8a16.yaml line 3"):
+            compose(*chosen)
+
+
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_a_recipe_path_that_is_not_a_folder_is_an_error(tmp_path, monkeypatch, compose, make):
+    path = tmp_path / "recipes"
+    if make == "file":
+        path.write_text("")
+    monkeypatch.setenv("QRECIPE_RECIPE_PATH", f"{tmp_path}:{path}")
+    what = "is a file, not a folder" if make == "file" else "does not exist"
+    with pytest.raises(ConfigError, match=rf"^QRECIPE_RECIPE_PATH: {path} {what}; create the folder or remove it"):
+        compose("recipe=w8a16")

@@ -47,3 +47,22 @@ def test_round_trip_and_single_writer(shared):
     assert loaded.task_sources == ["text/0"] and loaded.tasks.continuations == [[1, 2]]
     assert loaded.texts["tinystories"].topk_ids.dtype == torch.int32
     assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]  # no temporary leftovers
+
+
+def test_a_damaged_cache_is_recomputed_replaced_and_said(shared, tiny_model, tmp_path, monkeypatch):
+    from qrecipe.engine.evaluate import suite
+
+    monkeypatch.setenv("QRECIPE_HOME", str(tmp_path))
+    model, tokenizer = tiny_model
+    settings = settings_for(*TINY_RUN, "eval.windows=2", "eval.speed.enabled=false")
+    inputs = suite.prepare_inputs(settings, tokenizer)
+    said = []
+    first = suite.measure_baseline(model, tokenizer, settings, inputs, CPU, F32, said.append, progress=False)
+    assert not first.cached and first.notes == []
+    (first.folder / "reference.pt").write_bytes(b"not a torch file")
+    again = suite.measure_baseline(model, tokenizer, settings, inputs, CPU, F32, said.append, progress=False)
+    assert not again.cached and len(again.notes) == 1 and "could not be used" in again.notes[0]
+    assert any(line.startswith("note: the cached baseline outputs") for line in said)
+    third = suite.measure_baseline(model, tokenizer, settings, inputs, CPU, F32, said.append, progress=False)
+    assert third.cached and third.notes == []  # replaced by a good copy
+    assert third.outputs.texts["tinystories"].ppl == first.outputs.texts["tinystories"].ppl

@@ -209,3 +209,19 @@ def test_export_refuses_an_existing_folder_and_a_non_checkpoint(exported, tmp_pa
         export_checkpoint(folder, tmp_path / "again", "compressed-tensors")
     with pytest.raises(ExportError, match="--format: unknown format 'gguf'; choose one of compressed-tensors"):
         export_checkpoint(folder.parent / "model", tmp_path / "again", "gguf")
+
+
+def test_export_makes_no_missing_parent_unless_asked_and_writes_normal_modes(exported, tmp_path):
+    from qrecipe.engine.files import current_umask
+
+    src = exported["w4a16"][3].parent / "model"
+    with pytest.raises(ExportError, match=r"^OUT_DIR: the folder .*/typo does not exist; create it first, or pass "
+                                          r"--parents to create it$"):
+        export_checkpoint(src, tmp_path / "typo" / "ct", "compressed-tensors")
+    assert list(tmp_path.iterdir()) == []
+    out = tmp_path / "made" / "for" / "ct"
+    export_checkpoint(src, out, "compressed-tensors", parents=True)
+    mask = current_umask()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~mask  # safetensors alone writes 0600
+    assert set(modes.values()) == {0o666 & ~mask} and out.stat().st_mode & 0o777 == 0o777 & ~mask

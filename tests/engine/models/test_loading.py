@@ -13,9 +13,12 @@ from qrecipe.engine.models.spec import ModelSpec
 from qrecipe.engine.planning import model_info
 
 
-def test_stories260k_gguf_loads_with_its_tokenizer(settings, tmp_path):
+def test_stories260k_gguf_loads_with_its_tokenizer(settings, tmp_path, caplog):
     s = settings("model=stories260k")
-    model, tok = load_model(s.model, tmp_path, torch.device("cpu"), torch.float32)
+    with caplog.at_level("WARNING", logger="qrecipe"):
+        model, tok = load_model(s.model, tmp_path, torch.device("cpu"), torch.float32)
+    # its llama2.c export names pad id 2**32 - 1, which transformers cannot load: repaired, and said
+    assert "stories260K.gguf names special tokens outside its vocabulary (pad_token=4294967295)" in caplog.text
     ids = torch.tensor([tok("Once upon a time, there was a little girl named Lily.")["input_ids"]])
     with torch.no_grad():
         loss = model(ids, labels=ids).loss

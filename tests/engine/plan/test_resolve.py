@@ -68,6 +68,20 @@ def test_fp8_falls_back_where_the_target_lacks_it(settings):
     assert "lacks fp8" in a100.quantized()[0].reason
 
 
+@pytest.mark.parametrize("recipe, fallback, changes", [
+    (["recipe=fp8"], "W8A16", "dynamic activations -> float"),
+    (["recipe=w4a16", "recipe.base.group_size=64", "recipe.base.symmetric=false", "+recipe.base.requires=[fp8]"],
+     "W8A8", "group size 64 -> channel, asymmetric -> symmetric, float activations -> dynamic"),
+    (["recipe=w4a16", "recipe.base.group_size=64", "+recipe.base.requires=[fp8]"], "W8A16", None),  # g64 fits
+])
+def test_what_a_fallback_scheme_changes_is_in_the_reason(settings, recipe, fallback, changes):
+    plan = plan_for(settings, *recipe, f"recipe.base.fallback={fallback}", "model=tinystories-656k", "target=a100")
+    reasons = {lp.reason for lp in plan.quantized()}
+    lacks = f"rule linears: target a100 lacks fp8, so {fallback} instead of "
+    assert len(reasons) == 1 and next(iter(reasons)).startswith(lacks)
+    assert next(iter(reasons)).endswith(f"({changes}, as {fallback} takes)" if changes else "W4A16")
+
+
 def test_fp8_is_emulated_on_this_cpu_for_an_h100_target(settings):
     h100 = plan_for(settings, "recipe=fp8", "model=tinystories-656k", "target=h100", "run.device=cpu")
     layers = h100.quantized()
@@ -119,3 +133,15 @@ def test_tp_degree_respects_head_divisibility():
 
     info = ModelInfo("m", "llama", 30, 576, 9, 3, 64, 1000, (), None, 0, ())
     assert [tp for tp in (1, 2, 3, 4, 8) if tp_divides_heads(tp, info)] == [1, 3]
+
+
+def test_an_unlisted_model_type_says_which_fused_shards_were_assumed(settings, tmp_path):
+    from transformers import GraniteConfig
+
+    GraniteConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=256).save_pretrained(tmp_path)
+    plan = plan_for(settings, "model=hf", f"model.path={tmp_path}", "target=h100")
+    [note] = [n for n in plan.notes if "FUSED_SHARDS" in n]
+    assert note.startswith("model type 'granite' is not in engine/models/families.py FUSED_SHARDS: assumed")
+    assert {lp.fused_group for lp in plan.layers if lp.name.endswith("q_proj")} == {
+        "model.layers.0.self_attn.q_proj+k_proj+v_proj"}

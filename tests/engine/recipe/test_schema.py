@@ -76,3 +76,42 @@ def test_group_size_channel_forms():
     r = recipe(rules={"a": {"match": "x", "scheme": "W4A16", "group_size": "channel"},
                       "b": {"match": "y", "scheme": "W4A16", "group_size": -1}})
     assert [x.policy.group_size for x in r.rules] == [None, None]
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"base": {"scheme": "W4A16", "activation": "static"}, "rules": {"l": {"match": "x"}}},
+     "recipe.base.activation: ignored by every rule that inherits it (l): W4A16 keeps activations in float"),
+    ({"base": {"scheme": "W4A16"}, "rules": {"l": {"match": "x", "activation": "dynamic"}}},
+     "recipe.rules.l.activation: W4A16 keeps activations in float"),
+    ({"base": {"scheme": "W8A16", "fallback": "W4A16"}, "rules": {"l": {"match": "x"}}},
+     "recipe.base.fallback: ignored by every rule that inherits it (l): W8A16 asks nothing of the target"),
+    ({"base": {"scheme": "W8A16"}, "rules": {"l": {"match": "x", "scheme": "BF16", "group_size": 64}}},
+     "recipe.rules.l.group_size: BF16 keeps the layer in float"),
+])
+def test_a_field_the_scheme_ignores_is_an_error(node, message):
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(node, ALGOS)
+    assert str(e.value).startswith(message) and str(e.value).endswith("remove it")
+
+
+def test_a_base_field_some_heir_uses_is_fine():
+    r = parse_recipe({"base": {"scheme": "W8A8", "activation": "static", "requires": ["int8"], "fallback": "W8A16"},
+                      "rules": {"l": {"match": "x"}, "m": {"match": "y", "scheme": "W4A16"}}}, ALGOS)
+    assert [x.policy.activation for x in r.rules] == ["static", "none"]
+
+
+@pytest.mark.parametrize("name", ["../../../../tmp/x", "a/b", "..", "a..b", ".hidden", "-x", "x" * 65, "a b", "é"])
+def test_a_recipe_name_is_a_name_not_a_path(name):
+    with pytest.raises(RecipeError, match=r"recipe.name: .* is not a recipe name \(1 to 64 letters, digits"):
+        parse_recipe({"name": name, "base": {"scheme": "W8A16"}, "rules": {"l": {"match": "x"}}}, ALGOS)
+
+
+@pytest.mark.parametrize("name", ["w4a16", "My_Recipe-2.1", "x" * 64, "7"])
+def test_plain_recipe_names_pass(name):
+    assert parse_recipe({"name": name, "base": {"scheme": "W8A16"}, "rules": {"l": {"match": "x"}}}, ALGOS).name == name
+
+
+@pytest.mark.parametrize("rules", [{}, None])
+def test_a_recipe_without_rules_is_an_error(rules):
+    with pytest.raises(RecipeError, match=r"^recipe.rules: none, so no layer would be quantized; add a rule"):
+        parse_recipe({"base": {"scheme": "W8A16"}, "rules": rules}, ALGOS)

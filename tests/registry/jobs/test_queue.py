@@ -159,18 +159,99 @@ def test_idempotency_keys(registry_url):
     assert len(set(results)) == 1 and len(queue.list_jobs(engine)) == 3
 
 
-def test_the_registry_run_of_a_lost_attempt_is_marked_failed(registry_url):
+IDENT = VariantIdentity(model="tiny", model_source="/m", model_type="llama", target="cpu", recipe_name="w8a16",
+                        recipe_hash="r", plan_hash="p", scheme_mix="W8A16:1", requires=())
+
+
+def _run_status(engine, run_id: int) -> str:
+    with read_session(engine) as s:
+        return s.get(VariantRun, run_id).status
+
+
+def test_the_registry_and_mlflow_runs_of_a_lost_attempt_are_closed(registry_url, tmp_path):
+    from qrecipe.engine.config.compose import compose
+    from qrecipe.engine.config.settings import load_store_settings
+    from qrecipe.registry.tracking import MlflowRun, client_for
+
+    tracking = load_store_settings(compose([f"paths.root={tmp_path}", "tracking=local"]))
     engine = open_registry(registry_url)
-    ident = VariantIdentity(model="tiny", model_source="/m", model_type="llama", target="cpu", recipe_name="w8a16",
-                            recipe_hash="r", plan_hash="p", scheme_mix="W8A16:1", requires=())
     (job_id,) = _submit(engine)
     c = queue.claim(engine, "w", 60)
-    handle = begin_run(engine, ident, "cpu", "0", None)
+    mlflow_run = MlflowRun(tracking, "tiny", "w8a16@cpu", {})
+    handle = begin_run(engine, IDENT, "cpu", "0", None, mlflow_run_id=mlflow_run.run_id)
     queue.record_progress(engine, job_id, c.token, variant_id=handle.variant_id, run_number=handle.run_number)
     _expire(engine, job_id)
     lost = queue.requeue_expired(engine)
-    queue.mark_lost_runs(engine, lost)
+    queue.mark_lost_runs(engine, lost, tracking)
     with read_session(engine) as s:
         run = s.scalar(select(VariantRun).where(VariantRun.id == handle.run_id))
         assert run.status == "failed" and f"job {job_id}: worker w stopped renewing" in run.error
         assert s.get(Variant, handle.variant_id).status == "failed"
+    assert client_for(tracking).get_run(mlflow_run.run_id).info.status == "FAILED"  # not left RUNNING
+
+
+def test_a_cancel_requested_before_the_final_write_wins(registry_url):
+    """The worker's finish is a compare-and-set: success (or failure) written after a cancel
+    request ends the job cancelled."""
+    engine = open_registry(registry_url)
+    ids = _submit(engine, 2)
+    for job_id, outcome in zip(ids, ("succeeded", "failed")):
+        c = queue.claim(engine, "w", 60)
+        queue.cancel(engine, job_id)
+        assert queue.finish(engine, job_id, c.token, outcome, result={}, error="x") == "cancelled"
+        job = queue.get_job(engine, job_id)
+        assert (job.status, job.error, job.result) == ("cancelled", "cancelled while running", None)
+        assert queue.finish(engine, job_id, c.token, outcome) == "cancelled"  # asked again: the same answer
+
+
+@pytest.mark.parametrize("first", ["cancel", "register"])
+def test_registering_a_run_and_cancelling_its_job_are_one_decision(registry_url, first):
+    """A run job's attempt records its run succeeded and ends its job in one transaction
+    (queue.complete_in inside record.finish_run); cancel() locks the same row. Whichever comes
+    first wins, and the other is refused."""
+    from qrecipe.engine.process import Cancelled
+    from qrecipe.registry.record import finish_run
+
+    engine = open_registry(registry_url)
+    (job_id,) = _submit(engine)
+    c = queue.claim(engine, "w", 60)
+    handle = begin_run(engine, IDENT, "cpu", "0", None)
+    result = {"variant_id": handle.variant_id, "run_number": handle.run_number, "output_dir": "/runs/x"}
+
+    def register():
+        finish_run(engine, handle, {"ppl": 1.0}, "/runs/x", None, None,
+                   before_commit=lambda session: queue.complete_in(session, job_id, c.token, result))
+
+    if first == "cancel":
+        assert queue.cancel(engine, job_id).cancel_requested
+        with pytest.raises(Cancelled, match=f"job {job_id} was cancelled before its run was recorded"):
+            register()
+        assert _run_status(engine, handle.run_id) == "running"  # nothing of that transaction was written
+        assert queue.get_job(engine, job_id).status == "running"  # the worker's finish ends it cancelled
+        assert queue.finish(engine, job_id, c.token, "failed", error="cancelled") == "cancelled"
+    else:
+        register()
+        with pytest.raises(queue.JobFinished, match="already succeeded"):
+            queue.cancel(engine, job_id)
+        job = queue.get_job(engine, job_id)
+        assert (job.status, job.variant_id, job.result["output_dir"], job.cancel_requested) == \
+            ("succeeded", handle.variant_id, "/runs/x", False)
+        assert _run_status(engine, handle.run_id) == "succeeded"
+        # the worker's own finish afterwards learns the attempt's answer
+        assert queue.finish(engine, job_id, c.token, "succeeded", result=result) == "succeeded"
+
+
+def test_a_stale_attempt_cannot_register_its_run(registry_url):
+    engine = open_registry(registry_url)
+    (job_id,) = _submit(engine)
+    c = queue.claim(engine, "w", 60)
+    handle = begin_run(engine, IDENT, "cpu", "0", None)
+    _expire(engine, job_id)
+    queue.requeue_expired(engine)
+    assert queue.cancel_state(engine, job_id, c.token) == "lost"
+    from qrecipe.registry.record import finish_run
+
+    with pytest.raises(queue.LeaseLost):
+        finish_run(engine, handle, {}, "/runs/x", None, None,
+                   before_commit=lambda session: queue.complete_in(session, job_id, c.token, {}))
+    assert _run_status(engine, handle.run_id) == "running" and queue.get_job(engine, job_id).status == "queued"

@@ -22,7 +22,8 @@ FINAL = ("succeeded", "failed", "cancelled")
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     home = tmp_path_factory.mktemp("service") / "home"
-    svc = Service(home, FAST, workers=2, tokens=f"write:{WRITE_TOKEN},read:{READ_TOKEN}")
+    # the promotion test's variants are recorded without an eval protocol: the gates judge them anyway
+    svc = Service(home, FAST + ["gates.any_protocol=true"], workers=2, tokens=f"write:{WRITE_TOKEN},read:{READ_TOKEN}")
     yield svc
     assert svc.stop() == 0, svc.output()
     assert "Traceback" not in svc.output(), svc.output()
@@ -54,9 +55,9 @@ def _error(response, status: int) -> str:
     return message
 
 
-def test_health_and_docs_need_no_token(service):
+def test_health_and_the_api_description_need_no_token(service):
     assert httpx.get(f"{service.url}/healthz").json()["status"] == "ok"
-    assert httpx.get(f"{service.url}/docs").status_code == 200
+    assert httpx.get(f"{service.url}/docs").status_code == 404  # off by default: its page needs a CDN
     paths = httpx.get(f"{service.url}/openapi.json").json()["paths"]
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/logs", "/jobs/{job_id}/cancel", "/variants",
             "/variants/{variant_id}", "/variants/{variant_id}/promote", "/healthz"} <= set(paths)
@@ -98,6 +99,38 @@ def test_bad_requests_get_the_right_4xx_as_one_line_of_json(service, api):
     assert _error(api.get("/nowhere"), 404)
     assert "no such variant" in _error(api.get("/variants/0123abcd"), 404)
     assert _error(api.get("/variants/..%2f..%2fetc"), 404)
+
+
+ODD = [  # (method, path, JSON body, status, start of the error)
+    ("GET", "/jobs/", None, 404, "Not Found"),  # no redirect to /jobs (307)
+    ("DELETE", "/jobs", None, 405, "Method Not Allowed"),
+    ("GET", "/jobs/1/cancel", None, 405, "Method Not Allowed"),
+    ("POST", "/jobs", {"overrides": ["recipe." + ".".join(["a"] * 400) + "=1"]}, 422, "recipe.a.a.a"),
+    ("POST", "/jobs", {"overrides": ["recipe." + "a" * 900 + "=1"]}, 422, "recipe.aaaa"),
+    ("POST", "/jobs", {"overrides": ["recipe.x=" + "[" * 400 + "]" * 400]}, 422, "cannot parse override: a value "
+                                                                                 "nests"),
+    ("POST", "/jobs", {"kind": "plan", "overrides": ["model=tinystories-656k", "~recipe.rules"]}, 422,
+     "recipe.rules: none"),
+    ("POST", "/jobs", {"kind": "plan", "overrides": ["model=tinystories-656k", "recipe.name=../../../../tmp/x"]}, 422,
+     "recipe.name: '../../../../tmp/x' is not a recipe name"),
+    ("POST", "/jobs", {"kind": "plan", "overrides": ["model=tinystories-656k", "recipe.name=${oc.env:HOME}"]}, 422,
+     "recipe.name: interpolations"),
+    ("POST", "/jobs", {"kind": "plan", "overrides": ["model=tinystories-656k", "recipe.base.activation=static"]}, 422,
+     "recipe.base.activation: ignored by every rule"),
+    ("POST", "/jobs", {"kind": "plan", "debug": {"pause_at": "baseline"}}, 422, "debug.pause_at: only a run job"),
+    ("POST", "/jobs", {"debug": {"pause_at": "lunch"}}, 422, "debug.pause_at: Input should be"),
+    ("GET", "/jobs/1/logs?after=99999999999999999999999", None, 422, "after:"),
+    ("GET", "/jobs?before=99999999999999999999", None, 422, "before:"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status, message", ODD, ids=[f"{m} {p[:40]}" for m, p, *_ in ODD])
+def test_odd_requests_get_a_documented_4xx(service, method, path, body, status, message):
+    """The statuses the README lists (401 403 404 405 409 413 422; 503 when the database is
+    down), never a 500 or a redirect, and each as one line of JSON."""
+    with service.client() as api:  # a fresh connection each: an error must not cost the next request
+        response = api.request(method, path, json=body)
+    assert _error(response, status).startswith(message)
 
 
 def test_the_same_idempotency_key_returns_the_first_job(api):
@@ -247,3 +280,47 @@ def test_a_job_that_fails_is_not_retried_but_one_whose_process_was_killed_is(api
     assert (done["status"], done["attempts"]) == ("succeeded", 2)
     first = done["attempt_history"][0]
     assert first["outcome"] == "failed" and "without a result" in first["error"] and "SIGKILL" in first["error"]
+
+
+def test_cancel_takes_several_jobs_and_list_says_when_it_truncates(service, api, capsys):
+    done = _wait(api, _sleep(api, 0, priority=999)["id"])
+    busy = [_sleep(api, 60, priority=998) for _ in range(2)]  # both workers
+    for j in busy:
+        _wait(api, j["id"], ("running",))
+    queued = [_sleep(api, 0, priority=-100) for _ in range(2)]
+    rc, out, err = _cli(capsys, service, "cancel", str(queued[0]["id"]), str(done["id"]), str(queued[1]["id"]))
+    assert rc == 2 and err.splitlines() == [
+        f"error: job {done['id']}: already succeeded; only queued or running jobs can be cancelled (HTTP 409)",
+        "error: 1 of 3 jobs were not cancelled"]
+    assert out.splitlines() == [f"job {j['id']}: cancelled; sleep" for j in queued]
+    rc, out, _ = _cli(capsys, service, "cancel", *(str(j["id"]) for j in busy))
+    assert rc == 0 and len(out.splitlines()) == 2
+    page = api.get("/jobs", params={"limit": 2}).json()
+    assert len(page["jobs"]) == 2 and page["more"] is True
+    assert api.get("/jobs", params={"limit": 1000}).json()["more"] is False
+    rc, out, err = _cli(capsys, service, "list", "--limit", "2")
+    last = page["jobs"][-1]["id"]
+    assert rc == 0 and out.count("\n") == 4  # header, rule, two jobs
+    assert err.strip() == f"note: 2 jobs shown and older ones exist; see them with --before {last} (or a larger " \
+                          f"--limit, up to 1000)"
+    rc, out, err = _cli(capsys, service, "list", "--limit", "1000")
+    assert rc == 0 and err == ""
+
+
+def test_swagger_ui_only_when_the_operator_turns_it_on(tmp_path):
+    """Its page loads swagger-ui from a CDN (so it is off by default); /openapi.json is always there."""
+    from fastapi.testclient import TestClient
+
+    from qrecipe.registry.db import default_url, open_registry
+    from qrecipe.registry.jobs.config import JobsConfig, ServiceConfig
+    from qrecipe.registry.jobs.service.app import ServiceState, create_app
+    from qrecipe.registry.jobs.submit import Submitter
+
+    engine = open_registry(default_url(tmp_path))
+    for docs, status in ((False, 404), (True, 200)):
+        state = ServiceState(engine=engine, jobs=JobsConfig(), service=ServiceConfig(docs=docs),
+                             submitter=Submitter(JobsConfig(), {}), tokens={}, sections={})
+        with TestClient(create_app(state)) as client:
+            assert client.get("/docs").status_code == status
+            assert client.get("/openapi.json").status_code == 200
+            assert client.get("/redoc").status_code == 404

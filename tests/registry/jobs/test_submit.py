@@ -84,3 +84,16 @@ def test_fields_and_overrides_must_not_disagree_and_sleep_jobs_are_off_by_defaul
         _specs({"kind": "sleep"})
     (spec,) = _specs({"kind": "sleep", "sleep": {"seconds": 1}}, "jobs.debug_kinds=true")
     assert spec.params == {"seconds": 1.0, "fail": False}
+
+
+def test_a_request_gets_the_shipped_recipe_even_where_the_service_has_its_own(shared, tmp_path, monkeypatch):
+    """The service's QRECIPE_RECIPE_PATH is the operator's: a request never reaches it, not even
+    through a file there named like a shipped recipe (nor trips on a broken one)."""
+    (tmp_path / "w8a16.yaml").write_text("name: w8a16\nbase: {scheme: W4A16, group_size: 32}\n"
+                                         "rules: {all: {match: 'class:Linear'}}\n")
+    (tmp_path / "broken.yaml").write_text("base: [\n")
+    monkeypatch.setenv("QRECIPE_RECIPE_PATH", str(tmp_path))
+    (spec,) = _specs({"recipe": "w8a16", **TINY_REQUEST})
+    assert yaml.safe_load(spec.config_yaml)["recipe"]["base"]["scheme"] == "W8A16"
+    with pytest.raises(ConfigError, match="recipe=broken: no recipe named 'broken'; available: awq, "):
+        _specs({"recipe": "broken", **TINY_REQUEST})
