@@ -82,3 +82,24 @@ def test_a_recipe_file_that_does_not_exist_is_one_clear_error(settings, tmp_path
 
     with pytest.raises(ConfigError, match=r"^recipe=.*nope.yaml: no such recipe file"):
         settings(f"recipe={tmp_path / 'nope.yaml'}")
+
+
+def test_a_recipe_file_is_read_as_the_recipe_folders_files_are(settings, tmp_path):
+    """recipe=PATH: a broken file is one line naming it, its stem must be a recipe name, and a
+    job request (compose(user_recipes=False)) cannot name a file at all."""
+    from qrecipe.engine.config import compose
+    from qrecipe.engine.errors import ConfigError
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nbase: {scheme: W8A16\n")
+    with pytest.raises(ConfigError, match=rf"^recipe=.*broken.yaml: cannot read {broken} line \d+, column \d+: "):
+        settings(f"recipe={broken}")
+    odd = tmp_path / "two words.yaml"
+    odd.write_text("name: fine\nbase: {scheme: W8A16}\nrules: {all: {match: 'class:Linear'}}\n")
+    with pytest.raises(ConfigError, match=r"^recipe: 'two words.yaml' is not a recipe file name"):
+        settings(f"recipe={odd}")
+    good = tmp_path / "mine.yaml"
+    good.write_text("name: mine\nbase: {scheme: W8A16}\nrules: {all: {match: 'class:Linear'}}\n")
+    assert settings(f"recipe={good}").recipe.name == "mine"
+    with pytest.raises(ConfigError, match=r"^recipe=.*mine.yaml: a recipe file by path is not accepted here"):
+        compose([f"recipe={good}"], user_recipes=False)

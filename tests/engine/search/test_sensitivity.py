@@ -151,6 +151,34 @@ def test_an_existing_output_file_is_refused(settings, tmp_path):
     assert (tmp_path / "found.yaml").read_text() == "name: mine\n"
 
 
+@pytest.mark.parametrize("name, message", [
+    ("my search.yaml", r"^search.output: 'my search.yaml' is not a recipe file name \(1 to 64 letters"),
+    ("x" * 65 + ".yaml", r"^search.output: 'x{65}.yaml' is not a recipe file name"),
+    ("found.txt", r"^search.output: .*found.txt should end in .yaml"),
+])
+def test_the_output_file_name_must_be_a_recipe_name(settings, tmp_path, name, message):
+    """The file's stem is the recipe's name, which names its run folders (engine/recipe/schema.py)."""
+    from qrecipe.engine.config import compose, load_settings
+    from qrecipe.engine.search import prepare
+    from qrecipe.engine.search.spec import with_search_group
+
+    cfg = compose(with_search_group([*SEARCH, "search.budget.bits_per_weight=5", f"search.output={tmp_path / name}"]))
+    with pytest.raises(ConfigError, match=message):
+        prepare(load_settings(cfg))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_calibration_file_is_refused_before_weights_load(settings, tmp_path, monkeypatch):
+    """A search always reads its calibration slice, so calib.data is checked as a calibrated run's is."""
+    import qrecipe.engine.models.loading as loading
+    from qrecipe.engine.search import prepare
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(ConfigError, match=r"^calib.data"):
+        prepare(_settings(settings, tmp_path, "search.budget.bits_per_weight=5",
+                          f"calib.data.path={tmp_path / 'missing.txt'}"))
+
+
 def test_the_fisher_pass_leaves_the_model_as_it_was(measured, tiny_model):
     model, _ = tiny_model
     params = list(model.parameters())

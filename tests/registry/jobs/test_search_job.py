@@ -1,10 +1,13 @@
 """A search as a job over the real HTTP service: submitted (its budget checked at once, 422 for a
 bad one), watched (stages and progress, the variant its found recipe became), and cancelled while
-it measures sensitivities."""
+it measures sensitivities. And cancelled at its stage boundaries with the attempt's own code in
+this process, as run jobs are (test_cancel.py): it stops there and records no search."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import os
 
 import pytest
 from conftest import TINY_RUN
@@ -56,3 +59,66 @@ def test_search_jobs_over_http(shared, tmp_path):
             assert not list((home / "recipes").glob("*bpw4.5*"))  # nothing half-written
     finally:
         assert service.stop() == 0, service.output()
+
+
+# a stage of the search itself, one of its found recipe's run (the variant is not registered),
+# and two after that run was recorded (the variant stays; the front and the search are not recorded)
+CANCEL_AT = ("sensitivity", "run: quantizing", "front", "recording")
+
+
+def test_a_search_job_cancelled_at_a_stage_records_no_search(shared):
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy import text
+
+    from qrecipe.engine.process import Cancelled
+    from qrecipe.registry.db import open_registry
+    from qrecipe.registry.jobs import queue
+    from qrecipe.registry.jobs.attempt import run_job
+    from qrecipe.registry.jobs.requests import JobRequest
+    from qrecipe.registry.jobs.service.serve import Operator
+    from qrecipe.registry.jobs.submit import Submitter
+    from qrecipe.registry.jobs.worker import attempt_payload
+    from qrecipe.registry.queries import list_variants, variant_runs
+
+    home = Path(os.environ["QRECIPE_HOME"])
+    op = Operator.load(["tracking=local"])
+    engine = open_registry(op.registry_url)
+    overrides = [*SEARCH, "search.budget.bits_per_weight=5", "search.front_points=1"]
+    for stage in CANCEL_AT:
+        specs = Submitter(op.jobs, op.sections()).specs(JobRequest(kind="search", overrides=overrides))
+        queue.submit(engine, specs, request_hash=stage, actor="test")
+        claim = queue.claim(engine, "test", 60)
+        seen = []
+
+        def emit(event: str, **data) -> None:
+            if event == "stage":
+                seen.append(data["stage"])
+                if data["stage"] == stage:  # the cancel arrives as the search reaches this stage
+                    queue.cancel(engine, claim.job.id)
+
+        with pytest.raises(Cancelled, match=rf"job {claim.job.id} was cancelled \(the run stopped at stage {stage}\)"):
+            run_job(attempt_payload(claim, op.jobs, op.sections(), op.registry_url), emit)
+        assert seen[-1] == stage and seen.count(stage) == 1  # it went no further than that boundary
+        assert queue.finish(engine, claim.job.id, claim.token, "failed", error="cancelled") == "cancelled"
+        job = queue.get_job(engine, claim.job.id)
+        assert (job.status, job.result) == ("cancelled", None)
+
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM searches")).scalar() == 0
+    # the jobs past the sensitivities wrote their recipes (numbered names), which became variants
+    # measured only where the run was recorded before the cancel: at "front" and "recording"
+    recipes = sorted(p.name for p in (home / "recipes").iterdir())
+    assert recipes == sorted(f"search-tinystories-656k-bpw5{n}.yaml" for n in ("", "-2", "-3"))
+    by_recipe = {v.recipe_name: v for v in list_variants(engine)}
+    assert sorted(by_recipe) == sorted(r.removesuffix(".yaml") for r in recipes)
+    stopped = by_recipe["search-tinystories-656k-bpw5"]
+    cancelled = variant_runs(engine, stopped.id)
+    assert [r.status for r in cancelled] == ["failed"] and stopped.metrics is None
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    assert client.get_run(cancelled[0].mlflow_run_id).info.status == "KILLED"
+    assert not (home / "runs").exists() or len(list((home / "runs").iterdir())) == 2  # its folder removed
+    for name in ("search-tinystories-656k-bpw5-2", "search-tinystories-656k-bpw5-3"):
+        assert by_recipe[name].status == "measured"
+    searches = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  "tags.`qrecipe.kind` = 'search'")
+    assert searches == []  # the cancel at "recording" came before the search's MLflow run
