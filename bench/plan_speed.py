@@ -3,16 +3,20 @@ imports it needs and the resolution itself. Figures, not a test (bench/PLAN_SPEE
 
     python3 bench/plan_speed.py [--repeats 7] [--json OUT]
 
-Each repeat is a fresh process (imports are what a user pays on every command):
-  startup   `python -c pass`: the interpreter alone, the floor of any command
-  floor     importing torch and transformers' Llama classes alone: what any tool pays that reads a
-            model's structure through transformers (the part of `imports` qrecipe cannot remove)
-  imports   the modules `qrecipe plan` loads (CLI, config, planning, transformers' Llama classes)
-  resolve   compose the config, validate it, build the 80-layer skeleton on the meta device,
-            resolve and render the plan
-  command   the whole `qrecipe plan model=hf model.path=DIR target=h100`, wall time
-  command-cpu  the CPU seconds (user + system) of that command: what its wall time is on an idle
-            machine for this single-threaded work, and much less disturbed by other load
+Each repeat is a fresh process (imports are what a user pays on every command). The first plan
+of a config reads its structure through transformers (an 80-layer skeleton on the meta device);
+later plans of the same config read it from the structure cache (engine/models/structure_cache.py)
+and import no transformers modeling code. Both are timed:
+  startup        `python -c pass`: the interpreter alone, the floor of any command
+  floor          importing torch and transformers' Llama classes alone: what any tool pays that
+                 reads a model's structure through transformers
+  imports        the modules `qrecipe plan` loads before it resolves (CLI, config, planning)
+  resolve-cold   compose and validate the config, read the structure through transformers (its
+                 imports included), resolve and render the plan: the first plan of this config
+  resolve-warm   the same with the structure cached
+  command-cold   the whole `qrecipe plan model=hf model.path=DIR target=h100`, empty cache
+  command-warm   the same command again
+  command-warm-cpu  its CPU seconds (user + system), less disturbed by other load
 Reported as median and interquartile range over the repeats, with the machine's load average.
 """
 
@@ -41,7 +45,6 @@ from qrecipe.registry.cli import build_parser
 from qrecipe.engine.config import compose, load_settings
 from qrecipe.engine.plan.render import render_plan
 from qrecipe.engine.planning import build_plan
-import transformers.models.llama.modeling_llama
 t1 = time.perf_counter()
 build_parser()
 plan, _ = build_plan(load_settings(compose(["model=hf", "model.path=" + sys.argv[1], "target=h100"])))
@@ -77,27 +80,34 @@ def main() -> int:
     (folder / "config.json").write_text(json.dumps(LLAMA_70B))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "QRECIPE_HOME": str(folder / "home")}
     qrecipe = str(Path(sys.executable).with_name("qrecipe"))
-    runs: dict[str, list[float]] = {"startup": [], "floor": [], "imports": [], "resolve": [], "command": [],
-                                    "command-cpu": []}
+    plan_cmd = [qrecipe, "plan", "model=hf", f"model.path={folder}", "target=h100"]
+    names = ("startup", "floor", "imports", "resolve-cold", "resolve-warm", "command-cold", "command-warm",
+             "command-warm-cpu")
+    runs: dict[str, list[float]] = {name: [] for name in names}
     load = os.getloadavg()
-    for _ in range(args.repeats):  # interleaved, so drift hits every figure alike
+    for i in range(args.repeats):  # interleaved, so drift hits every figure alike
         runs["startup"].append(_timed([sys.executable, "-c", "pass"], env)[0])
         runs["floor"].append(_timed([sys.executable, "-c", FLOOR], env)[0])
-        out = subprocess.run([sys.executable, "-c", PHASES, str(folder)], check=True, env=env, capture_output=True,
-                             text=True).stdout
-        phases = json.loads(out.strip().splitlines()[-1])
-        runs["imports"].append(phases["imports"])
-        runs["resolve"].append(phases["resolve"])
-        wall, cpu = _timed([qrecipe, "plan", "model=hf", f"model.path={folder}", "target=h100"], env)
-        runs["command"].append(wall)
-        runs["command-cpu"].append(cpu)
+        cold = {**env, "QRECIPE_CACHE": str(folder / f"cache-cold-{i}")}
+        warm = {**env, "QRECIPE_CACHE": str(folder / "cache-warm")}
+        for which, e in (("cold", cold), ("warm", warm)):
+            out = subprocess.run([sys.executable, "-c", PHASES, str(folder)], check=True, env=e, capture_output=True,
+                                 text=True).stdout
+            phases = json.loads(out.strip().splitlines()[-1])
+            runs[f"resolve-{which}"].append(phases["resolve"])
+            if which == "warm":
+                runs["imports"].append(phases["imports"])
+        runs["command-cold"].append(_timed(plan_cmd, {**env, "QRECIPE_CACHE": str(folder / f"cache-cmd-{i}")})[0])
+        wall, cpu = _timed(plan_cmd, warm)
+        runs["command-warm"].append(wall)
+        runs["command-warm-cpu"].append(cpu)
     result = {name: _stats(xs) for name, xs in runs.items()}
     result["load_average_before"] = load
     result["load_average_after"] = os.getloadavg()
     result["cpus"] = os.cpu_count()
     for name in runs:
         r = result[name]
-        print(f"{name:<11} {r['median_s']:6.2f} s median, IQR {r['iqr_s']:.2f} s over {r['n']} runs")
+        print(f"{name:<16} {r['median_s']:6.2f} s median, IQR {r['iqr_s']:.2f} s over {r['n']} runs")
     print(f"load average before {load[0]:.2f}, after {result['load_average_after'][0]:.2f} on {os.cpu_count()} CPUs")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

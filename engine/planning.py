@@ -9,6 +9,7 @@ import torch
 from .config.settings import Settings
 from .models.describe import ModelInfo, describe
 from .models.loading import build_skeleton, load_config, resolve_dtype
+from .models.structure_cache import cached_model_info
 from .plan import Plan, resolve_plan
 from .plan.roofline import roofline_report
 
@@ -24,9 +25,16 @@ def local_device(settings: Settings) -> torch.device:
 
 
 def model_info(settings: Settings) -> ModelInfo:
-    config = load_config(settings.model, Path(settings.paths.cache))
-    skeleton = build_skeleton(config, settings.model.trust_remote_code)
-    return describe(skeleton, config, settings.model.name)
+    """The model's structure, from the structure cache when this config was described before
+    (engine/models/structure_cache.py), else read off its skeleton on the meta device."""
+    cache = Path(settings.paths.cache)
+
+    def read_skeleton() -> ModelInfo:
+        config = load_config(settings.model, cache)
+        skeleton = build_skeleton(config, settings.model.trust_remote_code)
+        return describe(skeleton, config, settings.model.name)
+
+    return cached_model_info(settings.model, cache, read_skeleton)
 
 
 def check_inputs(settings: Settings, plan: Plan | None, calibrates: bool | None = None) -> None:

@@ -9,7 +9,8 @@ it is a unit of kind "router": listed, and always kept in float.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,6 +72,15 @@ class ModelInfo:
         return next(u for u in self.units if u.name == name)
 
     linear = unit
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+        units = tuple(UnitInfo(**{**u, "classes": tuple(u["classes"])}) for u in d["units"])
+        return cls(**{**d, "units": units, "fused_groups": tuple(tuple(g) for g in d["fused_groups"]),
+                      "notes": tuple(d["notes"])})
 
 
 def _text_config(config):
