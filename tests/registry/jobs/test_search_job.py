@@ -11,7 +11,7 @@ import os
 
 import pytest
 from conftest import TINY_RUN
-from jobs_service import FAST, Service, wait_for
+from jobs_service import FAST, Service, cancel_at_stage, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,14 +70,9 @@ def test_a_search_job_cancelled_at_a_stage_records_no_search(shared):
     from mlflow.tracking import MlflowClient
     from sqlalchemy import text
 
-    from qrecipe.engine.process import Cancelled
     from qrecipe.registry.db import open_registry
-    from qrecipe.registry.jobs import queue
-    from qrecipe.registry.jobs.attempt import run_job
     from qrecipe.registry.jobs.requests import JobRequest
     from qrecipe.registry.jobs.service.serve import Operator
-    from qrecipe.registry.jobs.submit import Submitter
-    from qrecipe.registry.jobs.worker import attempt_payload
     from qrecipe.registry.queries import list_variants, variant_runs
 
     home = Path(os.environ["QRECIPE_HOME"])
@@ -85,23 +80,8 @@ def test_a_search_job_cancelled_at_a_stage_records_no_search(shared):
     engine = open_registry(op.registry_url)
     overrides = [*SEARCH, "search.budget.bits_per_weight=5", "search.front_points=1"]
     for stage in CANCEL_AT:
-        specs = Submitter(op.jobs, op.sections()).specs(JobRequest(kind="search", overrides=overrides))
-        queue.submit(engine, specs, request_hash=stage, actor="test")
-        claim = queue.claim(engine, "test", 60)
-        seen = []
-
-        def emit(event: str, **data) -> None:
-            if event == "stage":
-                seen.append(data["stage"])
-                if data["stage"] == stage:  # the cancel arrives as the search reaches this stage
-                    queue.cancel(engine, claim.job.id)
-
-        with pytest.raises(Cancelled, match=rf"job {claim.job.id} was cancelled \(the run stopped at stage {stage}\)"):
-            run_job(attempt_payload(claim, op.jobs, op.sections(), op.registry_url), emit)
-        assert seen[-1] == stage and seen.count(stage) == 1  # it went no further than that boundary
-        assert queue.finish(engine, claim.job.id, claim.token, "failed", error="cancelled") == "cancelled"
-        job = queue.get_job(engine, claim.job.id)
-        assert (job.status, job.result) == ("cancelled", None)
+        seen = cancel_at_stage(engine, op, JobRequest(kind="search", overrides=overrides), stage, stage)
+        assert seen.count(stage) == 1  # it went no further than that boundary
 
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM searches")).scalar() == 0
