@@ -3,7 +3,7 @@ mix of the same size, on text the search never saw; the proxy's rank correlation
 sensitivities; and the wall time of a search against one calibrated quantization run.
 
     nice -n 10 .venv/bin/python bench/search.py [--budgets 4.25,4.5,5.0] [--eval-windows 32]
-        [--exact-layers 0,4,...|all] [--no-timing] [--out bench/search.json]
+        [--exact-layers 0,4,...|all] [--natural] [--no-timing] [--out bench/search.json]
 
 Sensitivities: measured on 8 windows x 256 tokens of C4 train (calib.seed 0): both proxies for
 every unit and candidate below, the exact KL (each unit alone quantized) for the units of
@@ -31,7 +31,8 @@ ROOT = HERE.parent
 HOME = HERE / ".cache" / "search"
 CANDIDATES = ["keep", "W8A16", "W4A16:g128", "W4A16:g64", "W4A16:g32", "W4A16:g64:asym", "W4A16:g32:asym",
               "W4A16:channel"]
-UNIFORM = ["W4A16:channel", "W4A16:g64", "W4A16:g64:asym", "W4A16:g32", "W4A16:g32:asym", "W8A16"]
+# every uniform recipe of at most 5 bits per weight (W8A16, at 8, only with --natural)
+UNIFORM = ["W4A16:channel", "W4A16:g64", "W4A16:g64:asym", "W4A16:g32", "W4A16:g32:asym"]
 HEURISTIC = ROOT / "recipes" / "llamacpp-smollm2.yaml"
 
 
@@ -154,13 +155,32 @@ def timed(cmd: list[str], home: Path) -> dict:
     return {"command": " ".join(cmd[1:]), "seconds": round(seconds, 1), "stdout_tail": p.stdout[-2500:]}
 
 
+def timing(args) -> dict:
+    """5. wall time: a proxy search end to end (its defaults: sensitivities, front, the found recipe
+    run and measured) against one calibrated (GPTQ) run, each in a fresh home, same eval settings."""
+    qrecipe = str(Path(sys.executable).with_name("qrecipe"))
+    ev = ["target=h100", "eval.seq_len=512", f"eval.windows={args.eval_windows}", "eval.tasks.families=[]",
+          "eval.speed.enabled=false", "eval.memory.method=off"]
+    t = {"load_average_before": os.getloadavg(),
+         "gptq_run": timed([qrecipe, "run", "--no-progress", "recipe=gptq", *ev], HOME.parent / "timing-gptq"),
+         "proxy_search": timed([qrecipe, "search", "--no-progress", *ev, "search.budget.bits_per_weight=4.5"],
+                               HOME.parent / "timing-search")}
+    t["ratio"] = round(t["proxy_search"]["seconds"] / t["gptq_run"]["seconds"], 2)
+    t["load_average_after"] = os.getloadavg()
+    return t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", default="4.25,4.5,5.0")
     ap.add_argument("--eval-windows", type=int, default=32)
     ap.add_argument("--exact-layers", default="0,4,8,12,16,20,24,28,29",
                     help="layers whose units get the exact KL (for the proxy's rank correlation), or all")
+    ap.add_argument("--natural", action="store_true",
+                    help="also measure llama.cpp's mix at its own size, a search at that size, and uniform W8A16")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--only-timing", action="store_true",
+                    help="only the wall-time comparison (step 5), e.g. into another --out beside a --no-timing run")
     ap.add_argument("--out", default=str(HERE / "search.json"))
     args = ap.parse_args()
     os.environ["QRECIPE_HOME"] = str(HOME)
@@ -171,6 +191,12 @@ def main() -> int:
 
     def save():
         out.write_text(json.dumps(results, indent=2, default=str))
+
+    if args.only_timing:
+        results["timing"] = timing(args)
+        save()
+        print(results["timing"])
+        return 0
 
     from omegaconf import OmegaConf
 
@@ -196,21 +222,25 @@ def main() -> int:
 
     # 2. the plans to measure
     points = {}
-    for bpw in [*budgets, round(natural.bits_per_weight, 4)]:
+    sizes = [*budgets, round(natural.bits_per_weight, 4)] if args.natural else budgets
+    for bpw in sizes:
         for measure in (("exact", "fisher") if every else ("fisher",)):
             sb, rb = found(args, measure, bpw)
             rb.chosen.label = f"found {measure} @{bpw:g}"
             points[rb.chosen.label] = rb.chosen
     from qrecipe.engine.search.candidates import parse_candidate
 
-    for text in UNIFORM:
+    for text in UNIFORM + (["W8A16"] if args.natural else []):
         c = parse_candidate(text, "uniform")
         node = {"name": f"uniform-{c.slug}", "base": c.rule_fields(), "rules": {"all": {"match": "class:Linear"}}}
         points[f"uniform {c.label}"] = reference_point(f"uniform {c.label}", node, s, prepared)
-    points[natural.label] = natural
+    if args.natural:
+        points[natural.label] = natural
     for bpw in budgets:
-        node, _ = build_recipe(f"llamacpp-sized-{bpw:g}", prepared.units, sized_heuristic(prepared, bpw),
-                               s.recipe, "llama.cpp's mix scaled to a size")
+        mix = sized_heuristic(prepared, bpw)
+        if len({c.label for c in mix.values()}) == 1:  # no W8A16 bump fits: it is uniform W4A16 g64
+            continue
+        node, _ = build_recipe(f"llamacpp-sized-{bpw:g}", prepared.units, mix, s.recipe, "llama.cpp's mix scaled to a size")
         label = f"llama.cpp heuristic sized @{bpw:g}"
         points[label] = reference_point(label, node, s, prepared)
 
@@ -228,10 +258,14 @@ def main() -> int:
     # 4. the comparison per budget
     P = results["points"]
     rows = []
-    for bpw in [*budgets, round(natural.bits_per_weight, 4)]:
+    for bpw in sizes:
         uniform = [(k, v) for k, v in P.items() if k.startswith("uniform") and v["bits_per_weight"] <= bpw + 1e-9]
         best_u = min(uniform, key=lambda kv: kv[1]["measured"]["kl_mean"]) if uniform else None
-        heur = f"llama.cpp heuristic sized @{bpw:g}" if f"llama.cpp heuristic sized @{bpw:g}" in P else natural.label
+        heur = f"llama.cpp heuristic sized @{bpw:g}"
+        if bpw not in budgets:
+            heur = natural.label
+        elif heur not in P:  # nothing fit beside W4A16 g64
+            heur = "uniform W4A16:g64"
         exact = f"found exact @{bpw:g}"
         rows.append({"budget": bpw, "found_exact": exact if exact in P else None,
                      "found_fisher": f"found fisher @{bpw:g}",
@@ -239,19 +273,8 @@ def main() -> int:
     results["comparisons"] = rows
     save()
 
-    # 5. wall time: a proxy search end to end against one calibrated (GPTQ) run, same eval settings
     if not args.no_timing:
-        qrecipe = str(Path(sys.executable).with_name("qrecipe"))
-        ev = ["target=h100", "eval.seq_len=512", f"eval.windows={args.eval_windows}", "eval.tasks.families=[]",
-              "eval.speed.enabled=false", "eval.memory.method=off"]
-        results["timing"] = {
-            "gptq_run": timed([qrecipe, "run", "--no-progress", "recipe=gptq", *ev], HOME.parent / "timing-gptq"),
-            "proxy_search": timed([qrecipe, "search", "--no-progress", *ev, "search.budget.bits_per_weight=4.5"],
-                                  HOME.parent / "timing-search"),
-        }
-        t = results["timing"]
-        t["ratio"] = round(t["proxy_search"]["seconds"] / t["gptq_run"]["seconds"], 2)
-        t["load_average_after"] = os.getloadavg()
+        results["timing"] = timing(args)
         save()
     print(report(results))
     return 0
