@@ -96,10 +96,17 @@ def exact_on(settings, prepared, layers: set[int]) -> dict:
                 options, {EXACT_KL}, known, settings.calib.seed, lambda e: c.store(scope, e),
                 lambda f, msg: print(f"[exact {100 * f:5.1f}%] {msg}", file=sys.stderr, flush=True))
         known = c.load(scope)
-    exact = [known[(EXACT_KL, *pair)] for pair in pairs]
+    def rho(proxy: str, among) -> float:
+        return float(spearmanr([known[(EXACT_KL, *pair)] for pair in among],
+                               [known[(proxy, *pair)] for pair in among]).statistic)
+
+    labels = sorted({c for _, c in pairs})
+    # over every pair, and per candidate across the units (the harder ranking: no easy W8-vs-W4 gaps)
     return {"exact_layers": sorted(layers), "exact_pairs": len(pairs),
-            "spearman": {proxy: float(spearmanr(exact, [known[(proxy, *pair)] for pair in pairs]).statistic)
-                         for proxy in (FISHER, HESSIAN)}}
+            "spearman": {proxy: rho(proxy, pairs) for proxy in (FISHER, HESSIAN)},
+            "spearman_per_candidate": {c: {"pairs": sum(1 for _, x in pairs if x == c),
+                                           **{proxy: rho(proxy, [pr for pr in pairs if pr[1] == c])
+                                              for proxy in (FISHER, HESSIAN)}} for c in labels}}
 
 
 def use_more_bits(i: int, n: int) -> bool:
@@ -179,6 +186,8 @@ def main() -> int:
     ap.add_argument("--natural", action="store_true",
                     help="also measure llama.cpp's mix at its own size, a search at that size, and uniform W8A16")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--only", default="", help="measure only the plans whose labels start with one of these "
+                    "(comma-separated), e.g. to run two measuring processes into two --out files")
     ap.add_argument("--only-timing", action="store_true",
                     help="only the wall-time comparison (step 5), e.g. into another --out beside a --no-timing run")
     ap.add_argument("--out", default=str(HERE / "search.json"))
@@ -246,7 +255,7 @@ def main() -> int:
 
     # 3. measure them on WikiText-2 test (resumable)
     for label, pt in points.items():
-        if label in results["points"]:
+        if label in results["points"] or (args.only and not label.startswith(tuple(args.only.split(",")))):
             continue
         t = time.monotonic()
         measure_points(s, prepared, [pt])
@@ -270,7 +279,8 @@ def main() -> int:
         rows.append({"budget": bpw, "found_exact": exact if exact in P else None,
                      "found_fisher": f"found fisher @{bpw:g}",
                      "best_uniform": best_u[0] if best_u else None, "heuristic": heur})
-    results["comparisons"] = rows
+    results["comparisons"] = [r for r in rows if all(r[k] in P for k in ("found_fisher", "best_uniform", "heuristic")
+                                                      if r[k])]
     save()
 
     if not args.no_timing:
