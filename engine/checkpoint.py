@@ -6,30 +6,35 @@
     qrecipe_quant.json    per-layer scheme parameters ("layers"; "experts": per experts module,
                           its tensors' parameters) and tied-tensor aliases
     plan.json             the plan the checkpoint was built from
+      or model-0000i-of-0000N.safetensors + model.safetensors.index.json (a streamed run
+      writes one shard per decoder block as it goes, engine/streaming/writer.py)
     config.json, tokenizer files
 
 Loading builds the model skeleton without allocating weights, swaps in QuantLinear and
-QuantExperts modules per qrecipe_quant.json (never re-matching recipe patterns), and assigns the saved tensors.
+QuantExperts modules per qrecipe_quant.json (never re-matching recipe patterns), and assigns
+the saved tensors, read one at a time (models/weights.py), so loading holds one copy of them.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..kernels import QuantParams
 from .errors import QRecipeError
 from .files import normal_modes
+from .models.weights import SINGLE_FILE, read_tensor, save_tensors, tensor_files
 from .modules import PackedExperts, QuantExperts, QuantLinear, get_module, set_module
 from .modules.packed import PackedWeights
 from .plan import Plan
 
 QUANT_FILE = "qrecipe_quant.json"
 FORMAT_VERSION = 1
+METADATA = {"format": "pt", "producer": "qrecipe"}
 
 
 def _spec(m: PackedWeights) -> dict:
@@ -42,8 +47,9 @@ def _params(spec: dict) -> QuantParams:
     return QuantParams(group_size=spec["group_size"], symmetric=spec["symmetric"], activation=spec["activation"])
 
 
-def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def quant_modules(model: nn.Module) -> tuple[dict[str, dict], dict[str, dict]]:
+    """qrecipe_quant.json's `layers` and `experts`: what each quantized module of the model is
+    (the model may be a meta skeleton: only the modules' attributes are read)."""
     layers, experts = {}, {}
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
@@ -51,19 +57,30 @@ def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:
         elif isinstance(m, QuantExperts):
             experts[name] = {"num_experts": m.num_experts,
                              "tensors": {tensor: _spec(t) for tensor, t in m.tensors().items()}}
-    state, aliases, seen = {}, {}, {}
-    for key, t in model.state_dict().items():
+    return layers, experts
+
+
+def unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors to store, on the CPU; aliases): tied weights are stored once under their first name."""
+    out, aliases, seen = {}, {}, {}
+    for key, t in state.items():
         ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if ptr in seen:  # tied weights: store once, record the alias
+        if ptr in seen:
             aliases[key] = seen[ptr]
             continue
         seen[ptr] = key
-        state[key] = t.detach().to("cpu").contiguous()
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "producer": "qrecipe"})
+        out[key] = t.detach().to("cpu").contiguous()
+    return out, aliases
+
+
+def write_metadata(out: Path, model: nn.Module, tokenizer, plan: Plan, dtype: torch.dtype,
+                   aliases: dict[str, str]) -> None:
+    """Everything of the checkpoint but its tensors (`model` may be a meta skeleton)."""
+    layers, experts = quant_modules(model)
     (out / QUANT_FILE).write_text(json.dumps({
         "format_version": FORMAT_VERSION, "plan_hash": plan.plan_hash, "model_id": plan.model_id,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "layers": layers, "experts": experts, "aliases": aliases}, indent=2))
+        "dtype": str(dtype).replace("torch.", ""), "layers": layers, "experts": experts, "aliases": aliases},
+        indent=2))
     (out / "plan.json").write_text(plan.to_json())
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
@@ -71,6 +88,34 @@ def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     normal_modes(out)  # safetensors writes 0600; whoever serves the checkpoint must read it
+
+
+def save_checkpoint(model: nn.Module, tokenizer, plan: Plan, out: Path) -> None:
+    """The whole model in one file (a streamed run writes shards: engine/streaming/writer.py)."""
+    out.mkdir(parents=True, exist_ok=True)
+    state, aliases = unique_tensors(model.state_dict())
+    save_tensors(state, out / SINGLE_FILE, METADATA)
+    write_metadata(out, model, tokenizer, plan, next(model.parameters()).dtype, aliases)
+
+
+@contextmanager
+def checkpoint_tensors(path: str | Path):
+    """A reader of a checkpoint's tensors, one file or shards: `.keys()`, `.get_tensor(name)`."""
+    files = tensor_files(Path(path))
+    if not files:
+        raise QRecipeError(f"checkpoint: {path} holds no safetensors files; pass a folder written by `qrecipe run`")
+    yield _Reader(files)
+
+
+class _Reader:
+    def __init__(self, files: dict[str, Path]):
+        self.files = files
+
+    def keys(self) -> list[str]:
+        return list(self.files)
+
+    def get_tensor(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        return read_tensor(self.files[name], name, device)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
@@ -100,9 +145,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
                    for tensor, spec in entry["tensors"].items()}
         set_module(model, name, QuantExperts(tensors["gate_up_proj"], tensors["down_proj"],
                                              get_module(model, name).act_fn))
-    # Copied out of the file's memory map: those tensors are only 8-byte aligned, and torch's
-    # packed CPU kernels (cpu-int8pack) crash on them.
-    state = {k: v.clone() for k, v in load_file(str(path / "model.safetensors")).items()}
+    # Copied out of the file's memory map straight onto the device (read_tensor): mapped tensors
+    # are only 8-byte aligned, and torch's packed CPU kernels (cpu-int8pack) crash on them.
+    with checkpoint_tensors(path) as reader:
+        state = {k: reader.get_tensor(k, device) for k in reader.keys()}
     for alias, source in meta.get("aliases", {}).items():
         state[alias] = state[source]
     model.load_state_dict(state, strict=True, assign=True)

@@ -173,8 +173,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric(DECODE_REL_IQR_BASELINE, "interquartile range / median of the baseline's decode repeats", "lower"),
     Metric(SPEED_DEVICE_NAME, "what timed the speed: cpu, or the GPU's name"),
     Metric(SPEED_REPEATS, "timed repeats per model and measurement"),
-    Metric(SPEED_TIMING, "interleaved (B V B V ...) or sequential (baseline before quantization)"),
-    Metric(SPEED_TIMING_NOTE, "why the timing was sequential"),
+    Metric(SPEED_TIMING, "interleaved (B V B V ...), sequential (baseline before quantization) or variant only "
+                         "(a streamed baseline is not timed)"),
+    Metric(SPEED_TIMING_NOTE, "why the timing was sequential, or why the variant was timed alone"),
     Metric(LAYERS_ON_KERNEL, "quantized layers that ran a kernel of their format"),
     Metric(LAYERS_ON_FALLBACK, "quantized layers that ran a fallback (dequantize, then matmul)"),
     Metric(SPEED_ON_TARGET, "the speed was measured on the target's kind of hardware"),

@@ -41,9 +41,15 @@ def check_inputs(settings: Settings, plan: Plan | None, calibrates: bool | None 
     """Every file the run will read, checked before anything is recorded or loaded (by `qrecipe
     plan`, `qrecipe run`, `qrecipe search` and a job's submission alike): the eval texts, the task
     files, and the calibration data only where the plan calibrates (an RTN recipe reads none;
-    calibrates=True: a search, which always reads its calibration slice, has no plan yet)."""
+    calibrates=True: a search, which always reads its calibration slice, has no plan yet); and,
+    for a run that streams, no speed timing that needs its (unloaded) baseline."""
     from .data import check_data
+    from .evaluate.speed import streamed_timing_note
     from .evaluate.tasks import check_task_data
+    from .streaming.decide import STREAMED
+
+    if plan is not None and plan.execution.get("mode") == STREAMED:
+        streamed_timing_note(settings.eval.speed, plan.execution["reason"])
 
     for name, data in settings.eval.all_texts().items():
         check_data(data, settings.eval.text_field(name))
@@ -53,10 +59,14 @@ def check_inputs(settings: Settings, plan: Plan | None, calibrates: bool | None 
 
 
 def build_plan(settings: Settings, device: torch.device | None = None) -> tuple[Plan, ModelInfo]:
+    """The plan, with how this machine would run it (in memory or streamed, and its peak memory)."""
+    from .streaming.decide import execution_plan
+
     info = model_info(settings)
     device = device or local_device(settings)
     dtype = resolve_dtype(settings.model.dtype, device)
     plan = resolve_plan(settings.recipe, info, settings.target, device, dtype)
     # predicted for the workload `qrecipe run` times (eval.speed), so the two can be set side by side
     plan.roofline = roofline_report(plan, info, settings.target, settings.eval.speed)
+    plan.execution = execution_plan(settings, plan, info, device, dtype)
     return plan, info

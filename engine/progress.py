@@ -30,10 +30,11 @@ def stderr_is_terminal() -> bool:
 class Lines:
     """The bar's stand-in off a terminal: the same iterate/update/close."""
 
-    def __init__(self, iterable: Iterable | None, total: int | None, desc: str, unit: str, every: float):
+    def __init__(self, iterable: Iterable | None, total: int | None, desc: str, unit: str, every: float,
+                 initial: int = 0):
         self.iterable, self.desc, self.unit, self.every = iterable, desc, unit, every
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
-        self.n, self.start, self.closed = 0, time.monotonic(), False
+        self.n, self.start, self.closed = initial, time.monotonic(), False
         self.last, self.said = self.start, None
         self._say()
 
@@ -82,12 +83,13 @@ class Silent:
 
 
 def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str, unit: str,
-             enabled: bool = True, every: float = EVERY_SECONDS):
-    """Iterate `iterable` (or call .update() `total` times, then .close()) showing progress."""
+             enabled: bool = True, every: float = EVERY_SECONDS, initial: int = 0):
+    """Iterate `iterable` (or call .update() `total` times, then .close()) showing progress;
+    `initial`: steps already done (a resumed run)."""
     if not enabled:
         return Silent(iterable)
     if stderr_is_terminal():
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)
-    return Lines(iterable, total, desc, unit, every)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, initial=initial)
+    return Lines(iterable, total, desc, unit, every, initial)

@@ -38,6 +38,7 @@ class QuantReport:
     calibration_tokens: int = 0  # 0: no layer needed calibration data
     # experts module -> calibration tokens the router sent each expert (calibrated experts only)
     expert_tokens: dict[str, list[int]] = field(default_factory=dict)
+    block_seconds: list[float] = field(default_factory=list)  # per block, when streamed
 
 
 def layer_task(model: nn.Module, lp) -> LayerTask:
@@ -186,10 +187,15 @@ def _windows(calibration: CalibSpec | torch.Tensor | None, tokenizer) -> tuple[t
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.Tensor | None = None,
-                   tokenizer=None, progress: bool = True, min_expert_tokens: int | None = None) -> QuantReport:
+                   tokenizer=None, progress: bool = True, min_expert_tokens: int | None = None,
+                   blocks=None) -> QuantReport:
     """Quantize the plan's layers in place. `calibration` is the calib spec (windows are
     sampled with `tokenizer`) or the token windows themselves [samples, seq_len];
-    `min_expert_tokens` defaults to the spec's (calib.min_expert_tokens)."""
+    `min_expert_tokens` defaults to the spec's (calib.min_expert_tokens).
+
+    `blocks`, a block provider (calibration/blocks.py), makes every layer go through the
+    block-by-block driver, RTN-only plans included: a streamed run passes the one that reads
+    each block from the checkpoint and writes it when done (`model` is then its skeleton)."""
     from .calibration import calibrate_and_quantize
 
     start = time.perf_counter()
@@ -200,11 +206,11 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
     units = Units(model, plan, min_expert_tokens)
     notes: list[str] = []
     tokens = 0
-    if plan.calibrates:
-        windows, batch_size = _windows(calibration, tokenizer)
-        tokens = windows.numel()
+    if plan.calibrates or blocks is not None:
+        windows, batch_size = _windows(calibration, tokenizer) if plan.calibrates else (None, CalibSpec.batch_size)
+        tokens = windows.numel() if windows is not None else 0
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, units.tasks, units,
-                                        progress=progress)
+                                        progress=progress, blocks=blocks)
     else:
         for lp in progress_bar(planned, desc="quantize", unit="layer", enabled=progress):
             tasks = {t.name: t for t in units.tasks(model, lp)}

@@ -30,6 +30,7 @@ from .evaluate.backends_used import backend_record
 from .evaluate.forward import device_label
 from .evaluate.layer_error import layer_errors, summarize
 from .evaluate.memory import peak_method, weight_bytes
+from .evaluate.speed import SEQUENTIAL, VARIANT_ONLY
 from .evaluate.protocol import describe_protocol, eval_protocol, protocol_hash
 from .events import OnEvent, RunEvent, Stage
 from .models.loading import load_model, resolve_dtype, resolve_source
@@ -39,6 +40,7 @@ from .tables import human_bytes
 from .planning import build_plan, check_inputs, local_device
 from .quantize import prepare_model, quantize_model
 from .recording import BaselineRecord, NullRecorder, Recorder, RunStart
+from .streaming import STREAMED, StreamedRun
 
 
 
@@ -75,9 +77,10 @@ class RunResult:
         lines += _speed_lines(m)
         lines.append(f"  weights     {human_bytes(m[M.WEIGHT_BYTES])} vs {human_bytes(m[M.WEIGHT_BYTES_BASELINE])} "
                      f"({m[M.WEIGHT_REDUCTION]:.2f}x smaller)")
-        if M.PEAK_MEMORY_BYTES in m:
-            lines.append(f"  peak memory {human_bytes(m[M.PEAK_MEMORY_BYTES])} vs "
-                         f"{human_bytes(m[M.PEAK_MEMORY_BYTES_BASELINE])} ({m[M.PEAK_MEMORY_METHOD]})")
+        if M.PEAK_MEMORY_BYTES in m:  # a streamed run's baseline is not measured: the variant's alone
+            vs = f" vs {human_bytes(m[M.PEAK_MEMORY_BYTES_BASELINE])}" if M.PEAK_MEMORY_BYTES_BASELINE in m else \
+                " (baseline not measured)"
+            lines.append(f"  peak memory {human_bytes(m[M.PEAK_MEMORY_BYTES])}{vs} ({m[M.PEAK_MEMORY_METHOD]})")
         if M.EVAL_PROTOCOL in m:
             lines.append(f"  protocol    {m[M.EVAL_PROTOCOL]}: {m[M.EVAL_PROTOCOL_TEXT]}")
         lines += [f"  note        {n}" for n in x.get("notes", [])]
@@ -109,6 +112,10 @@ def _speed_lines(m: dict[str, Any]) -> list[str]:
             lines.append(f"              timed sequentially: {m[M.SPEED_TIMING_NOTE]}")
         if m.get(M.SPEED_CAVEAT):
             lines.append(f"              {m[M.SPEED_CAVEAT]}")
+    elif m.get(M.SPEED_TIMING) == VARIANT_ONLY:  # a streamed run: no baseline timing, no speedup
+        lines += [f"  speed       measured on {m[M.SPEED_DEVICE_NAME]}, variant only, {m[M.SPEED_REPEATS]} repeats: "
+                  f"prefill {m[M.PREFILL_TOKENS_PER_S]:,.0f} tok/s, decode {m[M.DECODE_MS_PER_TOKEN]:.3g} ms/token",
+                  f"              {m[M.SPEED_TIMING_NOTE]}"]
     if M.PREDICTED_DECODE_SPEEDUP in m:
         pred = f"decode {m[M.PREDICTED_DECODE_MS_PER_TOKEN]:.3g} ms/token ({m[M.PREDICTED_DECODE_SPEEDUP]:.2f}x)"
         if M.PREDICTED_PREFILL_SPEEDUP in m:
@@ -206,11 +213,13 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
     dtype = resolve_dtype(settings.model.dtype, device)
     protocol = eval_protocol(settings, device, dtype)  # how it is measured: compare only runs measured alike
     staging, renamed = None, False
+    succeeded: list[Callable[[], None]] = []  # what the run undoes only once it is recorded (a resume folder)
     try:
         where = recorder.start(RunStart(settings, plan, info.model_type, str(device), _dtype_name(dtype), protocol))
         out, staging = reserve_output(out, numbered=not settings.run.output_dir)
         step(where, Stage.STARTED, output_dir=str(out), staging=str(staging))
-        metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol)
+        metrics, errors, notes = _execute(settings, plan, device, dtype, staging, recorder, step, progress, protocol,
+                                          succeeded)
         step("recording ...", Stage.RECORDING)
         recorder.outputs(staging, metrics, errors)
         staging.rename(out)
@@ -221,6 +230,8 @@ def run(cfg: DictConfig, recorder: Recorder | None = None, progress: bool = True
         if staging is not None:
             shutil.rmtree(out if renamed else staging, ignore_errors=True)
         raise
+    for then in succeeded:
+        then()
     step(f"done: {out.resolve()}", Stage.DONE)
     return RunResult(output_dir=out.resolve(), plan=plan, metrics=metrics, settings=settings,
                      extra={**recorder.summary(), "notes": notes})
@@ -237,26 +248,55 @@ def _original_weights(settings: Settings) -> Path | None:
 
 
 def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path,
-             recorder: Recorder, step: Steps, progress: bool,
-             protocol: dict[str, Any]) -> tuple[dict[str, Any], list[dict], list[str]]:
-    """(metrics, per-layer errors, notes): the notes say every fallback the run took."""
+             recorder: Recorder, step: Steps, progress: bool, protocol: dict[str, Any],
+             succeeded: list[Callable[[], None]]) -> tuple[dict[str, Any], list[dict], list[str]]:
+    """(metrics, per-layer errors, notes): the notes say every fallback the run took. What to do
+    once the run is recorded goes into `succeeded`."""
     torch.manual_seed(settings.run.seed)
+    stream = None  # a model bigger than memory streams from its checkpoint (engine/streaming/)
+    if plan.execution.get("mode") == STREAMED:
+        step(f"loading {settings.model.name} as a skeleton ({dtype}, {device}): its float weights stream block by "
+             f"block from the checkpoint ({plan.execution['reason']}) ...", Stage.LOADING)
+        stream = StreamedRun(settings, plan, device, dtype, step)
+        model, tokenizer = None, stream.tokenizer
+    else:
+        step(f"loading {settings.model.name} ({dtype}, {device}) ...", Stage.LOADING)
+        model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
+    try:
+        result = _measure(settings, plan, device, dtype, staging, recorder, step, progress, protocol, model,
+                          tokenizer, stream)
+        if stream is not None:  # its finished blocks are kept until the run is recorded (a cancel may come first)
+            succeeded.append(stream.finish)
+        return result
+    finally:
+        if stream is not None:
+            stream.abandon()
+
+
+def _measure(settings: Settings, plan: Plan, device: torch.device, dtype: torch.dtype, staging: Path,
+             recorder: Recorder, step: Steps, progress: bool, protocol: dict[str, Any], model, tokenizer,
+             stream: StreamedRun | None) -> tuple[dict[str, Any], list[dict], list[str]]:
+    """_execute's measurements, on a model loaded whole or (stream) one streamed from disk."""
     dtype_name = _dtype_name(dtype)
-    step(f"loading {settings.model.name} ({dtype}, {device}) ...", Stage.LOADING)
-    model, tokenizer = load_model(settings.model, Path(settings.paths.cache), device, dtype)
     inputs = suite.prepare_inputs(settings, tokenizer)
     step("measuring (sizes and the settings that change them):\n" + suite.describe_sizes(settings, inputs, device),
          Stage.BASELINE)
-    base = suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
+    base = stream.measure_baseline(inputs) if stream else \
+        suite.measure_baseline(model, tokenizer, settings, inputs, device, dtype, step, progress)
     recorder.baseline(BaselineRecord(base.key, str(device), dtype_name, base.key_parts,
                                      {"ppl": {n: r.ppl for n, r in base.outputs.texts.items()},
                                       "nll": {n: r.nll for n, r in base.outputs.texts.items()}}, str(base.folder)))
     step(f"baseline perplexity {base.outputs.texts[settings.eval.data.name].ppl:.4f}", Stage.BASELINE)
     # before quantizing: keeps a float copy of the baseline (interleaved timing) or times it now
-    timer = suite.SpeedTimer(settings, inputs, model, device, step)
+    timer = suite.SpeedTimer(settings, inputs, model, device, step,
+                             streamed=plan.execution["reason"] if stream else None)
     try:
         step("quantizing ...", Stage.QUANTIZING)
-        report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
+        if stream:  # writes the checkpoint as it goes; the variant fits: it is loaded and measured normally
+            report = stream.quantize(staging / "model", progress)
+            model = stream.load_variant(staging / "model")
+        else:
+            report = quantize_model(model, plan, calibration=settings.calib, tokenizer=tokenizer, progress=progress)
         backends = prepare_model(model)
         step(f"quantized {report.layers} layers in {report.seconds:.1f}s; scoring the variant against the "
              f"baseline ...", Stage.SCORING)
@@ -267,7 +307,7 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
         timer.release()
     used = backend_record(model, settings.target, device.type, device_label(device))
     method = peak_method(settings.eval.memory.method, device)
-    if settings.run.save_checkpoint or method == "child":  # the child process loads the variant from it
+    if (settings.run.save_checkpoint or method == "child") and not stream:  # the child loads the variant from it
         step("writing checkpoint ...", Stage.CHECKPOINT)
         save_checkpoint(model, tokenizer, plan, staging / "model")
     if method != "off":
@@ -294,7 +334,9 @@ def _execute(settings: Settings, plan: Plan, device: torch.device, dtype: torch.
                             f"{got}, planned {plan.layer(name).backend})")
     if report.calibration_tokens:
         metrics[M.CALIBRATION_TOKENS] = report.calibration_tokens
-    speed_notes = [f"speed timed sequentially: {speed[M.SPEED_TIMING_NOTE]}"] if M.SPEED_TIMING_NOTE in speed else []
+    # a streamed run's variant timed alone: base.notes already say why its baseline was not timed
+    sequential = speed.get(M.SPEED_TIMING) == SEQUENTIAL and M.SPEED_TIMING_NOTE in speed
+    speed_notes = [f"speed timed sequentially: {speed[M.SPEED_TIMING_NOTE]}"] if sequential else []
     notes = list(dict.fromkeys(plan.notes + base.notes + report.notes + speed_notes))
     for note in report.notes + speed_notes:
         step(f"note: {note}")

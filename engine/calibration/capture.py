@@ -42,8 +42,10 @@ def _detached(value: Any) -> Any:
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, block: nn.Module, windows: torch.Tensor, batch_size: int) -> list[BlockCall]:
-    """The call the model makes on `block` for each calibration batch."""
+def capture_inputs(model: nn.Module, block: nn.Module, windows: torch.Tensor, batch_size: int,
+                   device: torch.device | None = None) -> list[BlockCall]:
+    """The call the model makes on `block` for each calibration batch (token ids go to
+    `device`, by default that of the model's first parameter)."""
     calls: list[BlockCall] = []
 
     def stop(_module, args, kwargs):
@@ -51,7 +53,7 @@ def capture_inputs(model: nn.Module, block: nn.Module, windows: torch.Tensor, ba
         raise _Captured
 
     handle = block.register_forward_pre_hook(stop, with_kwargs=True)
-    device = next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
     try:
         for start in range(0, windows.shape[0], batch_size):
             try:
@@ -63,7 +65,12 @@ def capture_inputs(model: nn.Module, block: nn.Module, windows: torch.Tensor, ba
     return calls
 
 
-def with_hidden(call: BlockCall, hidden: torch.Tensor) -> BlockCall:
+def hidden_of(call: BlockCall) -> torch.Tensor:
+    args, kwargs = call
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def with_hidden(call: BlockCall, hidden: torch.Tensor | None) -> BlockCall:
     args, kwargs = call
     if args:
         return (hidden, *args[1:]), kwargs

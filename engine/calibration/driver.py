@@ -13,6 +13,10 @@ Peak memory is the model plus one block's inputs for all windows (samples x seq_
 hidden) and one batch of its activations. A block none of whose layers needs data is
 quantized without running it in float, and blocks after the last one that needs data
 are not run at all.
+
+The blocks come from a block provider (blocks.py): the loaded model's own, or, for a model
+bigger than memory, one that reads each block from the checkpoint and writes it once it is
+quantized (engine/streaming/). The per-block work is this one code path for both.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from ..plan import LayerPlan, Plan
 from ..progress import progress_bar
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
-from .capture import capture_inputs, find_blocks, run_block, with_hidden
+from .blocks import BlockProvider, InMemoryBlocks
+from .capture import run_block
 from .stats import attach_stats
 
 
@@ -96,13 +101,17 @@ def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context:
 
 
 @torch.no_grad()
-def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan], windows: torch.Tensor,
+def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan], windows: torch.Tensor | None,
                            batch_size: int, make_tasks: Callable[[nn.Module, LayerPlan], list[LayerTask]],
-                           swap: Callable[[LayerTask, object], None], progress: bool = True) -> list[str]:
+                           swap: Callable[[LayerTask, object], None], progress: bool = True,
+                           blocks: BlockProvider | None = None) -> list[str]:
     """Quantize every planned layer in `layers`, block by block; return the run's notes.
 
     `make_tasks` turns a planned layer into its tasks: one for a linear, one per expert and
-    projection for an expert tensor (whose experts module it unfuses in the model)."""
+    projection for an expert tensor (whose experts module it unfuses in the model).
+    `blocks` serves the blocks (blocks.py): by default the loaded model's own; a streamed run
+    passes one that reads each block from the checkpoint and writes it when done. `windows`
+    may be None when no layer calibrates."""
     algorithm_of: dict[str, str] = {}
 
     def tasks_of(lps: list[LayerPlan]) -> list[LayerTask]:
@@ -113,51 +122,51 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
                 tasks.append(t)
         return tasks
 
-    found = find_blocks(model)
-    notes: list[str] = []
-    if found is None:
+    blocks = blocks if blocks is not None else InMemoryBlocks(model)
+    notes: list[str] = list(blocks.done_notes)
+    if isinstance(blocks, InMemoryBlocks) and not blocks.found:
         notes.append(f"no decoder block list found for model type {plan.model_type!r} "
                      f"(engine/models/families.py BLOCK_LISTS); calibrated the whole model at once")
-        blocks_name, blocks = "", []
-    else:
-        blocks_name, blocks = found
-    prefixes = [f"{blocks_name}.{i}" for i in range(len(blocks))]
-    by_block: list[list[LayerPlan]] = [[] for _ in blocks]
+    prefixes = blocks.prefixes
+    by_block: list[list[LayerPlan]] = [[] for _ in prefixes]
     outside: list[LayerPlan] = []
     for lp in layers:
         index = next((i for i, p in enumerate(prefixes) if lp.name.startswith(p + ".")), None)
         (outside if index is None else by_block[index]).append(lp)
 
     last_needing_data = max((i for i, lps in enumerate(by_block) if any(lp.calibrates for lp in lps)), default=-1)
-    calls = capture_inputs(model, blocks[0], windows, batch_size) if last_needing_data >= 0 else []
-    bar = progress_bar(total=len(blocks), desc="calibrate", unit="block", enabled=progress)
-    for i, (block, lps) in enumerate(zip(blocks, by_block)):
+    if blocks.tail_from_hidden and any(lp.calibrates for lp in outside):
+        last_needing_data = len(prefixes)  # the outside layers read the last block's outputs: keep them
+    inputs = blocks.inputs(windows, batch_size) if last_needing_data >= blocks.start else None
+    bar = progress_bar(total=len(prefixes), initial=blocks.start, desc="calibrate", unit="block", enabled=progress)
+    for i in range(blocks.start, len(prefixes)):
+        block = blocks.open(i)
         context = BlockContext(prefixes[i], block, plan.model_type)
-        tasks = tasks_of(lps)
+        tasks = tasks_of(by_block[i])
 
         def run_float(block=block):
-            for call in calls:
+            for call in inputs or ():
                 run_block(block, call)
 
-        notes += quantize_unit(tasks, algorithm_of, context, run_float, swap)
-        if i < last_needing_data:
-            for j, call in enumerate(calls):  # in place: one block's inputs are held at a time
-                calls[j] = with_hidden(call, run_block(block, call))
-        else:
-            calls = []  # later blocks need no data: free the activations
+        block_notes = quantize_unit(tasks, algorithm_of, context, run_float, swap)
+        notes += block_notes
+        if inputs is not None:
+            if i < last_needing_data:
+                inputs.advance(lambda call, block=block: run_block(block, call))
+            else:
+                inputs.clear()  # later blocks need no data: free the activations
+                inputs = None
+        blocks.close(i, block_notes, inputs)
         bar.update(1)
     bar.close()
 
+    outside_notes: list[str] = []
     if outside:
-        context = BlockContext("", model, plan.model_type)
-        device = next(model.parameters()).device
-
-        def run_model():
-            for start in range(0, windows.shape[0], batch_size):
-                model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
-
-        tasks = tasks_of(outside)
-        notes += quantize_unit(tasks, algorithm_of, context, run_model, swap)
+        root, run_outside = blocks.outside(windows, batch_size, inputs)
+        context = BlockContext("", root, plan.model_type)
+        outside_notes = quantize_unit(tasks_of(outside), algorithm_of, context, run_outside, swap)
+        notes += outside_notes
+    blocks.close_outside(outside_notes)
     return _dedupe(notes)
 
 

@@ -117,12 +117,20 @@ class CalibSpec:
     min_expert_tokens: int = 128
 
 
+STREAMING_MODES = ("auto", "always", "never")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     device: str = "auto"
     seed: int = 0
     output_dir: str | None = None
     save_checkpoint: bool = True
+    # Models bigger than memory (engine/streaming/): auto streams the float weights block by block
+    # when they do not fit the compute device with room for one block's work.
+    streaming: str = "auto"  # auto | always | never
+    activation_budget_gib: float = 4.0  # host memory for calibration activations; the rest spills to disk
+    resume_dir: str = "qrecipe_runs/resume"  # streamed runs keep finished blocks here until they succeed
 
 
 @dataclass(frozen=True)
@@ -249,6 +257,11 @@ def load_settings(cfg: DictConfig) -> Settings:
     run = build(RunSpec, node.get("run"), "run")
     if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
         raise ConfigError(f"run.device: expected auto, cpu or cuda[:N], got {run.device!r}")
+    if run.streaming not in STREAMING_MODES:
+        raise ConfigError(f"run.streaming: expected auto, always or never, got {run.streaming!r}")
+    if not run.activation_budget_gib >= 0:
+        raise ConfigError(f"run.activation_budget_gib: must be 0 or more (GiB of host memory), got "
+                          f"{run.activation_budget_gib}")
     store = _store_sections(node, cfg)
     return Settings(recipe=recipe, model=model, eval=eval_spec, calib=calib, target=parse_target(node.get("target")),
                     run=run, paths=store.paths, sections=store.sections, raw=cfg, tracking=store.tracking,

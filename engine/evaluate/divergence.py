@@ -12,6 +12,7 @@ variant's argmax with the baseline's (its top-1 token).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -87,8 +88,15 @@ def bucket_kl(base_topk_logp: torch.Tensor, var_logp_at_ids: torch.Tensor) -> to
 def reference_pass(model, windows: torch.Tensor, batch_size: int, k: int, desc: str = "baseline",
                    progress: bool = True) -> TextReference:
     """One baseline pass over the windows: perplexity and the top-k reference."""
+    return reference_from_logits(window_logits(model, windows, batch_size, desc, progress), k)
+
+
+@torch.no_grad()
+def reference_from_logits(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int) -> TextReference:
+    """The reference from (ids, logits) per batch of windows, however the logits were computed
+    (a model loaded whole, or one streamed block by block: engine/streaming/baseline.py)."""
     logps, ids_out, total_nll, tokens = [], [], 0.0, 0
-    for ids, logits in window_logits(model, windows, batch_size, desc, progress):
+    for ids, logits in batches:
         total_nll += window_nll(ids, logits).item()
         tokens += ids[:, 1:].numel()
         values, top_ids = topk_logprobs(logits[:, :-1], k)

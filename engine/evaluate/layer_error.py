@@ -16,15 +16,14 @@ column absorbs about 1/out_features of the error energy).
 
 from __future__ import annotations
 
-import json
 import math
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .. import metric_names as M
+from ..models.weights import read_tensor, tensor_files
 from ..modules import QuantLinear
 
 
@@ -41,20 +40,6 @@ def sqnr_db(rel_error: float) -> float | None:
     return None if rel_error <= 0 else -20 * math.log10(rel_error)
 
 
-def _weight_files(folder: Path) -> dict[str, Path]:
-    """tensor name -> safetensors file holding it."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
-    from safetensors import safe_open
-
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as handle:
-            out.update({k: f for k in handle.keys()})
-    return out
-
-
 def _input_embedding_name(model: nn.Module) -> str | None:
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     return next((n for n, m in model.named_modules() if m is emb), None)
@@ -64,26 +49,21 @@ def layer_errors(model: nn.Module, original_folder: Path | None) -> list[dict]:
     """[{name, scheme, rel_error, sqnr_db}] for every QuantLinear; [] without readable originals."""
     if original_folder is None:
         return []
-    from safetensors import safe_open
-
-    files = _weight_files(original_folder)
+    files = tensor_files(original_folder)
     embedding = _input_embedding_name(model)
     out = []
-    with ExitStack() as stack:
-        handles: dict[Path, object] = {}
-        for name, module in model.named_modules():
-            if not isinstance(module, QuantLinear):
-                continue
-            key = f"{name}.weight"
-            if key not in files and module is model.get_output_embeddings() and embedding:
-                key = f"{embedding}.weight"  # a tied lm_head is stored once, as the embedding
-            if key not in files:
-                continue
-            if files[key] not in handles:
-                handles[files[key]] = stack.enter_context(safe_open(str(files[key]), framework="pt"))
-            original = handles[files[key]].get_tensor(key).float()
-            rel = scale_invariant_error(original, module.dequantized_weight(torch.float32).cpu())
-            out.append({"name": name, "scheme": module.scheme, "rel_error": rel, "sqnr_db": sqnr_db(rel)})
+    for name, module in model.named_modules():
+        if not isinstance(module, QuantLinear):
+            continue
+        key = f"{name}.weight"
+        if key not in files and module is model.get_output_embeddings() and embedding:
+            key = f"{embedding}.weight"  # a tied lm_head is stored once, as the embedding
+        if key not in files:
+            continue
+        # one tensor mapped at a time: the originals of a model bigger than memory never are at once
+        original = read_tensor(files[key], key, dtype=torch.float32)
+        rel = scale_invariant_error(original, module.dequantized_weight(torch.float32).cpu())
+        out.append({"name": name, "scheme": module.scheme, "rel_error": rel, "sqnr_db": sqnr_db(rel)})
     return out
 
 

@@ -25,11 +25,13 @@ import torch
 
 from .. import metric_names as M
 from ..config.settings import SpeedSpec
+from ..errors import ConfigError
 from .forward import device_label, model_device
 from .spread import Spread, noise_reasons, paired_speedup, spread
 
 Clock = Callable[[], float]
 INTERLEAVED, SEQUENTIAL = "interleaved", "sequential"
+VARIANT_ONLY = "variant only"  # the baseline was not timed (a streamed run's: it does not fit)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,27 @@ def _side(name: str, base: Spread, var: Spread, speedup: Spread, max_rel_iqr: fl
     if reasons:
         out[noise] = "; ".join(reasons)
     return out
+
+
+def streamed_timing_note(spec: SpeedSpec, why: str) -> str:
+    """Why a streamed run (its float model does not fit: `why`, the plan's execution reason)
+    times its variant alone; eval.speed.timing=interleaved or sequential, which need the
+    baseline timed, is refused (planning.py check_inputs asks before anything is recorded or loaded)."""
+    if spec.enabled and spec.timing in (INTERLEAVED, SEQUENTIAL):
+        raise ConfigError(f"eval.speed.timing={spec.timing}: this run streams its float model from disk ({why}), "
+                          f"so its baseline cannot be timed; set eval.speed.timing=auto (a streamed run then times "
+                          f"the variant alone and says so), eval.speed.enabled=false or run.streaming=never")
+    return (f"the float baseline was streamed from disk ({why}) and not timed: the variant was timed alone, "
+            f"without speedup")
+
+
+def variant_speed_metrics(var: SpeedSamples, spec: SpeedSpec, timing_note: str) -> dict[str, Any]:
+    """The variant's own speed figures, when its baseline was not timed (`timing_note`: why):
+    no speedup, no ratio."""
+    return {M.PREFILL_TOKENS_PER_S: var.prefill_tokens_per_s,
+            M.DECODE_MS_PER_TOKEN: 1000 * spread(var.decode_step_s).median, M.SPEED_DEVICE: var.device,
+            M.SPEED_DEVICE_NAME: var.device_name, M.SPEED_REPEATS: spec.repeats, M.SPEED_TIMING: VARIANT_ONLY,
+            M.SPEED_TIMING_NOTE: timing_note}
 
 
 def speed_metrics(base: SpeedSamples, var: SpeedSamples, spec: SpeedSpec, timing: str,

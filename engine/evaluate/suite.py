@@ -33,8 +33,8 @@ from .baseline_cache import (BaselineOutputs, UnreadableCache, baseline_key, bas
                              load_baseline, save_baseline)
 from .divergence import compare_pass, reference_pass
 from .memory import available_bytes, child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
-from .speed import INTERLEAVED, SEQUENTIAL, SpeedSamples, measure_one, measure_pair, speed_metrics, speed_tokens, \
-    tokens_needed
+from .speed import INTERLEAVED, SEQUENTIAL, VARIANT_ONLY, SpeedSamples, measure_one, measure_pair, speed_metrics, \
+    speed_tokens, streamed_timing_note, tokens_needed, variant_speed_metrics
 from .task_metrics import baseline_tasks, variant_tasks
 from .tasks import TaskItem, build_task_items
 
@@ -109,26 +109,49 @@ def _peak(settings: Settings, device: torch.device, model, request: dict) -> int
     return child_peak_bytes({**request, "batch_size": ev.batch_size, "seq_len": ev.seq_len})
 
 
-def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, device: torch.device,
-                     dtype: torch.dtype, say: Say, progress: bool = True) -> BaselineSide:
-    ev = settings.eval
+@dataclass
+class CacheLookup:
+    outputs: BaselineOutputs | None  # None: nothing usable is cached for these settings
+    key: str
+    folder: Path
+    parts: dict[str, Any]
+    notes: list[str]  # an unreadable or stale cache entry (it is then recomputed and replaced)
+
+
+def cached_baseline(settings: Settings, device: torch.device, dtype: torch.dtype, sources: list[str],
+                    text_names: set[str], say: Say) -> CacheLookup:
+    """The baseline cache entry for these settings, and its outputs if they cover these texts and prompts."""
     parts = baseline_key_parts(settings, device, dtype)
     key = baseline_key(parts)
     folder = cache_folder(settings, key)
-    sources = [it.source for it in inputs.items]
     notes: list[str] = []
     try:
         outputs = load_baseline(folder)
     except UnreadableCache as e:
         outputs = None
         notes.append(f"the cached baseline outputs in {folder} could not be used ({e}); recomputed and replaced")
-    stale = outputs is not None and (outputs.task_sources != sources or set(outputs.texts) != set(inputs.windows))
+    stale = outputs is not None and (outputs.task_sources != sources or set(outputs.texts) != text_names)
     if stale:
         notes.append(f"the cached baseline outputs in {folder} hold other texts or task prompts than this run's; "
                      f"recomputed and replaced")
-    cached = outputs is not None and not stale
     for note in notes:
         say(f"note: {note}")
+    return CacheLookup(None if stale else outputs, key, folder, parts, notes)
+
+
+def store_baseline(lookup: CacheLookup, outputs: BaselineOutputs) -> None:
+    save_baseline(lookup.folder, outputs, {"key": lookup.key, "parts": lookup.parts,
+                                           "ppl": {n: r.ppl for n, r in outputs.texts.items()}},
+                  replace=bool(lookup.notes))
+
+
+def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, device: torch.device,
+                     dtype: torch.dtype, say: Say, progress: bool = True) -> BaselineSide:
+    ev = settings.eval
+    sources = [it.source for it in inputs.items]
+    lookup = cached_baseline(settings, device, dtype, sources, set(inputs.windows), say)
+    key, folder, parts, notes, outputs = lookup.key, lookup.folder, lookup.parts, lookup.notes, lookup.outputs
+    cached = outputs is not None
     if cached:
         say(f"baseline outputs: cached ({folder})")
     else:
@@ -137,8 +160,7 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
                  for name, w in inputs.windows.items()}
         tasks = baseline_tasks(model, tokenizer, inputs.items, ev.tasks, progress) if inputs.items else None
         outputs = BaselineOutputs(texts, tasks, sources)
-        save_baseline(folder, outputs, {"key": key, "parts": parts, "ppl": {n: r.ppl for n, r in texts.items()}},
-                      replace=bool(notes))
+        store_baseline(lookup, outputs)
     if settings.eval.memory.method != "off":
         say("peak memory of the baseline ...")
     peak = _peak(settings, device, model, {"model": dataclasses.asdict(settings.model),
@@ -171,9 +193,10 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
 def memory_metrics(base: BaselineSide, peak: int | None, variant_weight_bytes: int, method: str) -> dict[str, Any]:
     m: dict[str, Any] = {M.WEIGHT_BYTES: variant_weight_bytes, M.WEIGHT_BYTES_BASELINE: base.weight_bytes,
                          M.WEIGHT_REDUCTION: base.weight_bytes / variant_weight_bytes}
+    if peak is not None:  # a baseline not measured (a streamed run's) leaves the variant's own, without ratio
+        m.update({M.PEAK_MEMORY_BYTES: peak, M.PEAK_MEMORY_METHOD: method})
     if peak is not None and base.peak_bytes is not None:
-        m.update({M.PEAK_MEMORY_BYTES: peak, M.PEAK_MEMORY_BYTES_BASELINE: base.peak_bytes,
-                  M.PEAK_MEMORY_REDUCTION: base.peak_bytes / peak, M.PEAK_MEMORY_METHOD: method})
+        m.update({M.PEAK_MEMORY_BYTES_BASELINE: base.peak_bytes, M.PEAK_MEMORY_REDUCTION: base.peak_bytes / peak})
     return m
 
 
@@ -202,13 +225,18 @@ def timing_mode(spec: SpeedSpec, model_bytes: int, free_bytes: int, where: str) 
 class SpeedTimer:
     """Created before quantization: keeps a float copy of the baseline (interleaved timing) or
     times the baseline at once (sequential). `time_variant` then times the variant and frees
-    the copy; `release` frees it on any other way out."""
+    the copy; `release` frees it on any other way out. A streamed run (`streamed`: the plan's
+    reason; no float model in memory) times only the variant, whose figures come without ratios."""
 
-    def __init__(self, settings: Settings, inputs: EvalInputs, model, device: torch.device, say: Say):
+    def __init__(self, settings: Settings, inputs: EvalInputs, model, device: torch.device, say: Say,
+                 streamed: str | None = None):
         self.spec, self.tokens = settings.eval.speed, inputs.speed_tokens
         self.reference, self.base = None, None
         self.mode, self.note = None, None
         if not self.spec.enabled:
+            return
+        if streamed is not None:
+            self.mode, self.note = VARIANT_ONLY, streamed_timing_note(self.spec, streamed)
             return
         self.mode, self.note = timing_mode(self.spec, weight_bytes(model), available_bytes(device), str(device))
         if self.mode == INTERLEAVED:
@@ -221,6 +249,9 @@ class SpeedTimer:
     def time_variant(self, model, say: Say) -> dict[str, Any]:
         if self.mode is None:
             return {}
+        if self.mode == VARIANT_ONLY:
+            say("timing the variant (its baseline was not timed) ...")
+            return variant_speed_metrics(measure_one(model, self.tokens, self.spec), self.spec, self.note)
         if self.reference is not None:
             say("timing baseline and variant, interleaved ...")
             self.base, variant = measure_pair(self.reference, model, self.tokens, self.spec)
@@ -255,12 +286,13 @@ def prediction_metrics(roofline: dict[str, Any], speed: dict[str, Any], on_targe
              (base(M.DECODE_MEASURED_OVER_PREDICTED), base(M.PREDICTED_DECODE_MS_PER_TOKEN),
               M.DECODE_MS_PER_TOKEN_BASELINE)]
     for ratio, predicted, measured in pairs:  # time: predicted over measured is throughput measured over predicted
-        m[ratio] = m[predicted] / speed[measured]
+        if measured in speed:  # a baseline that was not timed (streamed) has no measured figure
+            m[ratio] = m[predicted] / speed[measured]
     pairs = [(M.PREFILL_MEASURED_OVER_PREDICTED, M.PREDICTED_PREFILL_TOKENS_PER_S, M.PREFILL_TOKENS_PER_S),
              (base(M.PREFILL_MEASURED_OVER_PREDICTED), base(M.PREDICTED_PREFILL_TOKENS_PER_S),
               M.PREFILL_TOKENS_PER_S_BASELINE)]
     for ratio, predicted, measured in pairs:
-        if predicted in m:
+        if predicted in m and measured in speed:
             m[ratio] = speed[measured] / m[predicted]
     return m
     for side in ("", "_baseline"):

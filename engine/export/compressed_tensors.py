@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ...kernels import QuantParams
+from ..checkpoint import checkpoint_tensors
+from ..models.weights import save_tensors
 from ..plan import Plan
 from ..schemes import SCHEMES
 from ..models.families import moe_layout
@@ -43,10 +43,10 @@ from .errors import ExportError
 from .moe import ExpertsExport, refuse_unloadable_experts, split_rows
 
 FORMAT = "compressed-tensors"
-# Written by this exporter; everything else in the checkpoint folder (tokenizer, generation
-# config, plan.json) is copied as it is. qrecipe_quant.json is not: the export is not a
-# qrecipe checkpoint.
-_REWRITTEN = ("model.safetensors", "qrecipe_quant.json", "config.json")
+# Written by this exporter (with the tensors, *.safetensors: one file or a streamed run's
+# shards); everything else in the checkpoint folder (tokenizer, generation config, plan.json)
+# is copied as it is. qrecipe_quant.json is not: the export is not a qrecipe checkpoint.
+_REWRITTEN = ("model.safetensors.index.json", "qrecipe_quant.json", "config.json")
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = F
 
     config_groups, group_of, state, schemes_of = {}, {}, {}, {}
     by_layer = {s.name: s for s in specs + expert_specs}
-    with safe_open(str(src / "model.safetensors"), "pt") as f:
+    with checkpoint_tensors(src) as f:  # one file or a streamed run's shards
         for i, (weights, inputs, group_members) in enumerate(groups.values()):
             targets = sorted(m[0] for m in group_members)
             probe = QuantizationScheme(targets=targets, weights=weights, input_activations=inputs)
@@ -237,9 +237,9 @@ def write_compressed_tensors(src: Path, out: Path, *, allow_unloadable: bool = F
     ignore = [_checkpoint_name(n, moe, layout) for n in ignore]
     for alias in meta.get("aliases", {}):  # tied weights are stored once; config.json re-ties them
         state.pop(alias, None)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_tensors(state, out / "model.safetensors", {"format": "pt"})
     for item in src.iterdir():
-        if item.is_file() and item.name not in _REWRITTEN:
+        if item.is_file() and item.name not in _REWRITTEN and item.suffix != ".safetensors":
             shutil.copy2(item, out / item.name)
     shutil.copy2(src / "config.json", out / "config.json")
     formats = {s.format for s in config_groups.values()}

@@ -52,9 +52,7 @@ class ExpertsExport:
 
     def rename(self, inside_block: str) -> str:
         """A name inside the MoE part of the block (`mlp.gate`) as checkpoints spell it."""
-        head, _, rest = inside_block.partition(".")
-        return f"{self.block}.{self.layout.checkpoint_block}.{rest}" if head == self.layout.experts.split(".")[0] \
-            else f"{self.block}.{inside_block}"
+        return self.layout.checkpoint_name(self.block, inside_block)
 
     @property
     def experts_prefix(self) -> str:
@@ -71,8 +69,7 @@ class ExpertsExport:
 
     def shards(self, tensor: str) -> list[tuple[str, int | None]]:
         """[(checkpoint leaf, which half of the tensor's rows: 0 gate, 1 up; None: all)]."""
-        gate, up, down = self.layout.checkpoint_shards
-        return [(gate, 0), (up, 1)] if tensor == self.layout.gate_up else [(down, None)]
+        return self.layout.checkpoint_shards_of(tensor)
 
     def module(self, e: int, leaf: str) -> str:
         return f"{self.experts_prefix}.{e}.{leaf}"

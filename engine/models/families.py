@@ -2,9 +2,11 @@
 
 FUSED_SHARDS: sibling projections that serving engines (vLLM, TensorRT-LLM) fuse into one
 tensor, so they must share one scheme. BLOCK_LISTS: where the decoder blocks live (the
-calibration driver walks them one at a time). PAIRINGS: inside one block, which module
-produces the input that a set of linears reads; AWQ and SmoothQuant divide that input by
-per-channel scales folded into the producer and multiply the linears' weights by them.
+calibration driver walks them one at a time). FINAL_NORMS: the module between the last block
+and the head (a streamed run computes logits from the last block's outputs with it). PAIRINGS:
+inside one block, which module produces the input that a set of linears reads; AWQ and
+SmoothQuant divide that input by per-channel scales folded into the producer and multiply the
+linears' weights by them.
 MOE_LAYOUTS: how a mixture-of-experts block holds its experts (transformers 5 keeps them as
 fused 3-D tensors of one experts module) and how checkpoints on the hub name them.
 """
@@ -32,6 +34,18 @@ FUSED_SHARDS: dict[str, tuple[tuple[str, ...], ...]] = {
 BLOCK_LISTS: tuple[str, ...] = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers")
 
 
+# Families whose logits are head(final_norm(last block's output)), nothing more, and whose
+# checkpoint names are the model's own tensor names, or (mixture-of-experts) the hub's per-expert
+# names that MoeLayout maps them to: a streamed run (engine/streaming/) reads them block by block.
+# Others (Gemma 2's soft-capped logits) are not listed until someone checks them.
+FINAL_NORMS: dict[str, str] = {family: "model.norm"
+                               for family in ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral")}
+
+
+def final_norm(model_type: str) -> str | None:
+    return FINAL_NORMS.get(model_type)
+
+
 def fused_shards(model_type: str) -> tuple[tuple[str, ...], ...] | None:
     """The model type's fused sibling projections, or None when the type is not listed here."""
     return FUSED_SHARDS.get(model_type)
@@ -55,6 +69,19 @@ class MoeLayout:
     down: str = "down_proj"
     checkpoint_block: str = "mlp"  # what the block's `mlp` is called in checkpoints
     checkpoint_shards: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")  # gate, up, down
+
+    def checkpoint_name(self, block: str, inside_block: str) -> str:
+        """A name inside decoder block `block`'s MoE part (`mlp.gate.weight`) as checkpoints
+        spell it (Mixtral: `block_sparse_moe.gate.weight`); other names are unchanged."""
+        head, _, rest = inside_block.partition(".")
+        return f"{block}.{self.checkpoint_block}.{rest}" if head == self.experts.split(".")[0] \
+            else f"{block}.{inside_block}"
+
+    def checkpoint_shards_of(self, tensor: str) -> list[tuple[str, int | None]]:
+        """[(checkpoint leaf, which half of fused tensor `tensor`'s rows it is: 0 gate, 1 up;
+        None: all)] for `gate_up` or `down`."""
+        gate, up, down = self.checkpoint_shards
+        return [(gate, 0), (up, 1)] if tensor == self.gate_up else [(down, None)]
 
 
 MOE_LAYOUTS: dict[str, MoeLayout] = {

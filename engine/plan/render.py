@@ -94,5 +94,11 @@ def render_plan(plan: Plan, expand: bool = False) -> str:
                          f"{human_bytes(c['decode_bytes_per_token_before'])} -> "
                          f"{human_bytes(c['decode_bytes_per_token_after'])}")
     lines += describe_roofline(plan.roofline)
+    x = plan.execution  # engine/streaming/decide.py
+    if x:
+        lines.append(f"execution: {x['mode']} ({x['reason']})")
+        lines.append(f"  estimated peak: device {human_bytes(x['peak_device_bytes'])}, host "
+                     f"{human_bytes(x['peak_host_bytes'])} (largest block {human_bytes(x['terms']['largest_block'])}; "
+                     f"README \"Models bigger than memory\")")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

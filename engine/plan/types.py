@@ -74,6 +74,9 @@ class Plan:
     capacity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     roofline: dict[str, Any] = field(default_factory=dict)  # predictions on the target (plan/roofline.py)
+    # How this machine will run it (engine/streaming/decide.py): in memory or streamed, why, and
+    # the estimated peak memory. Like the backend, it depends on the machine, not the variant.
+    execution: dict[str, Any] = field(default_factory=dict)
 
     @property
     def plan_hash(self) -> str:
@@ -124,7 +127,7 @@ class Plan:
                 "dtype": self.dtype, "device": self.device, "plan_hash": self.plan_hash,
                 "layers": [asdict(lp) for lp in self.layers], "other_bytes": self.other_bytes,
                 "totals": self.totals(), "capacity": self.capacity, "roofline": self.roofline,
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "execution": self.execution}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
@@ -134,4 +137,5 @@ class Plan:
         return cls(model_id=d["model"], model_type=d.get("model_type", ""), recipe=d.get("recipe", ""),
                    target=d["target"], dtype=d["dtype"], device=d.get("device", "cpu"),
                    layers=[LayerPlan(**lp) for lp in d["layers"]], other_bytes=d.get("other_bytes", 0),
-                   capacity=d.get("capacity", {}), notes=list(d.get("notes", [])), roofline=d.get("roofline", {}))
+                   capacity=d.get("capacity", {}), notes=list(d.get("notes", [])), roofline=d.get("roofline", {}),
+                   execution=d.get("execution", {}))

@@ -29,13 +29,25 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
     With R the index reversal and R H R = L L^T, U = R L^-1 R: one Cholesky and one
     triangular inverse, instead of the reference's Cholesky, full inverse and second
     Cholesky (the same factor, about three times less work)."""
-    h = h.clone()
+    return _factor([h.clone()], damp)
+
+
+def _factor(box: list[torch.Tensor], damp: float) -> torch.Tensor:
+    """inverse_hessian_factor of the matrix in `box`, which it takes out and overwrites: with
+    the only reference handed over, at most three K x K matrices are alive at a time (a
+    down_proj of Llama-3-8B: K = 14336, 822 MB each), not the six of keeping every step."""
+    h = box.pop()
+    k, dtype, device = h.shape[0], h.dtype, h.device
     h.diagonal().add_(damp * h.diagonal().mean())
-    chol, info = torch.linalg.cholesky_ex(h.flip(0, 1))
+    reversed_h = h.flip(0, 1)
+    del h
+    chol, info = torch.linalg.cholesky_ex(reversed_h)
+    del reversed_h
     if info.item() != 0:
-        raise SingularHessian(f"Cholesky failed at column {h.shape[0] - info.item()}")
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    upper = torch.linalg.solve_triangular(chol, eye, upper=False).flip(0, 1)
+        raise SingularHessian(f"Cholesky failed at column {k - info.item()}")
+    upper = torch.linalg.solve_triangular(chol, torch.eye(k, dtype=dtype, device=device), upper=False)
+    del chol
+    upper = upper.flip(0, 1)
     if not torch.isfinite(upper).all():
         raise SingularHessian("the inverse Hessian is not finite")
     return upper
@@ -45,12 +57,10 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: float = 0.01, block_size: int = 128,
                   act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(w_q on the grid [N, K], scale [N, G], zero [N, G]) for weight w and input Hessian h."""
-    w = w.to(torch.float32).clone()
-    h = h.to(torch.float32).clone()
+    w = w.to(torch.float32)  # w and h are never written: their permuted copies below are
+    h = h.to(torch.float32)
     n, k = w.shape
     dead = h.diagonal() == 0  # inputs that were always zero: any weight works, zero is simplest
-    h[dead, dead] = 1
-    w[:, dead] = 0
     gl = grid.group_len(k)
     n_groups = k // gl
     scale = torch.zeros(n, n_groups, device=w.device)
@@ -58,14 +68,21 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
     zero_f = torch.zeros(n, n_groups, device=w.device)  # float copy: no conversion per column
     ready = [False] * n_groups
 
-    perm = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order \
+    energy = torch.where(dead, torch.ones_like(h.diagonal()), h.diagonal())  # dead inputs count as 1
+    perm = torch.argsort(energy, descending=True, stable=True) if act_order \
         else torch.arange(k, device=w.device)
     w, h = w[:, perm], h[perm][:, perm]
+    dead = dead[perm]
+    h[dead, dead] = 1
+    w[:, dead] = 0
     position = torch.argsort(perm)  # natural column -> position in visiting order
     group_of = (perm // gl).tolist()
-    hinv = inverse_hessian_factor(h, damp)
+    box = [h]
+    del h  # the factor overwrites the only copy
+    hinv = _factor(box, damp)
 
-    q = torch.zeros_like(w)
+    natural = perm.tolist()
+    q = torch.zeros_like(w)  # in natural column order: no reordered copy at the end
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         w1 = w[:, i1:i2].clone()
@@ -83,9 +100,9 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
                 ready[g] = True
             col = w1[:, i]
             qc = grid.fake_column(col, scale[:, g], zero_f[:, g])
-            q[:, i1 + i] = qc
+            q[:, natural[i1 + i]] = qc
             e = (col - qc).div_(hinv1[i, i])
             w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return q[:, position], scale, zero
+    return q, scale, zero

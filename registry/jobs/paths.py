@@ -49,6 +49,8 @@ def check_paths(settings, roots: list[Path], *, allow_hub: bool) -> None:
     output = (settings.sections.get("search") or {}).get("output")
     if output:  # the recipe a search job writes
         _under(Path(output), [Path(settings.paths.root).resolve()], "search.output")
+    # a streamed run's resume folder (written, and removed again): under the output root too
+    _under(Path(settings.run.resume_dir).resolve(), [Path(settings.paths.root).resolve()], "run.resume_dir")
 
 
 def check_calibration_path(settings, roots: list[Path]) -> None:

@@ -28,3 +28,11 @@ def test_disabled_progress_prints_nothing(capsys):
     bar.update(2)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_loop_starts_from_what_is_done(capsys):
+    bar = progress_bar(total=4, initial=3, desc="calibrate", unit="block")
+    bar.update(1)
+    bar.close()
+    assert [line.split(",")[0] for line in capsys.readouterr().err.splitlines()] == [
+        "calibrate: 3/4 blocks (75%)", "calibrate: 4/4 blocks (100%)"]

@@ -84,3 +84,19 @@ def test_asymmetric_range_includes_zero():
     w = torch.rand(8, 32) + 1.0  # all positive: the grid must still represent 0 exactly
     scale, zero = _int4(None, False).qparams(w)
     assert (zero == 0).all()
+
+
+@pytest.mark.parametrize("scheme, params", [("W4A16", QuantParams(64, False, "none")),
+                                            ("W8A16", QuantParams(None, True, "none")),
+                                            ("FP8", QuantParams(None, True, "dynamic"))])
+def test_a_large_layer_rounded_in_slices_of_rows_gives_the_same_bits(scheme, params, monkeypatch):
+    """Big layers (a 128k-vocabulary head) are rounded a slice of rows at a time to bound memory."""
+    from qrecipe.engine.quant import rtn
+
+    w = torch.randn(1000, 256, generator=torch.Generator().manual_seed(0))
+    whole = rtn_quantize(w, SCHEMES[scheme], params)
+    monkeypatch.setattr(rtn, "SLICE_WEIGHTS", 256 * 7)  # 143 slices of 7 rows, the last one shorter
+    sliced = rtn_quantize(w, SCHEMES[scheme], params)
+    for a, b in ((whole.q, sliced.q), (whole.scale, sliced.scale), (whole.zero, sliced.zero)):
+        assert (a is None and b is None) or torch.equal(a.view(torch.uint8) if a.dtype.itemsize == 1 else a,
+                                                        b.view(torch.uint8) if b.dtype.itemsize == 1 else b)
