@@ -37,23 +37,24 @@ def model_info(settings: Settings) -> ModelInfo:
     return cached_model_info(settings.model, cache, read_skeleton)
 
 
-def check_inputs(settings: Settings, plan: Plan) -> None:
+def check_inputs(settings: Settings, plan: Plan | None, calibrates: bool | None = None) -> None:
     """Every file the run will read, checked before anything is recorded or loaded (by `qrecipe
-    plan`, `qrecipe run` and a job's submission alike): the eval texts, the task files, and the
-    calibration data only where the plan calibrates (an RTN recipe reads none); and, for a run
-    that streams, no speed timing that needs its (unloaded) baseline."""
+    plan`, `qrecipe run`, `qrecipe search` and a job's submission alike): the eval texts, the task
+    files, and the calibration data only where the plan calibrates (an RTN recipe reads none;
+    calibrates=True: a search, which always reads its calibration slice, has no plan yet); and,
+    for a run that streams, no speed timing that needs its (unloaded) baseline."""
     from .data import check_data
     from .evaluate.speed import streamed_timing_note
     from .evaluate.tasks import check_task_data
     from .streaming.decide import STREAMED
 
-    if plan.execution.get("mode") == STREAMED:
+    if plan is not None and plan.execution.get("mode") == STREAMED:
         streamed_timing_note(settings.eval.speed, plan.execution["reason"])
 
     for name, data in settings.eval.all_texts().items():
         check_data(data, settings.eval.text_field(name))
     check_task_data(settings.eval.tasks)
-    if plan.calibrates:
+    if plan.calibrates if calibrates is None else calibrates:
         check_data(settings.calib.data, "calib.data")
 
 
