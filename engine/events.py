@@ -51,3 +51,24 @@ class RunEvent:
 
 
 OnEvent = Callable[[RunEvent], None]
+
+
+class SearchStage(str, Enum):
+    """The stages of a search (`qrecipe search`, engine/search/), in order."""
+
+    PLANNING = "planning"
+    SENSITIVITY = "sensitivity"
+    ALLOCATING = "allocating"
+    FRONT = "front"
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """One step of a search: its stage, the share of the search's own work done, the line it printed."""
+
+    stage: SearchStage
+    progress: float
+    message: str
+
+
+OnSearchEvent = Callable[[SearchEvent], None]

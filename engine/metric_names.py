@@ -116,6 +116,18 @@ LOGLIK_BASELINE = "loglik_baseline"
 LOGLIK_DELTA = "loglik_delta"
 VALID_RATE = "valid_rate"
 VALID_RATE_BASELINE = "valid_rate_baseline"
+# a search (`qrecipe search`): the plans it priced (predicted.<metric>, from per-unit
+# sensitivities on the calibration slice) and measured (measured.<metric>, on the eval text)
+BITS_PER_WEIGHT = "bits_per_weight"
+OUTPUT_ERROR = "output_error"
+PREDICTED = "predicted"
+MEASURED = "measured"
+SPEARMAN = "spearman"
+
+
+def search_metric(side: str, name: str) -> str:
+    """e.g. search_metric(PREDICTED, KL_MEAN) == "predicted.kl_mean"; SPEARMAN, "fisher" -> "spearman.fisher"."""
+    return f"{side}.{name}"
 
 
 def baseline_of(name: str) -> str:
@@ -240,6 +252,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "lower"),
     Metric(LM_EVAL_WRONG_TO_CORRECT, "share of all lm-eval items the baseline got wrong and the variant right"),
     Metric(LM_EVAL_WORST_TASK, "the lm-eval task with the highest flip rate"),
+    Metric(BITS_PER_WEIGHT, "stored bits per weight of the searched layers, scales and zeros included", "lower"),
+    Metric(OUTPUT_ERROR, "a search's hessian proxy: sum over units of tr(dW H dW^T)", "lower"),
 )}
 
 # per lm-eval task: kind -> (meaning, better). With more than two choices an item can flip between

@@ -37,26 +37,27 @@ def model_info(settings: Settings) -> ModelInfo:
     return cached_model_info(settings.model, cache, read_skeleton)
 
 
-def check_inputs(settings: Settings, plan: Plan) -> None:
+def check_inputs(settings: Settings, plan: Plan | None, calibrates: bool | None = None) -> None:
     """Every file the run will read, checked before anything is recorded or loaded (by `qrecipe
-    plan`, `qrecipe run` and a job's submission alike): the eval texts, the task files, and the
-    calibration data only where the plan calibrates (an RTN recipe reads none), lm-eval's tasks
-    and local files where eval.lm_eval is on; and, for a run that streams, no speed timing that
-    needs its (unloaded) baseline."""
+    plan`, `qrecipe run`, `qrecipe search` and a job's submission alike): the eval texts, the task
+    files, the calibration data only where the plan calibrates (an RTN recipe reads none;
+    calibrates=True: a search, which always reads its calibration slice, has no plan yet),
+    lm-eval's tasks and local files where eval.lm_eval is on; and, for a run that streams, no
+    speed timing that needs its (unloaded) baseline."""
     from .data import check_data
     from .evaluate.lm_eval_tasks import check_lm_eval
     from .evaluate.speed import streamed_timing_note
     from .evaluate.tasks import check_task_data
     from .streaming.decide import STREAMED
 
-    if plan.execution.get("mode") == STREAMED:
+    if plan is not None and plan.execution.get("mode") == STREAMED:
         streamed_timing_note(settings.eval.speed, plan.execution["reason"])
 
     for name, data in settings.eval.all_texts().items():
         check_data(data, settings.eval.text_field(name))
     check_task_data(settings.eval.tasks)
     check_lm_eval(settings.eval.lm_eval)
-    if plan.calibrates:
+    if plan.calibrates if calibrates is None else calibrates:
         check_data(settings.calib.data, "calib.data")
 
 

@@ -4,6 +4,8 @@
     qrecipe plan [--json] [--expand] OVERRIDES...      resolve the recipe, print the plan (no weights load)
     qrecipe run  [--json] [-m] [--cfg job] OVERRIDES... quantize, measure against the baseline, write a
                                                         variant folder, record it (registry + MLflow)
+    qrecipe search [--json] OVERRIDES...                the cheapest per-layer mix for a budget, written as a
+                                                        recipe, run and measured; its Pareto front recorded
     qrecipe variants list|show|compare ...             the registry's variants; compare: decision matrix
     qrecipe report MODEL                               the matrix as Markdown + plots, logged to MLflow
     qrecipe ui [--host H] [--port P]                   the MLflow UI on the tracking store
@@ -150,10 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .commands import add_commands
     from .export_command import add_export_command
     from .jobs.commands import add_commands as add_job_commands
+    from .search_command import add_search_command
 
     def traceback_flag(q):
         q.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
 
+    add_search_command(sub, traceback_flag)
     add_commands(sub, traceback_flag)
     add_export_command(sub, traceback_flag)
     add_job_commands(sub, traceback_flag)

@@ -185,7 +185,24 @@ def cmd_compare(args) -> int:
           + "\npass --protocol HASH or --any-protocol")
     print()
     print(legend())
+    for model in ([args.model] if args.model else sorted({v.base_model.name for v in variants})):
+        _print_searches(engine, model)
     return 0
+
+
+def _print_searches(engine, model: str) -> None:
+    """The Pareto fronts of the model's latest searches (registry/search_flow.py)."""
+    from .queries import list_searches
+    from .search_flow import points_table
+
+    for s in list_searches(engine, model):
+        budget = ", ".join(f"{k} {v:g}" for k, v in s.budget.items())
+        print(f"\nsearch #{s.id} of {model} for {s.target} ({budget}; {s.settings.get('measure')} on "
+              f"{s.settings.get('calib_data')}): recipe {s.recipe_name}"
+              + (f", variant {s.variant_id}" if s.variant_id else "")
+              + f"; plans measured on {s.settings.get('eval_data')}"
+              + " (* the found recipe; front: on the Pareto front of measured KL / perplexity against weight bytes)")
+        print(points_table(s.points))
 
 
 def cmd_report(args) -> int:

@@ -14,7 +14,10 @@ MLflow mirrors them (each run row names its MLflow run).
     stage_pointers  which variant holds a stage (production) for a base model and target: one
                   row per (model, target, stage), a unique constraint, moved in the same
                   transaction that appends the promotions row (registry/promotion.py)
-
+    sensitivity_scopes / sensitivities  the sensitivity cache of `qrecipe search`: one scope per
+                  (model weights, calibration slice, numerics), one row per (measure, unit, candidate)
+    searches      one row per search: its budget, the found recipe, the plans it measured (the
+                  Pareto front) and the variant the found recipe became
 
     job_*         the job queue (jobs/models.py): submissions, jobs, attempts, log lines
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -164,6 +167,56 @@ class StagePointer(Base):
     promotion_id: Mapped[int] = mapped_column(ForeignKey("promotions.id"))
     mirrored_promotion_id: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    base_model: Mapped[BaseModelRecord] = relationship(lazy="joined", innerjoin=True)
+
+
+class SensitivityScope(Base):
+    """What a cached sensitivity depends on besides its unit and candidate (engine/search/cache.py)."""
+
+    __tablename__ = "sensitivity_scopes"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    fingerprint: Mapped[dict[str, Any]]
+    settings: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Sensitivity(Base):
+    __tablename__ = "sensitivities"
+    __table_args__ = (UniqueConstraint("scope_key", "measure", "unit", "candidate", name="uq_sensitivities_entry"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope_key: Mapped[str] = mapped_column(ForeignKey("sensitivity_scopes.key"))
+    measure: Mapped[str] = mapped_column(String(32))
+    unit: Mapped[str] = mapped_column(String(300))
+    candidate: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Search(Base):
+    """One `qrecipe search`: points are the plans it measured, each {label, weight_bytes,
+    bits_per_weight, predicted, measured, chosen, pareto_kl, pareto_ppl, mix}."""
+
+    __tablename__ = "searches"
+    __table_args__ = (Index("ix_searches_model", "base_model_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    target: Mapped[str] = mapped_column(String(100))
+    recipe_name: Mapped[str] = mapped_column(String(200))
+    recipe_path: Mapped[str] = mapped_column(Text)
+    budget: Mapped[dict[str, Any]]
+    settings: Mapped[dict[str, Any]]
+    predicted: Mapped[dict[str, Any]]
+    points: Mapped[list[Any]]
+    spearman: Mapped[dict[str, Any]]
+    seconds: Mapped[dict[str, Any]]
+    variant_id: Mapped[str | None] = mapped_column(ForeignKey("variants.id"))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     base_model: Mapped[BaseModelRecord] = relationship(lazy="joined", innerjoin=True)
 

@@ -19,6 +19,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def point(label: str, metrics: dict[str, Any], highlight: bool = False) -> dict[str, Any]:
     """One variant on the quality-vs-memory plot, from its metrics."""
     return {"label": label, M.WEIGHT_BYTES: metrics.get(M.WEIGHT_BYTES), M.PPL_DELTA_PCT: metrics.get(M.PPL_DELTA_PCT),
@@ -49,11 +57,7 @@ def quality_vs_memory(points: list[dict[str, Any]], baseline_bytes: int | None, 
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def layer_error(errors: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -72,11 +76,7 @@ def layer_error(errors: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_title(title)
     if len(errors) <= 40:
         ax.set_xticks(list(xs), [e["name"] for e in errors], rotation=90, fontsize=6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def task_families(rows: list[dict[str, Any]], families: list[str], path: Path, title: str) -> Path:
@@ -92,8 +92,38 @@ def task_families(rows: list[dict[str, Any]], families: list[str], path: Path, t
     ax.set_ylabel("greedy continuation equal to the baseline's (share)")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
+
+
+def pareto_front(points: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """The plans a search measured: weight memory against measured KL and against the perplexity
+    change on the eval text; the Pareto front of each joined by a line, the found recipe in red,
+    the predicted KL as open circles.
+
+    points: {label, weight_bytes, measured: {kl_mean, ppl_delta_pct}, predicted: {kl_mean?},
+    chosen, pareto_kl, pareto_ppl}."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, front_key, ylabel in ((axes[0], M.KL_MEAN, "pareto_kl", "mean KL(baseline || variant) (nats)"),
+                                       (axes[1], M.PPL_DELTA_PCT, "pareto_ppl", "perplexity change vs baseline (%)")):
+        shown = [p for p in points if (p.get("measured") or {}).get(key) is not None]
+        front = sorted((p for p in shown if p.get(front_key)), key=lambda p: p["weight_bytes"])
+        if front:
+            ax.plot([p["weight_bytes"] / MIB for p in front], [p["measured"][key] for p in front], color="tab:green",
+                    alpha=0.6, zorder=2, label="Pareto front (measured)")
+        for p in shown:
+            x, y = p["weight_bytes"] / MIB, p["measured"][key]
+            ax.scatter(x, y, s=60 if p.get("chosen") else 30, color="tab:red" if p.get("chosen") else "tab:blue",
+                       zorder=3)
+            ax.annotate(p["label"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            predicted = (p.get("predicted") or {}).get(key)
+            if key == M.KL_MEAN and predicted is not None:
+                ax.scatter(x, predicted, s=30, facecolors="none", edgecolors="gray", zorder=3)
+        if key == M.KL_MEAN:
+            ax.scatter([], [], s=30, facecolors="none", edgecolors="gray", label="predicted (calibration slice)")
+        ax.set_xlabel("weight memory (MiB)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(plt, fig, path)

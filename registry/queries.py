@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, select
 
 from .db import RegistryError, read_session
-from .models import MEASURED, BaseModelRecord, Variant, VariantRun
+from .models import MEASURED, BaseModelRecord, Search, Variant, VariantRun
 
 
 def list_variants(engine: Engine, model: str | None = None, measured_only: bool = False) -> list[Variant]:
@@ -39,3 +39,10 @@ def variant_runs(engine: Engine, variant_id: str) -> list[VariantRun]:
 def model_names(engine: Engine) -> list[str]:
     with read_session(engine) as session:
         return list(session.scalars(select(BaseModelRecord.name).order_by(BaseModelRecord.name)))
+
+
+def list_searches(engine: Engine, model: str, limit: int = 3) -> list[Search]:
+    """A model's latest searches, newest first."""
+    with read_session(engine) as session:
+        return list(session.scalars(select(Search).join(Search.base_model).where(BaseModelRecord.name == model)
+                                    .order_by(Search.id.desc()).limit(limit)).unique())

@@ -83,3 +83,34 @@ class Service(Proc):
     def client(self, token: str | None = WRITE_TOKEN) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60,
                             headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
+def cancel_at_stage(engine, op, request, stage: str, request_hash: str) -> list[str]:
+    """Submit `request`, claim it and run it with the attempt's own code in this process
+    (registry/jobs/attempt.py run_job), cancelling the job as the run reaches `stage`; checks
+    that it stopped there (Cancelled) and ends cancelled with no result. The stages it saw."""
+    import pytest
+
+    from qrecipe.engine.process import Cancelled
+    from qrecipe.registry.jobs import queue
+    from qrecipe.registry.jobs.attempt import run_job
+    from qrecipe.registry.jobs.submit import Submitter
+    from qrecipe.registry.jobs.worker import attempt_payload
+
+    queue.submit(engine, Submitter(op.jobs, op.sections()).specs(request), request_hash=request_hash, actor="test")
+    claim = queue.claim(engine, "test", 60)
+    seen: list[str] = []
+
+    def emit(event: str, **data) -> None:
+        if event == "stage":
+            seen.append(data["stage"])
+            if data["stage"] == stage:  # the cancel arrives as the run reaches this stage
+                queue.cancel(engine, claim.job.id)
+
+    with pytest.raises(Cancelled, match=rf"job {claim.job.id} was cancelled \(the run stopped at stage {stage}\)"):
+        run_job(attempt_payload(claim, op.jobs, op.sections(), op.registry_url), emit)
+    assert seen[-1] == stage
+    assert queue.finish(engine, claim.job.id, claim.token, "failed", error="cancelled") == "cancelled"
+    job = queue.get_job(engine, claim.job.id)
+    assert (job.status, job.result) == ("cancelled", None)
+    return seen

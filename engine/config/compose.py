@@ -205,6 +205,48 @@ def has_interpolation(value) -> bool:
 INTERPOLATION_REFUSED = "interpolations (${...}) are refused in overrides; write the value itself"
 
 
+_RECIPE_FILE = re.compile(r"^recipe=(.+\.ya?ml)$")
+
+
+def recipe_file_overrides(overrides: list[str], allowed: bool = True) -> list[str]:
+    """`recipe=PATH.yaml` (a recipe file anywhere, e.g. one `qrecipe search` wrote) -> the file
+    registered in the group under its stem, and the override rewritten to `recipe=STEM`. The file
+    is read as the recipe folders' files are (engine/config/recipes.py: a broken file is one line
+    naming it) and its stem must be a recipe name. allowed=False (a job request) refuses the form."""
+    from .recipes import read_recipe
+
+    out = []
+    for text in overrides:
+        m = _RECIPE_FILE.match(text)
+        if m:
+            if not allowed:
+                raise ConfigError(f"recipe={m.group(1)}: a recipe file by path is not accepted here; name one of "
+                                  f"qrecipe's recipes (recipe=NAME)")
+            path = Path(m.group(1)).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"recipe={m.group(1)}: no such recipe file; pass an existing .yaml file or a recipe "
+                                  f"name ({', '.join(available_recipes())})")
+            check_recipe_file_name(path, "recipe")
+            found = read_recipe(path)
+            if found.error:
+                raise ConfigError(f"recipe={m.group(1)}: cannot read {found.error}; fix the file")
+            ConfigStore.instance().store(group="recipe", name=path.stem, node=found.node, provider="qrecipe")
+            _broken.pop(path.stem, None)
+            text = f"recipe={path.stem}"
+        out.append(text)
+    return out
+
+
+def check_recipe_file_name(path: Path, where: str) -> None:
+    """A recipe file's stem is its name in the recipe group (and its run folders'): it must be a
+    recipe name (engine/recipe/schema.py's rule)."""
+    from ..recipe.schema import NAME_PATTERN, NAME_RULE
+
+    if not NAME_PATTERN.match(path.stem) or ".." in path.stem:
+        raise ConfigError(f"{where}: {path.name!r} is not a recipe file name ({NAME_RULE}, then .yaml); rename it, "
+                          f"e.g. my-search.yaml")
+
+
 def compose(overrides: list[str] | tuple[str, ...] = (), user_recipes: bool = True) -> DictConfig:
     """The composed config for these overrides (Hydra's compose API: no output folders, no cwd change).
     user_recipes=False leaves out QRECIPE_RECIPE_PATH (a job request names shipped recipes only).
@@ -214,7 +256,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), user_recipes: bool = Tr
     environment into a run's record nor build a value (a name, a path) that no check saw."""
     register_resolvers()
     register_recipes(user_recipes)
-    overrides = normalize_overrides(list(overrides))
+    overrides = normalize_overrides(recipe_file_overrides(list(overrides), allowed=user_recipes))
     for ov in parse_overrides(overrides):
         key = ov.key_or_group
         if key == "hydra" or key.startswith(("hydra.", "hydra/")) or ov.package and ov.package.startswith("hydra"):

@@ -197,7 +197,7 @@ class Settings:
 
 # Sections validated here; other subsystems validate their own (gates, jobs, ...).
 CORE_SECTIONS = ("recipe", "model", "eval", "calib", "target", "run", "paths", "tracking", "registry")
-OTHER_SECTIONS = ("gates", "jobs", "service")
+OTHER_SECTIONS = ("gates", "jobs", "service", "search")
 
 
 def _positive(value: int, where: str) -> None:

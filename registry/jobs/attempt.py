@@ -56,7 +56,7 @@ def run_job(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     kind = payload["kind"]
     if kind == "sleep":
         return _sleep(payload["params"], emit)
-    if kind in ("run", "plan"):
+    if kind in ("run", "plan", "search"):
         return _recipe(payload, emit)
     raise ValueError(f"unknown job kind {kind!r}")
 
@@ -133,6 +133,11 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     settings = load_settings(cfg)
     roots = [Path(r) for r in payload["allowed_roots"]]
     check_paths(settings, roots, allow_hub=payload["allow_hub"])
+    if payload["kind"] == "search":  # a search always reads its calibration slice
+        check_calibration_path(settings, roots)
+        gate = JobGate(open_registry(registry_url(settings)), payload["job_id"], payload["lease_token"],
+                       (payload.get("params") or {}).get("pause_at"))
+        return _search(cfg, emit, gate)
     emit("stage", stage="planning", progress=0.01)
     plan, _ = build_plan(settings)
     if plan.calibrates:
@@ -158,6 +163,51 @@ def _recipe(payload: dict[str, Any], emit: Events) -> dict[str, Any]:
     result = run(cfg, recorder=recorder, progress=True, on_event=on_event)
     summary = result.summary()
     return {k: summary.get(k) for k in RESULT_KEYS}
+
+
+SEARCH_RESULT_KEYS = ("recipe", "recipe_path", "model", "target", "budget", "predicted", "measured", "points",
+                      "spearman", "sensitivities", "seconds", "variant_id", "run_number", "search_id", "mlflow_run_id",
+                      "run_output_dir")
+
+
+class SearchGate:
+    """A search job's JobGate (registry/search_flow.py Gate): the same stage-boundary checks as a
+    run job's; the found recipe's registration is refused if a cancel came first (the job goes on);
+    the search's record is the job's success, decided against a cancel in one transaction. A
+    cancel after the found recipe's run was recorded stops the search at its next boundary: that
+    variant stays (its run is complete), the front and the search are not recorded."""
+
+    def __init__(self, gate: JobGate):
+        self.gate = gate
+
+    def boundary(self, stage: str) -> None:
+        self.gate.boundary(stage)
+
+    def hold_in(self, session, result: dict[str, Any]) -> None:
+        from . import queue
+
+        queue.hold_in(session, self.gate.job_id, self.gate.token, "the found recipe's run")
+
+    def complete_in(self, session, outcome: dict[str, Any]) -> None:
+        from . import queue
+
+        queue.complete_in(session, self.gate.job_id, self.gate.token,
+                          {k: outcome.get(k) for k in SEARCH_RESULT_KEYS}, "the search")
+
+
+def _search(cfg, emit: Events, gate: JobGate) -> dict[str, Any]:
+    from ..search_flow import render, search_and_record
+
+    def on_event(name: str, data: dict) -> None:
+        if name == "started":
+            emit("started", variant_id=data.get("variant_id"), run_number=data.get("run_number"))
+        elif name == "stage":
+            emit("stage", stage=data["stage"], progress=data["progress"])
+
+    # progress=False: the found recipe's run reports through on_event (the job's stages) instead
+    outcome = search_and_record(cfg, on_event=on_event, progress=False, gate=SearchGate(gate))
+    print(render(outcome), flush=True)
+    return {k: outcome.get(k) for k in SEARCH_RESULT_KEYS}
 
 
 def _plan(plan, emit: Events) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
     qrecipe serve [--host H] [--port P] [--workers N] [KEY=VALUE...]   the HTTP service + N local workers
     qrecipe worker [--workers N] [KEY=VALUE...]                        workers only (e.g. on another machine)
-    qrecipe jobs submit [--kind run|plan] [-m] [--priority N] [--wait] OVERRIDES...
+    qrecipe jobs submit [--kind run|plan|search] [-m] [--priority N] [--wait] OVERRIDES...
     qrecipe jobs list [--status S] [--limit N] [--before ID] | show JOB | logs JOB [--follow] | cancel JOB...
 
 serve and worker take config overrides for the operator's settings (registry.url=...,
@@ -51,7 +51,8 @@ def add_commands(sub, common_flags) -> None:
     p = sub.add_parser("jobs", help="submit, list, show, follow and cancel jobs on a qrecipe service")
     jsub = p.add_subparsers(dest="jobs_command", required=True)
     q = jsub.add_parser("submit", help="queue a recipe run (the same overrides as `qrecipe run`)")
-    q.add_argument("--kind", choices=["run", "plan", "sleep"], default="run", help="run (default) or plan only")
+    q.add_argument("--kind", choices=["run", "plan", "search", "sleep"], default="run",
+                   help="run (default), plan only, or search (with search.budget.*=...)")
     q.add_argument("-m", "--multirun", action="store_true", help="expand sweep overrides (a=1,2) into one job each")
     q.add_argument("--priority", type=int, default=0, help="higher runs first")
     q.add_argument("--max-attempts", type=int, help="attempts before the job fails (default: the service's)")

@@ -37,14 +37,16 @@ ALLOWED_KEYS = tuple(re.compile(p) for p in (
     r"target\.(memory_gib|compute_capability|capabilities|dtype|memory_utilization|max_devices|bandwidth_gb_s"
     r"|dense_tflops(\.[a-z0-9]+)?)",
     r"run\.(seed|device|output_dir|save_checkpoint|streaming|activation_budget_gib)",
+    r"search(\.[A-Za-z0-9_-]+)+",
 ))
 # Config groups a request may choose from, by the package they fill (None: their own).
 GROUPS = {"recipe": (None,), "model": (None,), "target": (None,), "eval": (None,), "calib": (None,),
+          "search": (None,),
           "data": ("eval.data", "calib.data", "eval.texts.*")}
 OPERATOR_OWNED = ("paths", "tracking", "registry", "jobs", "service", "gates")
 ALLOWED_SUMMARY = ("recipe=NAME, model=NAME, target=NAME, data@eval.data=NAME, data@calib.data=NAME, recipe.*, "
                    "eval.*, calib.*, model.name/path/gguf_file/dtype/revision, target.* sizes, "
-                   "run.seed/device/output_dir/save_checkpoint/streaming/activation_budget_gib")
+                   "run.seed/device/output_dir/save_checkpoint/streaming/activation_budget_gib, search.* (search jobs)")
 
 
 def shipped_recipes() -> list[str]:

@@ -53,6 +53,9 @@ def check_paths(settings, roots: list[Path], *, allow_hub: bool) -> None:
             _under(Path(lm_eval.data), roots, "eval.lm_eval.data")
     if settings.run.output_dir:
         _under(Path(settings.run.output_dir), [Path(settings.paths.root).resolve()], "run.output_dir")
+    output = (settings.sections.get("search") or {}).get("output")
+    if output:  # the recipe a search job writes
+        _under(Path(output), [Path(settings.paths.root).resolve()], "search.output")
     # a streamed run's resume folder (written, and removed again): under the output root too
     _under(Path(settings.run.resume_dir).resolve(), [Path(settings.paths.root).resolve()], "run.resume_dir")
 

@@ -252,18 +252,27 @@ def cancel_state(engine: Engine, job_id: int, token: str) -> str:
     return "cancel" if job.cancel_requested else "go"
 
 
-def complete_in(session, job_id: int, token: str, result: dict[str, Any]) -> None:
-    """Inside the transaction that records a run job's variant (record.finish_run): the job ends
-    succeeded with its result, or, if a cancel came first, raises Cancelled and nothing of the
-    transaction is written. cancel() takes the same row lock, so exactly one of the two wins:
-    a cancel after this one is refused as too late (the job already succeeded)."""
+def hold_in(session, job_id: int, token: str, what: str = "its run") -> Job:
+    """Inside a transaction that records a job's work: raises Cancelled if a cancel came first
+    (and LeaseLost if the attempt lost the job), so nothing of the transaction is written; the
+    job row stays locked until the transaction ends (cancel() takes the same lock)."""
     from qrecipe.engine.process import Cancelled
 
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None or job.lease_token != token or job.status != RUNNING:
-        raise LeaseLost(f"job {job_id}: this attempt lost its lease before the run was recorded; the job runs again")
+        raise LeaseLost(f"job {job_id}: this attempt lost its lease before {what} was recorded; the job runs again")
     if job.cancel_requested:
-        raise Cancelled(f"job {job_id} was cancelled before its run was recorded")
+        raise Cancelled(f"job {job_id} was cancelled before {what} was recorded")
+    return job
+
+
+def complete_in(session, job_id: int, token: str, result: dict[str, Any], what: str = "its run") -> None:
+    """Inside the transaction that records a run job's variant (record.finish_run) or a search
+    job's search: the job ends succeeded with its result, or, if a cancel came first, raises
+    Cancelled and nothing of the transaction is written. cancel() takes the same row lock, so
+    exactly one of the two wins: a cancel after this one is refused as too late (the job already
+    succeeded)."""
+    job = hold_in(session, job_id, token, what)
     job.variant_id, job.run_number = result.get("variant_id"), result.get("run_number")
     _end(session, job, SUCCEEDED, result=result)
 

@@ -34,8 +34,9 @@ class DebugParams(BaseModel):
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["run", "plan", "sleep"] = Field("run", description="run: quantize and measure (a variant); "
-                                                                     "plan: resolve the plan only")
+    kind: Literal["run", "plan", "search", "sleep"] = Field(
+        "run", description="run: quantize and measure (a variant); plan: resolve the plan only; search: find the "
+                           "cheapest per-layer mix for a budget (search.budget.*), write it as a recipe, run it")
     recipe: Name | None = Field(None, description="a recipe in qrecipe's recipes/ folder (same as recipe=NAME)")
     model: Name | None = Field(None, description="a model config (same as model=NAME)")
     target: Name | None = Field(None, description="a deployment target config (same as target=NAME)")

@@ -69,6 +69,10 @@ class Submitter:
             raise ConfigError("sleep: only a sleep job takes sleep parameters; remove them or set \"kind\": \"sleep\"")
         params = self._debug(request)
         points = sweep_points(request_overrides(request), request.sweep, self.jobs.max_sweep_points)
+        if request.kind == "search":
+            from qrecipe.engine.search.spec import with_search_group
+
+            points = [with_search_group(point) for point in points]
         for point in points:  # every point is checked before any is composed
             check_overrides(point, allow_hub=self.jobs.allow_hub)
         return [self._recipe_job(request, point, attempts, params) for point in points]
@@ -103,16 +107,36 @@ class Submitter:
             composed = compose(point + forced, user_recipes=False)  # never the service's QRECIPE_RECIPE_PATH
             settings = load_settings(with_operator_sections(composed, self.operator))
             check_paths(settings, self.jobs.roots(), allow_hub=self.jobs.allow_hub)
-            plan, ident = _resolve(settings, request.kind)
-            if plan.calibrates:
+            if request.kind == "search":  # a search always reads its calibration slice
                 check_calibration_path(settings, self.jobs.roots())
-            # what the files hold is looked at only once they are known to lie under the roots
-            check_inputs(settings, plan)  # as `qrecipe plan` and `qrecipe run` do
+                # what the files hold is looked at only once they are known to lie under the roots
+                searched = _prepare_search(settings)
+            else:
+                plan, ident = _resolve(settings, request.kind)
+                if plan.calibrates:
+                    check_calibration_path(settings, self.jobs.roots())
+                # what the files hold is looked at only once they are known to lie under the roots
+                check_inputs(settings, plan)  # as `qrecipe plan` and `qrecipe run` do
         own = {k: v for k, v in OmegaConf.to_container(composed, resolve=False).items() if k not in OPERATOR_SECTIONS}
+        config_yaml = OmegaConf.to_yaml(OmegaConf.create(own))
+        if request.kind == "search":  # the recipe's name and the variant are known once it has run
+            return JobSpec(kind="search", priority=request.priority, max_attempts=attempts, overrides=point,
+                           params={"budget": searched["budget"]}, model=searched["model"], target=searched["target"],
+                           config_yaml=config_yaml)
         return JobSpec(kind=request.kind, priority=request.priority, max_attempts=attempts, overrides=point,
                        params=params, recipe=plan.recipe, model=plan.model_id, target=plan.target,
-                       config_yaml=OmegaConf.to_yaml(OmegaConf.create(own)), plan_hash=plan.plan_hash,
+                       config_yaml=config_yaml, plan_hash=plan.plan_hash,
                        expected_variant_id=ident.variant_id if ident else None)
+
+
+def _prepare_search(settings) -> dict[str, Any]:
+    """The checks `qrecipe search` makes before any weights load (budget, candidates, output, the
+    files it reads)."""
+    from qrecipe.engine.search import prepare
+
+    p = prepare(settings)
+    return {"budget": {p.spec.budget.kind: p.spec.budget.value}, "model": p.info.model_id,
+            "target": settings.target.name}
 
 
 def _resolve(settings, kind: str):

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_calls import cli
 from conftest import TINY_RUN
 from sqlalchemy import create_engine, text
 
@@ -19,16 +20,8 @@ RUN_ARTIFACTS = {"config.yaml", "recipe.yaml", "plan.json", "plan.txt", "metrics
 pytestmark = pytest.mark.slow
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    from qrecipe.registry.cli import main
-
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 def _run_json(capsys, *overrides) -> dict:
-    rc, out, err = _cli(capsys, "run", "--json", "--no-progress", *TINY_RUN, *overrides)
+    rc, out, err = cli(capsys, "run", "--json", "--no-progress", *TINY_RUN, *overrides)
     assert rc == 0, err
     return json.loads(out.strip().splitlines()[-1])
 
@@ -118,13 +111,13 @@ def test_a_rerun_the_commands_that_read_the_registry_and_the_report(monkeypatch,
     assert "not the production kernel's speed" in tags["qrecipe.speed_caveat"]
     assert "predicted_decode_speedup" not in m  # target cpu states no bandwidth: no prediction
 
-    rc, out, _ = _cli(capsys, "variants", "list")
+    rc, out, _ = cli(capsys, "variants", "list")
     assert rc == 0 and first["variant_id"] in out and other["variant_id"] in out
-    rc, out, _ = _cli(capsys, "variants", "show", first["variant_id"][:6], "--json")
+    rc, out, _ = cli(capsys, "variants", "show", first["variant_id"][:6], "--json")
     shown = json.loads(out)
     assert [r["number"] for r in shown["runs"]] == [1, 2] and shown["metrics"]["ppl"] == again["metrics"]["ppl"]
     # compare and report use the runs measured under the protocol of the settings they are given
-    rc, out, _ = _cli(capsys, "variants", "compare", "--json", *TINY_RUN)
+    rc, out, _ = cli(capsys, "variants", "compare", "--json", *TINY_RUN)
     shown = json.loads(out)
     rows = {r["variant"]: r for r in shown["rows"]}
     assert shown["protocol"] == first["metrics"]["eval_protocol"] and shown["missing"] == {}
@@ -132,14 +125,14 @@ def test_a_rerun_the_commands_that_read_the_registry_and_the_report(monkeypatch,
     assert rows[other["variant_id"]]["serves_on"] == ["a100", "cpu", "h100", "h200", "l4"]  # weight-only: anywhere
     assert rows[other["variant_id"]]["worst_family"] == other["metrics"]["task.worst_family"]
     assert rows[first["variant_id"]]["run_number"] == 2
-    rc, out, _ = _cli(capsys, "variants", "compare", first["variant_id"], other["variant_id"], *TINY_RUN)
+    rc, out, _ = cli(capsys, "variants", "compare", first["variant_id"], other["variant_id"], *TINY_RUN)
     assert rc == 0 and "worst task" in out and "w4a16" in out
     assert out.startswith(f"eval protocol {first['metrics']['eval_protocol']}: tinystories (sha256 ")
     assert f"note: {other['variant_id']}: not the production kernel's speed" in out
-    rc, _, err = _cli(capsys, "variants", "compare", first["variant_id"], *TINY_RUN, "eval.windows=4")
+    rc, _, err = cli(capsys, "variants", "compare", first["variant_id"], *TINY_RUN, "eval.windows=4")
     assert rc == 2 and "no successful run under eval protocol" in err  # measured on 8 windows, not 4
 
-    rc, out, _ = _cli(capsys, "report", "tinystories-656k", "--out", str(tmp_path / "report"), *TINY_RUN)
+    rc, out, _ = cli(capsys, "report", "tinystories-656k", "--out", str(tmp_path / "report"), *TINY_RUN)
     assert rc == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Decision matrix" in md and other["variant_id"] in md

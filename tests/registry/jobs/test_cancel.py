@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_RUN
-from jobs_service import FAST, Service, wait_for
+from jobs_service import FAST, Service, cancel_at_stage, wait_for
 
 from qrecipe.engine.events import Stage
 
@@ -52,36 +52,15 @@ def _nothing_registered(home: Path, runs: int) -> None:
 
 
 def test_a_run_cancelled_at_any_stage_registers_nothing(shared):
-    from qrecipe.engine.process import Cancelled
     from qrecipe.registry.db import open_registry
-    from qrecipe.registry.jobs import queue
-    from qrecipe.registry.jobs.attempt import run_job
     from qrecipe.registry.jobs.requests import JobRequest
     from qrecipe.registry.jobs.service.serve import Operator
-    from qrecipe.registry.jobs.submit import Submitter
-    from qrecipe.registry.jobs.worker import attempt_payload
 
     home = Path(os.environ["QRECIPE_HOME"])
     op = Operator.load(TRACKED)
     engine = open_registry(op.registry_url)
     for stage in STAGES:
-        specs = Submitter(op.jobs, op.sections()).specs(JobRequest(recipe="w8a16", overrides=_overrides(stage)))
-        queue.submit(engine, specs, request_hash=stage, actor="test")
-        claim = queue.claim(engine, "test", 60)
-        seen = []
-
-        def emit(event: str, **data) -> None:
-            if event == "stage":
-                seen.append(data["stage"])
-                if data["stage"] == stage:  # the cancel arrives as the run reaches this stage
-                    queue.cancel(engine, claim.job.id)
-
-        with pytest.raises(Cancelled, match=rf"job {claim.job.id} was cancelled \(the run stopped at stage {stage}\)"):
-            run_job(attempt_payload(claim, op.jobs, op.sections(), op.registry_url), emit)
-        assert seen[-1] == stage
-        assert queue.finish(engine, claim.job.id, claim.token, "failed", error="cancelled") == "cancelled"
-        job = queue.get_job(engine, claim.job.id)
-        assert (job.status, job.result) == ("cancelled", None)
+        cancel_at_stage(engine, op, JobRequest(recipe="w8a16", overrides=_overrides(stage)), stage, stage)
     _nothing_registered(home, len(STAGES))
 
 

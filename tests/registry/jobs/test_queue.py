@@ -241,6 +241,26 @@ def test_registering_a_run_and_cancelling_its_job_are_one_decision(registry_url,
         assert queue.finish(engine, job_id, c.token, "succeeded", result=result) == "succeeded"
 
 
+def test_a_search_job_registers_its_found_recipe_only_while_not_cancelled(registry_url):
+    """A search job's found recipe's run is recorded mid-job (queue.hold_in inside its
+    transaction): the job goes on running; a cancel that came first refuses the registration."""
+    from qrecipe.engine.process import Cancelled
+    from qrecipe.registry.record import finish_run
+
+    engine = open_registry(registry_url)
+    (job_id,) = _submit(engine)
+    c = queue.claim(engine, "w", 60)
+    first, second = (begin_run(engine, IDENT, "cpu", "0", None) for _ in range(2))
+    finish_run(engine, first, {"ppl": 1.0}, "/runs/a", None, None,
+               before_commit=lambda session: queue.hold_in(session, job_id, c.token, "the found recipe's run"))
+    assert _run_status(engine, first.run_id) == "succeeded" and queue.get_job(engine, job_id).status == "running"
+    assert queue.cancel(engine, job_id).cancel_requested
+    with pytest.raises(Cancelled, match=f"job {job_id} was cancelled before the found recipe's run was recorded"):
+        finish_run(engine, second, {"ppl": 1.0}, "/runs/b", None, None,
+                   before_commit=lambda session: queue.hold_in(session, job_id, c.token, "the found recipe's run"))
+    assert _run_status(engine, second.run_id) == "running"  # nothing of that transaction was written
+
+
 def test_a_stale_attempt_cannot_register_its_run(registry_url):
     engine = open_registry(registry_url)
     (job_id,) = _submit(engine)
