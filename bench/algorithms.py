@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,13 +28,23 @@ CACHE = HERE / ".cache"
 LLMC_PYTHON = HERE / ".venv-llmc" / "bin" / "python"
 
 W4 = ["recipe=w4a16", "recipe.base.group_size=64"]
+ASYM = ["recipe.base.symmetric=false"]
 W8A8 = ["recipe=w8a8"]
 STATIC = ["recipe.base.activation=static"]
 SQ = ["recipe.base.algorithm=smoothquant", "recipe.base.args.alpha=0.5"]
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "rtn_w4a16": ("RTN W4A16 g64", W4),
+    "rtn_w4a16_asym": ("RTN W4A16 g64 asym", W4 + ASYM),
     "awq_w4a16": ("AWQ W4A16 g64", W4 + ["recipe.base.algorithm=awq"]),
+    "awq_w4a16_asym": ("AWQ W4A16 g64 asym", W4 + ASYM + ["recipe.base.algorithm=awq"]),
     "gptq_w4a16": ("GPTQ W4A16 g64", W4 + ["recipe.base.algorithm=gptq"]),
+    "gptq_w4a16_asym": ("GPTQ W4A16 g64 asym", W4 + ASYM + ["recipe.base.algorithm=gptq"]),
+    # qrecipe's combinations (llm-compressor has no counterpart): AWQ scales then GPTQ rounding
+    # with per-group clipping (the settings of recipes/w4a16-awq-gptq.yaml, whose args are the
+    # algorithm's defaults), and the same reproducing the float model's outputs (float_targets)
+    "awq_gptq_w4a16_asym": ("AWQ+GPTQ W4A16 g64 asym", W4 + ASYM + ["recipe.base.algorithm=awq_gptq"]),
+    "awq_gptq_ft_w4a16_asym": ("AWQ+GPTQ float targets W4A16 g64 asym",
+                               W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.float_targets=true"]),
     "w8a8_dynamic": ("W8A8 dynamic", W8A8),
     "sq_w8a8_dynamic": ("SmoothQuant W8A8 dynamic", W8A8 + SQ),
     "w8a8_static": ("W8A8 static", W8A8 + STATIC),
@@ -43,7 +54,9 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                             W8A8 + STATIC + ["recipe.base.algorithm=smoothquant",
                                              "recipe.base.args.alpha=[0.3,0.5,0.7,0.9]"]),
 }
-QRECIPE_ONLY = {"sq_grid_w8a8_static"}
+QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16_asym"}
+# The gap closed is measured against symmetric RTN (README "Calibration algorithms"), each tool's own
+GAP_REFERENCE = "rtn_w4a16"
 
 
 def _settings(args, extra: list[str]):
@@ -121,30 +134,47 @@ def _previous(args) -> dict:
     return old
 
 
+def gap_closed(ppl: float, rtn_ppl: float | None, base_ppl: float) -> str:
+    """(ppl of symmetric RTN - ppl) / (ppl of symmetric RTN - float ppl), as a percentage."""
+    if rtn_ppl is None:
+        return "-"
+    return f"{100 * (rtn_ppl - ppl) / (rtn_ppl - base_ppl):.1f}%"
+
+
 def table(results: list[dict], base_ppl: float) -> str:
-    rows = ["| configuration | tool | ppl | vs float | quantize s | peak RSS MiB (model loaded) |",
-            "|---|---|---:|---:|---:|---:|"]
+    """W4A16 rows carry the gap they close against each tool's symmetric RTN of the same run."""
+    rtn = {r["tool"]: r["ppl"] for r in results if r["config"] == GAP_REFERENCE and "ppl" in r}
+    rows = ["| configuration | tool | ppl | vs float | gap closed vs llm-compressor's / qrecipe's sym RTN "
+            "| quantize s | peak RSS MiB (model loaded) |",
+            "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         label = CONFIGS[r["config"]][0]
         if "error" in r:
-            rows.append(f"| {label} | {r['tool']} | failed: {' '.join(r['error'])[:80]} | | | |")
+            rows.append(f"| {label} | {r['tool']} | failed: {' '.join(r['error'])[:80]} | | | | |")
             continue
-        rows.append(f"| {label} | {r['tool']} | {r['ppl']:.3f} | {100 * (r['ppl'] / base_ppl - 1):+.2f}% | "
+        gap = "-"
+        if "W4A16" in label:
+            gap = (f"{gap_closed(r['ppl'], rtn.get('llm-compressor'), base_ppl)} / "
+                   f"{gap_closed(r['ppl'], rtn.get('qrecipe'), base_ppl)}")
+        rows.append(f"| {label} | {r['tool']} | {r['ppl']:.3f} | {100 * (r['ppl'] / base_ppl - 1):+.2f}% | {gap} | "
                     f"{r['seconds']:.1f} | {r['peak_rss'] / 2**20:.0f} ({r['rss_before'] / 2**20:.0f}) |")
     return "\n".join(rows)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--samples", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--only", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
     p.add_argument("--out", type=Path, default=HERE / "algorithms.json",
                    help="where the results go (default: the recorded bench/algorithms.json)")
     p.add_argument("--no-llmc", action="store_true")
+    p.add_argument("--no-qrecipe", action="store_true", help="only llm-compressor's rows (qrecipe's: later, --update)")
     p.add_argument("--update", action="store_true",
-                   help="rerun only qrecipe's rows of --only; keep every other row of bench/algorithms.json")
+                   help="rerun only qrecipe's rows of --only; keep every other row of --out")
+    p.add_argument("--merge", action="store_true",
+                   help="rerun the rows of --only (both tools unless --no-llmc/--no-qrecipe); keep every other row")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one qrecipe config
     p.add_argument("--windows", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -157,27 +187,36 @@ def main() -> None:
         return
     model_dir, windows_pt = prepare(args)
     sizes = ["--samples", str(args.samples), "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
-    old = _previous(args) if args.update else None
+    old = _previous(args) if args.update or args.merge else None
     base = {"ppl": old["baseline_ppl"]} if old else baseline(str(windows_pt), model_dir)
     print(f"float baseline ppl {base['ppl']:.3f}", flush=True)
-    results = []
+    results: list[dict] = []
+
+    def save() -> list[dict]:
+        """Written after every row, so an interrupted run keeps what it measured. The new rows take
+        the place of the old ones of the same tool and configuration; all others stay."""
+        rows = results
+        if old:
+            fresh = {(r["tool"], r["config"]): r for r in results}
+            rows = [fresh.pop((r["tool"], r["config"]), r) for r in old["results"]] + list(fresh.values())
+        args.out.write_text(json.dumps({"samples": args.samples, "seq_len": args.seq_len,
+                                        "eval_windows": args.eval_windows, "baseline_ppl": base["ppl"],
+                                        "results": rows}, indent=2) + "\n")
+        return rows
+
     for config in args.only.split(","):
-        sides = [[sys.executable, __file__, *sizes, "--one", config, "--windows", str(windows_pt)]]
+        sides = [] if args.no_qrecipe else [[sys.executable, __file__, *sizes, "--one", config, "--windows",
+                                              str(windows_pt)]]
         if not args.no_llmc and not args.update and config not in QRECIPE_ONLY and LLMC_PYTHON.exists():
             sides.append([str(LLMC_PYTHON), str(HERE / "llmc_run.py"), config, str(model_dir), str(windows_pt)])
         for cmd in sides:
             r = _child(cmd)
             r.setdefault("tool", "llm-compressor" if cmd[0] == str(LLMC_PYTHON) else "qrecipe")
-            r["config"] = config
+            r.update(config=config, date=time.strftime("%Y-%m-%d %H:%M"))
             results.append(r)
             print(json.dumps(r), flush=True)
-    if old:  # the new qrecipe rows take the place of the old ones; all other rows stay
-        fresh = {r["config"]: r for r in results}
-        kept = [fresh.pop(r["config"], r) if r["tool"] == "qrecipe" else r for r in old["results"]]
-        results = kept + list(fresh.values())
-    out = {"samples": args.samples, "seq_len": args.seq_len, "eval_windows": args.eval_windows,
-           "baseline_ppl": base["ppl"], "results": results}
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+            save()
+    results = save()
     print(table(results, base["ppl"]))
 
 

@@ -22,11 +22,11 @@ from _measure import PeakRSS, Timer, perplexity  # noqa: E402
 torch.Tensor.pin_memory = lambda self, *a, **k: self
 
 
-def _w4(group: int):
+def _w4(group: int, symmetric: bool):
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     return {"group_0": QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=4, type="int", symmetric=True, strategy="group", group_size=group))}
+        num_bits=4, type="int", symmetric=symmetric, strategy="group", group_size=group))}
 
 
 def _w8a8(static: bool):
@@ -45,12 +45,10 @@ def recipe(config: str):
     from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
 
     ignore = ["lm_head"]
-    if config == "rtn_w4a16":
-        return [QuantizationModifier(config_groups=_w4(64), ignore=ignore)]
-    if config == "awq_w4a16":
-        return [AWQModifier(config_groups=_w4(64), ignore=ignore)]
-    if config == "gptq_w4a16":
-        return [GPTQModifier(config_groups=_w4(64), ignore=ignore)]
+    if config.endswith(("w4a16", "w4a16_asym")):
+        groups = _w4(64, symmetric=not config.endswith("_asym"))
+        modifier = {"rtn": QuantizationModifier, "awq": AWQModifier, "gptq": GPTQModifier}[config.split("_")[0]]
+        return [modifier(config_groups=groups, ignore=ignore)]
     static = "static" in config
     quant = QuantizationModifier(config_groups=_w8a8(static), ignore=ignore)
     if config.startswith("sq_"):

@@ -1,8 +1,9 @@
 """Every metric a run records, named once: evaluation writes these keys into metrics.json, and
 gates, `variants compare`, the report, the plots and MLflow read them by these names.
 
-`METRICS` says what each means and which direction is better; per-family task metrics and the
-extra eval texts' metrics are named by `task_metric` and `text_metric`.
+`METRICS` says what each means and which direction is better; per-family task metrics, the
+lm-evaluation-harness metrics per task and the extra eval texts' metrics are named by
+`task_metric`, `lm_eval_metric` and `text_metric` (their kinds: TASK_KINDS, LM_EVAL_KINDS).
 """
 
 from __future__ import annotations
@@ -88,6 +89,24 @@ DTYPE = "dtype"
 TASK_WORST_FAMILY = "task.worst_family"
 TASK_WORST_GREEDY_MATCH = "task.worst_greedy_match"
 
+# lm-evaluation-harness (eval.lm_eval), over all tasks' items pooled
+LM_EVAL_ITEMS = "lm_eval.items"
+LM_EVAL_FLIP_RATE = "lm_eval.flip_rate"
+LM_EVAL_CORRECT_TO_WRONG = "lm_eval.flips_correct_to_wrong"
+LM_EVAL_WRONG_TO_CORRECT = "lm_eval.flips_wrong_to_correct"
+LM_EVAL_WORST_TASK = "lm_eval.worst_task"
+
+# per lm-eval task: lm_eval.<task>.<kind>
+ITEMS = "items"
+ACC = "acc"
+ACC_STDERR = "acc_stderr"
+ACC_NORM = "acc_norm"
+ACC_NORM_STDERR = "acc_norm_stderr"
+FLIP_RATE = "flip_rate"
+FLIPS_CORRECT_TO_WRONG = "flips_correct_to_wrong"
+FLIPS_WRONG_TO_CORRECT = "flips_wrong_to_correct"
+LM_EVAL_ACCURACIES = ((ACC, ACC_STDERR), (ACC_NORM, ACC_NORM_STDERR))  # (accuracy, its standard error)
+
 # per task family: task.<family>.<kind>
 GREEDY_MATCH = "greedy_match"
 PREFIX_MATCH = "prefix_match"
@@ -114,6 +133,21 @@ def search_metric(side: str, name: str) -> str:
 def baseline_of(name: str) -> str:
     """The baseline's figure beside a variant's, e.g. baseline_of(PPL) == PPL_BASELINE."""
     return f"{name}_baseline"
+
+
+def delta_of(name: str) -> str:
+    """Variant minus baseline, e.g. delta_of(ACC) == "acc_delta"."""
+    return f"{name}_delta"
+
+
+def lm_eval_metric(task: str, kind: str) -> str:
+    """e.g. lm_eval_metric("piqa", FLIP_RATE) == "lm_eval.piqa.flip_rate"."""
+    return f"lm_eval.{task}.{kind}"
+
+
+def lm_eval_tasks(metrics) -> list[str]:
+    """The lm-eval tasks a metrics dict holds, in their recorded order."""
+    return [key.split(".")[1] for key in metrics if key.count(".") == 2 and key == lm_eval_metric(key.split(".")[1], ITEMS)]
 
 
 def task_metric(family: str, kind: str) -> str:
@@ -212,8 +246,33 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric(DTYPE, "the activation dtype the run measured in"),
     Metric(TASK_WORST_FAMILY, "the task family whose greedy continuations least often match the baseline's"),
     Metric(TASK_WORST_GREEDY_MATCH, "that family's greedy match rate", "higher"),
+    Metric(LM_EVAL_ITEMS, "lm-eval items scored, all tasks"),
+    Metric(LM_EVAL_FLIP_RATE, "share of all lm-eval items whose chosen answer differs from the baseline's", "lower"),
+    Metric(LM_EVAL_CORRECT_TO_WRONG, "share of all lm-eval items the baseline got right and the variant wrong",
+           "lower"),
+    Metric(LM_EVAL_WRONG_TO_CORRECT, "share of all lm-eval items the baseline got wrong and the variant right"),
+    Metric(LM_EVAL_WORST_TASK, "the lm-eval task with the highest flip rate"),
     Metric(BITS_PER_WEIGHT, "stored bits per weight of the searched layers, scales and zeros included", "lower"),
     Metric(OUTPUT_ERROR, "a search's hessian proxy: sum over units of tr(dW H dW^T)", "lower"),
+)}
+
+# per lm-eval task: kind -> (meaning, better). With more than two choices an item can flip between
+# two wrong answers, so the two directions need not add up to the flip rate.
+LM_EVAL_KINDS: dict[str, Metric] = {m.name: m for m in (
+    Metric(ITEMS, "items scored (the first eval.lm_eval.limit of the task)"),
+    Metric(ACC, "zero-shot accuracy of the variant (lm-eval's acc)", "higher"),
+    Metric(ACC_STDERR, "lm-eval's standard error of that accuracy"),
+    Metric(baseline_of(ACC), "the baseline's accuracy on the same items", "higher"),
+    Metric(baseline_of(ACC_STDERR), "its standard error"),
+    Metric(delta_of(ACC), "variant minus baseline accuracy", "higher"),
+    Metric(ACC_NORM, "length-normalized accuracy of the variant, where the task defines it", "higher"),
+    Metric(ACC_NORM_STDERR, "lm-eval's standard error of that accuracy"),
+    Metric(baseline_of(ACC_NORM), "the baseline's length-normalized accuracy", "higher"),
+    Metric(baseline_of(ACC_NORM_STDERR), "its standard error"),
+    Metric(delta_of(ACC_NORM), "variant minus baseline length-normalized accuracy", "higher"),
+    Metric(FLIP_RATE, "share of items whose chosen answer (the one acc scores) differs from the baseline's", "lower"),
+    Metric(FLIPS_CORRECT_TO_WRONG, "share of items the baseline got right and the variant wrong", "lower"),
+    Metric(FLIPS_WRONG_TO_CORRECT, "share of items the baseline got wrong and the variant right"),
 )}
 
 # per-family task metrics: kind -> (meaning, better)

@@ -40,10 +40,12 @@ def model_info(settings: Settings) -> ModelInfo:
 def check_inputs(settings: Settings, plan: Plan | None, calibrates: bool | None = None) -> None:
     """Every file the run will read, checked before anything is recorded or loaded (by `qrecipe
     plan`, `qrecipe run`, `qrecipe search` and a job's submission alike): the eval texts, the task
-    files, and the calibration data only where the plan calibrates (an RTN recipe reads none;
-    calibrates=True: a search, which always reads its calibration slice, has no plan yet); and,
-    for a run that streams, no speed timing that needs its (unloaded) baseline."""
+    files, the calibration data only where the plan calibrates (an RTN recipe reads none;
+    calibrates=True: a search, which always reads its calibration slice, has no plan yet),
+    lm-eval's tasks and local files where eval.lm_eval is on; and, for a run that streams, no
+    speed timing that needs its (unloaded) baseline."""
     from .data import check_data
+    from .evaluate.lm_eval_tasks import check_lm_eval
     from .evaluate.speed import streamed_timing_note
     from .evaluate.tasks import check_task_data
     from .streaming.decide import STREAMED
@@ -54,6 +56,7 @@ def check_inputs(settings: Settings, plan: Plan | None, calibrates: bool | None 
     for name, data in settings.eval.all_texts().items():
         check_data(data, settings.eval.text_field(name))
     check_task_data(settings.eval.tasks)
+    check_lm_eval(settings.eval.lm_eval)
     if plan.calibrates if calibrates is None else calibrates:
         check_data(settings.calib.data, "calib.data")
 

@@ -74,6 +74,13 @@ class RunResult:
                         f"{m[M.task_metric(f, M.LOGLIK_DELTA)]:+.3f} loglik"
                         + (f", {m[valid]:.2f} valid" if valid in m else ""))
             lines.append("  tasks       " + "; ".join(task(f) for f in families))
+        lm_tasks = M.lm_eval_tasks(m)
+        if lm_tasks:
+            lines.append("  lm-eval     " + "; ".join(
+                f"{t} acc {m[M.lm_eval_metric(t, M.ACC)]:.3f} (baseline "
+                f"{m[M.lm_eval_metric(t, M.baseline_of(M.ACC))]:.3f}), flips "
+                f"{100 * m[M.lm_eval_metric(t, M.FLIP_RATE)]:.1f}% of {m[M.lm_eval_metric(t, M.ITEMS)]}"
+                for t in lm_tasks))
         lines += _speed_lines(m)
         lines.append(f"  weights     {human_bytes(m[M.WEIGHT_BYTES])} vs {human_bytes(m[M.WEIGHT_BYTES_BASELINE])} "
                      f"({m[M.WEIGHT_REDUCTION]:.2f}x smaller)")

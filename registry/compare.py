@@ -17,6 +17,8 @@ Each table holds variants measured under one eval protocol (registry/protocols.p
     KL          mean KL(baseline || variant) per token (top-k support, see README)
     agree       top-1 agreement with the baseline
     worst task  the task family whose greedy continuations least often equal the baseline's
+    flips       lm-eval: share of items whose chosen answer differs from the baseline's, all
+                tasks pooled, and the task with the most (eval.lm_eval; '-' when not measured)
     serves on   the shipped targets (conf/target) whose capabilities run every scheme natively
                 and whose memory holds the weights
 """
@@ -71,7 +73,7 @@ MATRIX_METRICS = (
     M.PREFILL_SPEEDUP, M.PREFILL_SPEEDUP_LOW, M.PREFILL_SPEEDUP_HIGH, M.PREFILL_NOISY, M.PREFILL_NOISE,
     M.SPEED_DEVICE_NAME, M.SPEED_TIMING, M.SPEED_PRODUCTION, M.SPEED_CAVEAT, M.LAYERS_ON_FALLBACK, M.LAYERS_EMULATED,
     M.PREDICTED_FOR, M.PREDICTED_DECODE_SPEEDUP, M.PREDICTED_PREFILL_SPEEDUP,
-    M.DECODE_MEASURED_OVER_PREDICTED, M.PREFILL_MEASURED_OVER_PREDICTED,
+    M.DECODE_MEASURED_OVER_PREDICTED, M.PREFILL_MEASURED_OVER_PREDICTED, M.LM_EVAL_FLIP_RATE, M.LM_EVAL_WORST_TASK,
 )
 
 
@@ -104,6 +106,8 @@ def _pair(row: dict[str, Any], decode: str, prefill: str, spec: str, suffix: str
 
 def _cells(row: dict[str, Any]) -> list[str]:
     worst = "-" if row["worst_family"] is None else f"{row['worst_family']} {row['worst_family_match']:.2f}"
+    flips = row.get(M.LM_EVAL_FLIP_RATE)
+    flips = "-" if flips is None else f"{100 * flips:.1f}% ({row[M.LM_EVAL_WORST_TASK]})"
     predicted = _pair(row, M.PREDICTED_DECODE_SPEEDUP, M.PREDICTED_PREFILL_SPEEDUP, ".2f", "x")
     if predicted != "-":
         predicted += f" on {row['predicted_for']}"
@@ -111,12 +115,12 @@ def _cells(row: dict[str, Any]) -> list[str]:
             speedup_cell(row, "decode"), speedup_cell(row, "prefill"), measured_on(row), predicted,
             _pair(row, M.DECODE_MEASURED_OVER_PREDICTED, M.PREFILL_MEASURED_OVER_PREDICTED, ".2f"),
             _fmt(row[M.PPL_DELTA_PCT], "+.2f", "%"), _fmt(row[M.KL_MEAN], ".4f"),
-            _fmt(None if row[M.TOP1_AGREEMENT] is None else 100 * row[M.TOP1_AGREEMENT], ".1f", "%"), worst,
+            _fmt(None if row[M.TOP1_AGREEMENT] is None else 100 * row[M.TOP1_AGREEMENT], ".1f", "%"), worst, flips,
             ", ".join(row["serves_on"]) or "-"]
 
 
 COLUMNS = ["variant", "recipe", "target", "memory", "decode", "prefill", "measured on", "predicted (decode / prefill)",
-           "meas/pred", "ppl", "KL", "agree", "worst task", "serves on"]
+           "meas/pred", "ppl", "KL", "agree", "worst task", "flips", "serves on"]
 
 
 def render_text(rows: list[dict[str, Any]]) -> str:

@@ -11,6 +11,8 @@ top level). Each gate compares one metric from metrics.json:
     min_task_agreement.FAMILY   task.FAMILY.greedy_match   >=
     min_decode_speedup          decode_speedup             >=
     min_prefill_speedup         prefill_speedup            >=
+    max_flip_rate               lm_eval.flip_rate          <=   (lm-eval: all tasks' items pooled)
+    max_task_flip_rate.TASK     lm_eval.TASK.flip_rate     <=
 
 A gate whose metric was not measured fails: an unmeasured number cannot clear a bar. A speed
 gate also fails on a speedup the run flagged noisy (its interval includes 1.0, or the
@@ -40,7 +42,10 @@ _SCALAR_GATES = {
     "min_top1_agreement": (M.TOP1_AGREEMENT, ">="),
     "min_decode_speedup": (M.DECODE_SPEEDUP, ">="),
     "min_prefill_speedup": (M.PREFILL_SPEEDUP, ">="),
+    "max_flip_rate": (M.LM_EVAL_FLIP_RATE, "<="),
 }
+_PER_KEY = ("min_task_agreement", "max_task_flip_rate")  # gates per task family / per lm-eval task
+_SHARES = ("min_top1_agreement", "max_flip_rate")  # scalar gates on a share between 0 and 1
 # speed gates: the run's flag that the figure is noisy, and why
 _NOISE = {M.DECODE_SPEEDUP: (M.DECODE_NOISY, M.DECODE_NOISE), M.PREFILL_SPEEDUP: (M.PREFILL_NOISY, M.PREFILL_NOISE)}
 _PROTOCOL_KEYS = ("protocol", "any_protocol")  # top level only
@@ -57,6 +62,12 @@ class Thresholds:
     min_decode_speedup: float | None = None
     min_prefill_speedup: float | None = None
     min_task_agreement: dict[str, Any] = field(default_factory=dict)
+    max_flip_rate: float | None = None
+    max_task_flip_rate: dict[str, Any] = field(default_factory=dict)
+
+
+def _share_or_none(value: Any) -> bool:
+    return value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1)
 
 
 @dataclass(frozen=True)
@@ -106,13 +117,16 @@ def _check_layer(node: Any, where: str) -> dict[str, Any]:
         if family not in TASK_FAMILIES:
             raise ConfigError(f"{where}.min_task_agreement.{family}: unknown task family; "
                               f"choose from {', '.join(TASK_FAMILIES)}")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 <= value <= 1):
+        if not _share_or_none(value):
             raise ConfigError(f"{where}.min_task_agreement.{family}: expected a share between 0 and 1 or null, "
                               f"got {value!r}")
-    if layer.min_top1_agreement is not None and not 0 <= layer.min_top1_agreement <= 1:
-        raise ConfigError(f"{where}.min_top1_agreement: expected a share between 0 and 1 or null, "
-                          f"got {layer.min_top1_agreement}")
+    for task, value in layer.max_task_flip_rate.items():
+        if not _share_or_none(value):
+            raise ConfigError(f"{where}.max_task_flip_rate.{task}: expected a share between 0 and 1 or null, "
+                              f"got {value!r}")
+    for name in _SHARES:
+        if not _share_or_none(getattr(layer, name)):
+            raise ConfigError(f"{where}.{name}: expected a share between 0 and 1 or null, got {getattr(layer, name)}")
     return dict(node)
 
 
@@ -162,11 +176,12 @@ class GatePolicy:
 
     def thresholds_for(self, model: str, recipe: str) -> Thresholds:
         merged: dict[str, Any] = {}
-        tasks: dict[str, Any] = {}
+        per_key: dict[str, dict[str, Any]] = {k: {} for k in _PER_KEY}
         for layer in (self.base, self.models.get(model, {}), self.recipes.get(recipe, {})):
-            tasks.update(layer.get("min_task_agreement") or {})
-            merged.update({k: v for k, v in layer.items() if k != "min_task_agreement"})
-        return Thresholds(**merged, min_task_agreement=tasks)
+            for key in _PER_KEY:
+                per_key[key].update(layer.get(key) or {})
+            merged.update({k: v for k, v in layer.items() if k not in _PER_KEY})
+        return Thresholds(**merged, **per_key)
 
 
 def _number(value: Any) -> float | None:
@@ -184,10 +199,12 @@ def check_gates(thresholds: Thresholds, metrics: Mapping[str, Any]) -> list[Gate
             flag, why = _NOISE.get(metric, (None, None))
             noise = (str(metrics.get(why) or "flagged noisy") if flag and metrics.get(flag) else None)
             checks.append(GateCheck(gate, metric, op, float(threshold), _number(metrics.get(metric)), noise))
-    for family in sorted(thresholds.min_task_agreement):
-        threshold = thresholds.min_task_agreement[family]
-        if threshold is not None:
-            metric = M.task_metric(family, M.GREEDY_MATCH)
-            checks.append(GateCheck(f"min_task_agreement.{family}", metric, ">=", float(threshold),
-                                    _number(metrics.get(metric))))
+    # gates with one threshold per task family or lm-eval task: (gate, its thresholds, metric of a key, op)
+    keyed = [("min_task_agreement", thresholds.min_task_agreement, lambda k: M.task_metric(k, M.GREEDY_MATCH), ">="),
+             ("max_task_flip_rate", thresholds.max_task_flip_rate, lambda k: M.lm_eval_metric(k, M.FLIP_RATE), "<=")]
+    for gate, by_key, metric_of, op in keyed:
+        for key in sorted(by_key):
+            if by_key[key] is not None:
+                metric = metric_of(key)
+                checks.append(GateCheck(f"{gate}.{key}", metric, op, float(by_key[key]), _number(metrics.get(metric))))
     return checks

@@ -49,6 +49,39 @@ def _task_table(rows: list[Measured], families: list[str]) -> str:
     return markdown_table(header, table)
 
 
+def _lm_eval_cell(m: dict[str, Any], task: str) -> str:
+    def get(kind: str):
+        return m.get(M.lm_eval_metric(task, kind))
+
+    if get(M.ITEMS) is None:
+        return "-"
+    parts = []
+    for metric, stderr in M.LM_EVAL_ACCURACIES:
+        if get(metric) is None:
+            continue
+        err, base, base_err = get(stderr), get(M.baseline_of(metric)), get(M.baseline_of(stderr))
+        parts.append(f"{metric} {get(metric):.3f}" + (f" ±{err:.3f}" if err is not None else "")
+                     + f" ({base:.3f}" + (f" ±{base_err:.3f}" if base_err is not None else "") + ")")
+    parts.append(f"flips {100 * get(M.FLIP_RATE):.1f}% (right->wrong {100 * get(M.FLIPS_CORRECT_TO_WRONG):.1f}%, "
+                 f"wrong->right {100 * get(M.FLIPS_WRONG_TO_CORRECT):.1f}%) of {get(M.ITEMS)}")
+    return "; ".join(parts)
+
+
+def _lm_eval_table(rows: list[Measured]) -> str:
+    """Per lm-eval task: the variant's accuracies (the baseline's in brackets) with lm-eval's
+    standard errors, and flips; then all tasks' items pooled."""
+    tasks = list(dict.fromkeys(t for r in rows for t in M.lm_eval_tasks(r.metrics)))
+    if not tasks:
+        return "(not measured: eval.lm_eval.tasks)"
+    table = []
+    for r in rows:
+        m = r.metrics
+        pooled = m.get(M.LM_EVAL_FLIP_RATE)
+        table.append([r.variant.id, r.variant.recipe_name, *[_lm_eval_cell(m, t) for t in tasks],
+                      "-" if pooled is None else f"{100 * pooled:.1f}% of {m[M.LM_EVAL_ITEMS]}"])
+    return markdown_table(["variant", "recipe", *tasks, "all tasks: flips"], table)
+
+
 def _absolute_table(rows: list[Measured]) -> str:
     """Measured figures beside their baselines and the roofline's predictions; where the speed
     was measured on the target's own GPU, measured over predicted (the model's error)."""
@@ -131,6 +164,10 @@ def write_report(settings: Settings, model: str, out: Path | None = None, *, pro
                "greedy match: share of prompts whose greedy continuation equals the baseline's; prefix: mean share "
                "before the first differing token; loglik delta: reference answer log-likelihood per token, variant "
                "minus baseline (nats).", "", _task_table(rows, families) if families else "(no task metrics)", "",
+               f"## lm-evaluation-harness{heading}", "",
+               "Zero-shot accuracy of the variant (the baseline's in brackets) with lm-eval's standard error; flips: "
+               "share of items whose chosen answer differs from the baseline's, and the two directions that change "
+               "the score.", "", _lm_eval_table(rows), "",
                f"## Absolute numbers{heading}", "", _absolute_table(rows), ""]
         pngs += _plots(model, rows, out, suffix)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from .awq import AWQ
+from .awq_gptq import AWQGPTQ
 from .base import Algorithm, BlockContext, LayerTask
 from .gptq import GPTQ
 from .rtn import RTN
 from .smoothquant import SmoothQuant
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (RTN, AWQ, GPTQ, SmoothQuant)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (RTN, AWQ, GPTQ, AWQGPTQ, SmoothQuant)}
 
 
 def algorithm_names() -> tuple[str, ...]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 
 from ..models.families import no_clip
+from ..quant.clip import clip_ratios, diagonal_blocks, search_clip
 from ..quant.grid import WeightGrid
 from ..quant.rtn import rtn_quantize
-from .base import Arg, LayerTask, is_bool, number_in, positive_int
+from .base import FLOAT_TARGETS, Arg, LayerTask, is_bool, number_in, positive_int
 from .scaling import InputScaling, ScaleGroup
 
 
@@ -47,6 +48,7 @@ class AWQ(InputScaling):
         "clip": Arg(True, is_bool, "true or false (search per-group weight clipping)"),
         "clip_grid": Arg(20, positive_int, "a positive number of clipping steps (e.g. 20)"),
         "max_shrink": Arg(0.5, number_in(0.0, 0.95), "a fraction in [0, 0.95] (how far clipping may shrink a range)"),
+        "float_targets": FLOAT_TARGETS,
     }
 
     @classmethod
@@ -94,24 +96,10 @@ class AWQ(InputScaling):
         return best_s
 
     def _search_clip(self, task: LayerTask, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Per-group fraction [N, G] of the weight range to keep; a group's error is that of
-        its own slice of the output, tr(dW_g H_gg dW_g^T), as in the AWQ reference."""
+        """Per-group fraction [N, G] of the weight range to keep (engine/quant/clip.py)."""
         grid = task.grid
-        n, k = w.shape
-        gl = grid.group_len(k)
-        g = k // gl
-        h_blocks = torch.stack([h[i * gl:(i + 1) * gl, i * gl:(i + 1) * gl] for i in range(g)])
-        best_ratio = torch.ones(n, g, device=w.device)
-        best_err = torch.full((n, g), float("inf"), device=w.device)
-        steps = self.arg(task, "clip_grid")
-        for i in range(int(self.arg(task, "max_shrink") * steps) + 1):
-            ratio = 1 - i / steps
-            d = (w - grid.fake(w, *grid.qparams(w, clip=ratio))).reshape(n, g, gl)
-            err = torch.einsum("ngi,gij,ngj->ng", d, h_blocks, d)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
-        return best_ratio
+        ratios = clip_ratios(self.arg(task, "clip_grid"), self.arg(task, "max_shrink"))
+        return search_clip(w, diagonal_blocks(h, grid.group_len(w.shape[1])), grid, ratios)
 
     def quantize(self):
         out = {}

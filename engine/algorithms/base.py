@@ -5,9 +5,10 @@ it owns and the block's `BlockContext`. The calibration driver then
   1. gathers the input statistics each algorithm names in `stats` (shared between layers
      that read one input, see engine/calibration/stats.py) while the float block runs on
      the calibration batch; `attach()`/`detach()` wrap that run for any extra observers;
-  2. calls `transform()` on every algorithm of the block (AWQ and SmoothQuant rescale
-     weights and fold the inverse into the producing norm or linear), before any layer of
-     the block is quantized;
+  2. calls `retarget()` on every algorithm of the block (layers with `float_targets` take
+     the weight that best reproduces the float model's output from the quantized model's
+     inputs), then `transform()` (AWQ and SmoothQuant rescale weights and fold the inverse
+     into the producing norm or linear), before any layer of the block is quantized;
   3. calls `quantize()` and swaps the results in.
 RTN needs no data and only implements `quantize`.
 
@@ -28,6 +29,7 @@ from ...kernels import QuantizedWeight, QuantParams, WeightFormat
 from ..errors import RecipeError
 from ..models.families import expand_pairings, pairings
 from ..modules import UnfusedExperts
+from ..quant.gptq import float_target
 from ..quant.grid import WeightGrid
 from ..schemes import Scheme
 
@@ -88,6 +90,12 @@ class BlockContext:
         d = self.input_divisors.get(name)
         return h if d is None else h / torch.outer(d, d)
 
+    def cross(self, name: str) -> torch.Tensor:
+        """E[x x~^T] of the float model's input x against the quantized model's x~, as they are now."""
+        c = self.stats[name].cross
+        d = self.input_divisors.get(name)
+        return c if d is None else c / torch.outer(d, d)
+
     def window_absmax(self, name: str) -> torch.Tensor:
         """Per-channel max |x| of each calibration window [W, K] of the layer's input as it is now."""
         m = self.stats[name].window_absmax
@@ -112,6 +120,11 @@ def positive_int(v: Any) -> bool:
 
 def is_bool(v: Any) -> bool:
     return isinstance(v, bool)
+
+
+# Shared by the algorithms that take it (AWQ, GPTQ): see Algorithm.retarget.
+FLOAT_TARGETS = Arg(False, is_bool, "true (reproduce the float model's outputs from the quantized model's inputs) "
+                                    "or false (each layer's own output on those inputs)")
 
 
 class Algorithm(ABC):
@@ -142,6 +155,31 @@ class Algorithm(ABC):
         """Whether it makes sense for layers stored in this format (a rule pairing it with a
         scheme of another format fails before any weight loads)."""
         return True
+
+    @classmethod
+    def stats_for(cls, args: dict[str, Any]) -> frozenset[str]:
+        """The input statistics a layer with these arguments needs (stats.STAT_KINDS)."""
+        if "float_targets" in cls.ARGS and args.get("float_targets", cls.ARGS["float_targets"].default):
+            return cls.stats | {"float_cross"}
+        return cls.stats
+
+    @torch.no_grad()
+    def retarget(self) -> None:
+        """Layers with `float_targets`: replace the weight W by the W' that GPTQ and AWQ should
+        reproduce on the quantized model's inputs x~ so the output matches the float model's W x
+        (quant/gptq.py float_target). Later blocks then also correct the error earlier ones left."""
+        for t in self.tasks:
+            stats = self.context.stats.get(t.name)
+            if "float_targets" not in self.ARGS or not self.arg(t, "float_targets") or t.too_few_tokens(stats):
+                continue
+            if not stats.cross_paired:
+                self.notes.append(f"{self.name}: {t.name} saw other tokens in the float model than in the quantized one "
+                                  f"(a routed expert); float_targets not applied to it")
+                continue
+            damp = self.arg(t, "damp") if "damp" in self.ARGS else 0.01
+            w = t.module.weight
+            w.copy_(float_target(w.float(), self.context.hessian(t.name), self.context.cross(t.name), damp)
+                    .to(w.dtype))
 
     def arg(self, task: LayerTask, key: str) -> Any:
         return task.args.get(key, self.ARGS[key].default)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from ..quant.clip import clip_ratios
 from ..quant.gptq import SingularHessian, gptq_quantize
 from ..quant.rtn import rtn_quantize
-from .base import Algorithm, Arg, is_bool, number_in, positive_int
+from .base import FLOAT_TARGETS, Algorithm, Arg, is_bool, number_in, positive_int
 
 RETRY_DAMP_FACTORS = (1, 10, 100)
 
@@ -28,6 +29,10 @@ class GPTQ(Algorithm):
         "damp": Arg(0.01, number_in(0.0, 1.0), "a fraction in [0, 1] of the mean Hessian diagonal (e.g. 0.01)"),
         "block_size": Arg(128, positive_int, "a positive number of columns per lazy update (e.g. 128)"),
         "act_order": Arg(True, is_bool, "true (visit columns by decreasing activation energy) or false"),
+        "clip": Arg(False, is_bool, "true or false (search each group's clipping when its scale is fixed)"),
+        "clip_grid": Arg(20, positive_int, "a positive number of clipping steps (e.g. 20)"),
+        "max_shrink": Arg(0.5, number_in(0.0, 0.95), "a fraction in [0, 0.95] (how far clipping may shrink a range)"),
+        "float_targets": FLOAT_TARGETS,
     }
 
     def _batches(self):
@@ -54,11 +59,13 @@ class GPTQ(Algorithm):
             w = torch.cat([t.module.weight.float() for t in tasks])
             h = self.context.hessian(first.name)
             damp = self.arg(first, "damp")
+            clip = clip_ratios(self.arg(first, "clip_grid"), self.arg(first, "max_shrink")) \
+                if self.arg(first, "clip") else None
             solved = None
             for factor in RETRY_DAMP_FACTORS:
                 try:
                     solved = gptq_quantize(w, h, first.grid, damp * factor if damp else 0.0,
-                                           self.arg(first, "block_size"), self.arg(first, "act_order"))
+                                           self.arg(first, "block_size"), self.arg(first, "act_order"), clip)
                 except SingularHessian:
                     if not damp:
                         break  # no dampening to raise: a zero damp asks for the exact Hessian

@@ -6,6 +6,9 @@
      layers; swap the QuantLinears in; run the now-quantized block on the same inputs to
      get the next block's inputs, so later blocks calibrate on what the quantized model
      really feeds them.
+     When a layer's algorithm compares against the float model (GPTQ's float_targets), a
+     second stream of block inputs, the float model's own, runs beside it: each block runs
+     on it first (still in float) and its outputs feed the next block's float stream.
   3. Layers outside the blocks (e.g. a quantized lm_head) are calibrated last, with one
      forward of the whole (by then quantized) model on the calibration windows.
 
@@ -31,9 +34,9 @@ from ..plan import LayerPlan, Plan
 from ..progress import progress_bar
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
-from .blocks import BlockProvider, InMemoryBlocks
-from .capture import run_block
-from .stats import attach_stats
+from .blocks import BlockProvider, CallList, InMemoryBlocks
+from .capture import run_block, with_hidden
+from .stats import Stream, attach_stats
 
 
 def _algorithms(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext) -> list[Algorithm]:
@@ -52,20 +55,25 @@ def _finite(q) -> bool:
     return all(t is None or bool(torch.isfinite(t).all()) for t in (q.scale, q.input_scale))
 
 
+def _wants_float_stream(lp: LayerPlan) -> bool:
+    return "float_cross" in get_algorithm(lp.algorithm).stats_for(dict(lp.args))
+
+
 def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext,
-                  run_float: Callable[[], None], swap: Callable[[LayerTask, object], None]) -> list[str]:
+                  run_float: Callable[[], None], swap: Callable[[LayerTask, object], None],
+                  stream: Stream | None = None) -> list[str]:
     """Calibrate and quantize the tasks of one unit (a block, or the layers outside blocks).
 
-    `run_float` runs the unit on the calibration batch; it is called only if some task
-    needs statistics."""
+    `run_float` runs the unit on the calibration batch (setting `stream.float` while it runs
+    the float stream); it is called only if some task needs statistics."""
     algos = _algorithms(tasks, algorithm_of, context)
     needs: dict[str, set[str]] = {}
     for algo in algos:
         for t in algo.tasks:
-            needs[t.name] = set(algo.stats) | ({"absmax"} if needs_static_scale(t) else set())
+            needs[t.name] = set(algo.stats_for(t.args)) | ({"absmax"} if needs_static_scale(t) else set())
     if any(needs.values()):
         modules = {t.name: t.module for t in tasks}
-        context.stats, handles = attach_stats(modules, needs, _shared_inputs(context))
+        context.stats, handles = attach_stats(modules, needs, _shared_inputs(context), stream)
         for algo in algos:
             algo.attach()
         try:
@@ -78,6 +86,8 @@ def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context:
         for t in tasks:
             if t.name in context.stats:
                 t.tokens_seen = context.stats[t.name].tokens
+    for algo in algos:
+        algo.retarget()
     for algo in algos:
         algo.transform()
     results = {}
@@ -138,18 +148,39 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
     if blocks.tail_from_hidden and any(lp.calibrates for lp in outside):
         last_needing_data = len(prefixes)  # the outside layers read the last block's outputs: keep them
     inputs = blocks.inputs(windows, batch_size) if last_needing_data >= blocks.start else None
+    last_float = max((i for i, lps in enumerate(by_block) if any(map(_wants_float_stream, lps))), default=-1)
+    float_inputs: CallList | None = None  # the float model's block inputs (float_targets)
+    if inputs is not None and last_float >= blocks.start:
+        if isinstance(blocks, InMemoryBlocks):
+            float_inputs = CallList(inputs)
+        else:
+            notes.append("float_targets: a streamed run keeps no second, float stream of block inputs; "
+                         "not applied (each layer reproduces its own output on the quantized model's inputs)")
+    stream = Stream()
     bar = progress_bar(total=len(prefixes), initial=blocks.start, desc="calibrate", unit="block", enabled=progress)
     for i in range(blocks.start, len(prefixes)):
         block = blocks.open(i)
         context = BlockContext(prefixes[i], block, plan.model_type)
         tasks = tasks_of(by_block[i])
+        float_out: list[torch.Tensor] = []  # this block's float outputs on the float stream
 
         def run_float(block=block):
-            for call in inputs or ():
+            for j, call in enumerate(inputs or ()):
+                stream.batch = j
+                if float_inputs is not None:
+                    stream.float = True
+                    try:
+                        float_out.append(run_block(block, float_inputs[j]))
+                    finally:
+                        stream.float = False
                 run_block(block, call)
 
-        block_notes = quantize_unit(tasks, algorithm_of, context, run_float, swap)
+        if float_inputs is not None and not any(lp.calibrates for lp in by_block[i]):
+            float_out = [run_block(block, c) for c in float_inputs]  # no statistics pass: run it alone
+        block_notes = quantize_unit(tasks, algorithm_of, context, run_float, swap, stream)
         notes += block_notes
+        if float_inputs is not None:
+            float_inputs = CallList(map(with_hidden, float_inputs, float_out)) if i < last_float else None
         if inputs is not None:
             if i < last_needing_data:
                 inputs.advance(lambda call, block=block: run_block(block, call))

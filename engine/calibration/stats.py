@@ -6,9 +6,12 @@ norm; see families.PAIRINGS) share one `InputStats`, so the Gram matrix of that 
 accumulated once, not once per layer. Each algorithm asks for the statistics it needs:
 "hessian" (the mean of x x^T: GPTQ, and AWQ's exact output error), "abs_mean" (AWQ's
 activation salience), "absmax" (the per-channel max |x| of each calibration window:
-SmoothQuant and static activation scales) and "sample"
+SmoothQuant and static activation scales), "sample"
 (the first SAMPLE_TOKENS input rows, for searches that must quantize activations; the
-calibration windows are shuffled, so the first rows are a fair sample).
+calibration windows are shuffled, so the first rows are a fair sample) and "float_cross"
+(E[x x~^T], the float model's input x against the quantized model's input x~ at the same
+positions: the driver then runs each block on both streams, the float one first; GPTQ's
+float_targets).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STAT_KINDS = ("hessian", "abs_mean", "absmax", "sample")
+STAT_KINDS = ("hessian", "abs_mean", "absmax", "sample", "float_cross")
 SAMPLE_TOKENS = 4096
 
 
@@ -30,9 +33,19 @@ class InputStats:
         self._window_absmax: list[torch.Tensor] | None = [] if "absmax" in kinds else None
         self._sample: list[torch.Tensor] | None = [] if "sample" in kinds else None
         self._sampled = 0
+        self._cross = torch.zeros(in_features, in_features, device=device) if "float_cross" in kinds else None
+        self._float_inputs: dict[int, torch.Tensor] = {}  # batch -> the float stream's input, awaiting its pair
+        # False once a batch's float and quantized inputs were not the same tokens (a routed
+        # expert receives different tokens in the two models): the cross moment is then unusable
+        self.cross_paired = True
         self._mean = False  # _xtx holds the mean (hessian was read), no longer the running sum
 
-    def update(self, x: torch.Tensor) -> None:
+    def observe_float(self, x: torch.Tensor, batch: int) -> None:
+        """The float model's input for calibration batch `batch` (update() sees its pair next)."""
+        if self._cross is not None:
+            self._float_inputs[batch] = x.detach().reshape(-1, self.in_features).to(torch.float32)
+
+    def update(self, x: torch.Tensor, batch: int = 0) -> None:
         if self._mean:
             raise RuntimeError("InputStats.update after its hessian was read")
         x = x.detach()
@@ -40,6 +53,12 @@ class InputStats:
         self.tokens += x2.shape[0]
         if self._xtx is not None:
             self._xtx.addmm_(x2.T, x2)
+        if self._cross is not None:
+            xf = self._float_inputs.pop(batch, None)
+            if xf is None or xf.shape != x2.shape:
+                self.cross_paired = False
+            else:
+                self._cross.addmm_(xf.T, x2)
         if self._abs_sum is not None:
             self._abs_sum += x2.abs().sum(dim=0, dtype=torch.float64)
         if self._window_absmax is not None:  # [windows, K]: one row per sequence of the batch
@@ -59,6 +78,12 @@ class InputStats:
             self._xtx.div_(max(self.tokens, 1))
             self._mean = True
         return self._xtx
+
+    @property
+    def cross(self) -> torch.Tensor:
+        """E[x x~^T] [K, K]: float-model inputs x against quantized-model inputs x~ (float32);
+        meaningful only while cross_paired."""
+        return self._cross / max(self.tokens, 1)
 
     @property
     def window_absmax(self) -> torch.Tensor:
@@ -95,19 +120,33 @@ def share_groups(names: list[str], shared: list[tuple[str, ...]]) -> list[tuple[
     return groups
 
 
-def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]]
+class Stream:
+    """Which stream and calibration batch the block is running on (float_cross: per batch, the
+    float stream goes first, then the quantized one)."""
+
+    def __init__(self) -> None:
+        self.float = False
+        self.batch = 0
+
+
+def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]],
+                 stream: Stream | None = None
                  ) -> tuple[dict[str, InputStats], list[torch.utils.hooks.RemovableHandle]]:
     """One InputStats per input group, observed by a pre-hook on the group's first layer.
 
     `needs` maps a layer name to the statistics its algorithm wants; a group collects the
-    union. Returns (stats by layer name, hook handles to remove)."""
+    union. While `stream.float` is set, inputs are the float stream's (observe_float).
+    Returns (stats by layer name, hook handles to remove)."""
+    stream = stream or Stream()
     stats: dict[str, InputStats] = {}
     handles = []
     for group in share_groups([n for n in modules if needs.get(n)], shared):
         kinds = set().union(*(needs[n] for n in group))
         first = modules[group[0]]
         s = InputStats(first.in_features, kinds, first.weight.device)
-        handles.append(first.register_forward_pre_hook(lambda _m, args, s=s: s.update(args[0])))
+        handles.append(first.register_forward_pre_hook(
+            lambda _m, args, s=s: s.observe_float(args[0], stream.batch) if stream.float
+            else s.update(args[0], stream.batch)))
         for n in group:
             stats[n] = s
     return stats, handles

@@ -57,6 +57,24 @@ class TaskSpec:
     mbpp: str = ""
 
 
+LM_EVAL_SOURCES = ("local", "hub")
+
+
+@dataclass(frozen=True)
+class LmEvalSpec:
+    """Multiple-choice tasks through lm-evaluation-harness (conf/eval/default.yaml explains each field)."""
+
+    tasks: tuple[str, ...] = ()  # empty: off
+    limit: int | None = None  # the first N items of each task (lm-eval's --limit); None: all
+    batch_size: int = 8
+    source: str = "local"  # local: the task files under `data`; hub: lm-eval's own task definitions
+    data: str = ""  # the folder holding arc-easy/, piqa/, ... (source=local)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tasks)
+
+
 MIN_SPEED_REPEATS = 5  # fewer timed repeats cannot state an interquartile range worth the name
 SPEED_TIMINGS = ("auto", "interleaved", "sequential")
 
@@ -93,6 +111,7 @@ class EvalSpec:
     kl_topk: int = 64
     texts: dict[str, Any] = field(default_factory=dict)  # name -> DataSpec: more texts to score
     tasks: TaskSpec = field(default_factory=TaskSpec)
+    lm_eval: LmEvalSpec = field(default_factory=LmEvalSpec)
     speed: SpeedSpec = field(default_factory=SpeedSpec)
     memory: MemorySpec = field(default_factory=MemorySpec)
 
@@ -294,6 +313,7 @@ def _check_eval(spec: EvalSpec) -> EvalSpec:
                          ("eval.tasks.reference_tokens", spec.tasks.reference_tokens),
                          ("eval.tasks.max_prompt_tokens", spec.tasks.max_prompt_tokens),
                          ("eval.tasks.batch_size", spec.tasks.batch_size),
+                         ("eval.lm_eval.batch_size", spec.lm_eval.batch_size),
                          ("eval.speed.prompt_len", spec.speed.prompt_len),
                          ("eval.speed.batch_size", spec.speed.batch_size),
                          ("eval.speed.context_len", spec.speed.context_len),
@@ -306,6 +326,10 @@ def _check_eval(spec: EvalSpec) -> EvalSpec:
     if unknown:
         raise ConfigError(f"eval.tasks.families: unknown {unknown}; choose from {list(TASK_FAMILIES)} "
                           f"(or [] for none)")
+    if spec.lm_eval.limit is not None:
+        _positive(spec.lm_eval.limit, "eval.lm_eval.limit")
+    if spec.lm_eval.source not in LM_EVAL_SOURCES:
+        raise ConfigError(f"eval.lm_eval.source: expected local or hub, got {spec.lm_eval.source!r}")
     if spec.tasks.chat_template not in ("auto", "never"):
         raise ConfigError(f"eval.tasks.chat_template: expected auto or never, got {spec.tasks.chat_template!r}")
     if spec.memory.method not in ("auto", "child", "cuda", "off"):

@@ -4,7 +4,8 @@ every variant of that model.
 Stored under paths.root/baselines/<model>-<key>/ (the registry's baselines table points at
 it): reference.pt holds, per eval text, the baseline's top-k log-probs and token ids per
 position (divergence.py) and, per task prompt, its greedy continuation, its own choices and
-the reference answer's log-likelihood (task_metrics.py); meta.json says what the key covers.
+the reference answer's log-likelihood (task_metrics.py), and, when eval.lm_eval names tasks,
+its lm-eval answer per item (lm_eval_score.py); meta.json says what the key covers.
 A folder is written under a temporary name and renamed into place under a file lock, so
 concurrent runs never read half a cache.
 """
@@ -27,6 +28,8 @@ from ..models.loading import locate
 from .divergence import TextReference
 from .forward import device_label
 from .json_tasks import json_cases
+from .lm_eval_score import TaskScore
+from .lm_eval_tasks import data_files
 from .task_metrics import TaskBaseline
 
 # Bump when what is stored, or how it is computed, changes: old caches are then not reused.
@@ -39,6 +42,7 @@ class BaselineOutputs:
     texts: dict[str, TextReference]
     tasks: TaskBaseline | None
     task_sources: list[str]  # which prompts, in order (a cache must match the prompts it scores)
+    lm_eval: dict[str, TaskScore] | None = None  # per lm-eval task, when eval.lm_eval names tasks
 
 
 def _file_stamp(path: str | Path) -> dict[str, Any]:
@@ -76,7 +80,20 @@ def baseline_key_parts(settings: Settings, device: torch.device, dtype: torch.dt
         "texts": {name: {**dataclasses.asdict(d), "stamp": _file_stamp(d.path)} for name, d in ev.all_texts().items()},
         "tasks": {**tasks, "stamps": [_file_stamp(getattr(ev.tasks, k)) for k in ("gsm8k", "humaneval", "mbpp")],
                   "json_cases": hashlib.sha256(json.dumps(json_cases()).encode()).hexdigest()[:16]},
+        **_lm_eval_part(settings),
     }
+
+
+def _lm_eval_part(settings: Settings) -> dict[str, Any]:
+    """What changes the baseline's lm-eval answers; nothing when lm-eval is off, so turning it on
+    does not change the key of runs without it."""
+    spec = settings.eval.lm_eval
+    if not spec.enabled:
+        return {}
+    from importlib.metadata import version
+
+    return {"lm_eval": {**dataclasses.asdict(spec), "version": version("lm-eval"),
+                        "stamps": [_file_stamp(p) for p in data_files(spec)]}}
 
 
 def baseline_key(parts: dict[str, Any]) -> str:
@@ -105,8 +122,9 @@ def load_baseline(folder: Path) -> BaselineOutputs | None:
         if state.get("format") != BASELINE_FORMAT:
             raise UnreadableCache(f"format {state.get('format')}, this qrecipe writes {BASELINE_FORMAT}")
         tasks = TaskBaseline.from_state(state["tasks"]) if state.get("tasks") else None
+        lm_eval = {t: TaskScore.from_state(s) for t, s in state["lm_eval"].items()} if state.get("lm_eval") else None
         return BaselineOutputs({n: TextReference.from_state(s) for n, s in state["texts"].items()}, tasks,
-                               list(state["task_sources"]))
+                               list(state["task_sources"]), lm_eval)
     except (RuntimeError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise UnreadableCache(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
 
@@ -127,7 +145,9 @@ def save_baseline(folder: Path, outputs: BaselineOutputs, meta: dict[str, Any], 
         try:
             torch.save({"format": BASELINE_FORMAT, "texts": {n: r.to_state() for n, r in outputs.texts.items()},
                         "tasks": outputs.tasks.to_state() if outputs.tasks else None,
-                        "task_sources": outputs.task_sources}, tmp / "reference.pt")
+                        "task_sources": outputs.task_sources,
+                        "lm_eval": {t: r.to_state() for t, r in outputs.lm_eval.items()} if outputs.lm_eval else None},
+                       tmp / "reference.pt")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
             tmp.rename(folder)
         finally:

@@ -9,6 +9,8 @@ alike are compared, gated and reported together.
               the chat-template choice and the task files' contents (and the built-in JSON cases)
     speed     the timed workload (prompt_len x batch_size prefill; decode_batch_size x new_tokens
               steps after context_len tokens), or null when speed is not measured
+    lm_eval   (only when eval.lm_eval names tasks) the tasks, the item limit, local or hub tasks,
+              the lm-eval version and the local task files' contents
     device    cpu, or the GPU's name; dtype the model ran in
 
 Two runs have the same protocol exactly when these are equal; `protocol_hash` names it (12 hex
@@ -30,6 +32,7 @@ import torch
 from ..config.settings import DataSpec, Settings
 from .forward import device_label
 from .json_tasks import json_cases
+from .lm_eval_tasks import data_files
 
 _DIGESTS: dict[tuple[str, int, int], dict[str, Any]] = {}
 
@@ -73,9 +76,16 @@ def eval_protocol(settings: Settings, device: torch.device, dtype: torch.dtype) 
     if s.enabled:
         speed = {"prompt_len": s.prompt_len, "batch_size": s.batch_size, "context_len": s.context_len,
                  "decode_batch_size": s.decode_batch_size, "new_tokens": s.new_tokens}
-    return {"texts": [_text(d) for d in ev.all_texts().values()], "seq_len": ev.seq_len, "windows": ev.windows,
-            "kl_topk": ev.kl_topk, "tasks": tasks, "speed": speed, "device": device_label(torch.device(device)),
-            "dtype": str(dtype).replace("torch.", "")}
+    protocol = {"texts": [_text(d) for d in ev.all_texts().values()], "seq_len": ev.seq_len,
+                "windows": ev.windows, "kl_topk": ev.kl_topk, "tasks": tasks, "speed": speed,
+                "device": device_label(torch.device(device)), "dtype": str(dtype).replace("torch.", "")}
+    lm = ev.lm_eval
+    if lm.enabled:  # absent otherwise, so runs without lm-eval keep the protocol they had
+        from importlib.metadata import version
+
+        protocol["lm_eval"] = {"tasks": list(lm.tasks), "limit": lm.limit, "source": lm.source,
+                               "version": version("lm-eval"), "files": [file_digest(p) for p in data_files(lm)]}
+    return protocol
 
 
 def protocol_hash(protocol: dict[str, Any]) -> str:
@@ -95,5 +105,8 @@ def describe_protocol(protocol: dict[str, Any] | None) -> str:
     s = protocol.get("speed")
     parts.append(f"speed prefill {s['batch_size']}x{s['prompt_len']}, decode {s['decode_batch_size']}x"
                  f"{s['new_tokens']} at {s['context_len']}" if s else "no speed")
+    lm = protocol.get("lm_eval")
+    if lm:
+        parts.append(f"lm-eval {','.join(lm['tasks'])} x{lm['limit'] or 'all'}")
     parts.append(f"{protocol.get('device', '?')} {protocol.get('dtype', '?')}")
     return "; ".join(parts)

@@ -5,7 +5,8 @@
     SpeedTimer                keeps a float copy of the baseline before quantization (or times
                               the baseline there, when a copy does not fit), then times the
                               baseline and the variant (speed.py)
-    measure_variant_quality   perplexity, divergence and task behaviour against that reference
+    measure_variant_quality   perplexity, divergence, task behaviour and lm-eval accuracy and
+                              flips against that reference
     measure_variant_speed     the speed metrics, with their spread and noise flags
     measure_variant_peak      peak memory, measured like the baseline's
 
@@ -32,6 +33,8 @@ from ..tables import human_bytes
 from .baseline_cache import (BaselineOutputs, UnreadableCache, baseline_key, baseline_key_parts, cache_folder,
                              load_baseline, save_baseline)
 from .divergence import compare_pass, reference_pass
+from .lm_eval_score import score as lm_eval_score
+from .lm_eval_score import variant_metrics as lm_eval_metrics
 from .memory import available_bytes, child_peak_bytes, cuda_peak_bytes, peak_method, weight_bytes
 from .speed import INTERLEAVED, SEQUENTIAL, VARIANT_ONLY, SpeedSamples, measure_one, measure_pair, speed_metrics, \
     speed_tokens, streamed_timing_note, tokens_needed, variant_speed_metrics
@@ -90,6 +93,11 @@ def describe_sizes(settings: Settings, inputs: EvalInputs, device: torch.device)
              f"(eval.kl_topk)",
              f"  tasks:   {fam} prompts (eval.tasks.prompts={t.prompts}), {t.new_tokens} greedy tokens "
              f"(eval.tasks.new_tokens), references scored on {t.reference_tokens} tokens"]
+    lm = ev.lm_eval
+    if lm.enabled:
+        items = f"the first {lm.limit} items" if lm.limit else "every item"
+        lines.append(f"  lm-eval: {', '.join(lm.tasks)} ({lm.source} tasks, eval.lm_eval.tasks), {items} of each "
+                     f"(eval.lm_eval.limit), zero-shot, batch {lm.batch_size}")
     if s.enabled:
         lines.append(f"  speed:   prefill {s.batch_size} x {s.prompt_len} tokens, decode {s.new_tokens} steps of "
                      f"{s.decode_batch_size} after {s.context_len} tokens of context; {s.warmup} warm-up + {s.repeats} "
@@ -130,10 +138,11 @@ def cached_baseline(settings: Settings, device: torch.device, dtype: torch.dtype
     except UnreadableCache as e:
         outputs = None
         notes.append(f"the cached baseline outputs in {folder} could not be used ({e}); recomputed and replaced")
-    stale = outputs is not None and (outputs.task_sources != sources or set(outputs.texts) != text_names)
+    stale = outputs is not None and (outputs.task_sources != sources or set(outputs.texts) != text_names
+                                     or (outputs.lm_eval is not None) != settings.eval.lm_eval.enabled)
     if stale:
-        notes.append(f"the cached baseline outputs in {folder} hold other texts or task prompts than this run's; "
-                     f"recomputed and replaced")
+        notes.append(f"the cached baseline outputs in {folder} hold other texts, task prompts or lm-eval tasks "
+                     f"than this run's; recomputed and replaced")
     for note in notes:
         say(f"note: {note}")
     return CacheLookup(None if stale else outputs, key, folder, parts, notes)
@@ -159,7 +168,11 @@ def measure_baseline(model, tokenizer, settings: Settings, inputs: EvalInputs, d
         texts = {name: reference_pass(model, w, ev.batch_size, ev.kl_topk, f"baseline {name}", progress)
                  for name, w in inputs.windows.items()}
         tasks = baseline_tasks(model, tokenizer, inputs.items, ev.tasks, progress) if inputs.items else None
-        outputs = BaselineOutputs(texts, tasks, sources)
+        lm_eval = None
+        if ev.lm_eval.enabled:
+            say(f"baseline lm-eval: {', '.join(ev.lm_eval.tasks)} ...")
+            lm_eval = lm_eval_score(model, tokenizer, ev.lm_eval)
+        outputs = BaselineOutputs(texts, tasks, sources, lm_eval)
         store_baseline(lookup, outputs)
     if settings.eval.memory.method != "off":
         say("peak memory of the baseline ...")
@@ -187,6 +200,8 @@ def measure_variant_quality(model, tokenizer, settings: Settings, inputs: EvalIn
             metrics.update({M.text_metric(name, k): v for k, v in values.items()})
     if inputs.items and base.outputs.tasks is not None:
         metrics.update(variant_tasks(model, tokenizer, inputs.items, base.outputs.tasks, ev.tasks, progress))
+    if ev.lm_eval.enabled and base.outputs.lm_eval is not None:
+        metrics.update(lm_eval_metrics(base.outputs.lm_eval, lm_eval_score(model, tokenizer, ev.lm_eval)))
     return metrics
 
 

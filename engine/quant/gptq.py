@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .clip import diagonal_blocks, search_clip
 from .grid import WeightGrid
 
 
@@ -54,12 +55,29 @@ def _factor(box: list[torch.Tensor], damp: float) -> torch.Tensor:
 
 
 @torch.no_grad()
+def float_target(w: torch.Tensor, h: torch.Tensor, cross: torch.Tensor, damp: float) -> torch.Tensor:
+    """The weight W' that GPTQ should reproduce on the quantized model's inputs x~ so that the
+    layer's output matches the float model's, W x (asymmetric calibration, Li et al. 2025,
+    GPTAQ): E||W x - Q x~||^2 = tr((Q - W') H~ (Q - W')^T) + const with W' = W C H~^-1,
+    C = E[x x~^T], H~ = E[x~ x~^T] (dampened as GPTQ dampens it)."""
+    h = h.to(torch.float64).clone()
+    h.diagonal().add_(damp * h.diagonal().mean())
+    # W' H~ = W C  <=>  H~ W'^T = C^T W^T (H~ symmetric)
+    return torch.linalg.solve(h, (w.to(torch.float64) @ cross.to(torch.float64)).T).T.to(torch.float32)
+
+
+@torch.no_grad()
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: float = 0.01, block_size: int = 128,
-                  act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(w_q on the grid [N, K], scale [N, G], zero [N, G]) for weight w and input Hessian h."""
+                  act_order: bool = False, clip: list[float] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(w_q on the grid [N, K], scale [N, G], zero [N, G]) for weight w and input Hessian h.
+
+    clip: candidate fractions of each group's range; when given, a group's scale keeps the one
+    with the least output error of its (already error-updated) weights (engine/quant/clip.py)."""
     w = w.to(torch.float32)  # w and h are never written: their permuted copies below are
     h = h.to(torch.float32)
     n, k = w.shape
+    h_blocks = diagonal_blocks(h, grid.group_len(k)) if clip else None
     dead = h.diagonal() == 0  # inputs that were always zero: any weight works, zero is simplest
     gl = grid.group_len(k)
     n_groups = k // gl
@@ -95,11 +113,12 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
                 current = w[:, cols]
                 in_block = (cols >= i1) & (cols < i2)
                 current[:, in_block] = w1[:, cols[in_block] - i1]
-                scale[:, g:g + 1], zero[:, g:g + 1] = grid.qparams(current)
+                ratio = search_clip(current, h_blocks[g:g + 1], grid, clip) if clip else None
+                scale[:, g:g + 1], zero[:, g:g + 1] = grid.qparams(current, clip=ratio)
                 zero_f[:, g] = zero[:, g]
                 ready[g] = True
             col = w1[:, i]
-            qc = grid.fake_column(col, scale[:, g], zero_f[:, g])
+            qc = grid.round_trip(col, scale[:, g], zero_f[:, g])
             q[:, natural[i1 + i]] = qc
             e = (col - qc).div_(hinv1[i, i])
             w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)

@@ -1,10 +1,16 @@
 """The weight grid of a layer's scheme, as the calibrating algorithms need it.
 
 RTN quantizes a whole weight at once; AWQ and GPTQ need finer verbs on the same grid:
-scales from a (possibly clipped) weight, a fake-quantized round trip to measure error, and
-column-by-column rounding with scales fixed in advance. `WeightGrid` offers them for every
-format, with exactly RTN's numerics (fp16-rounded scales for weight-only formats, fp32 for
+scales from a (possibly clipped) weight or range, a fake-quantized round trip to measure
+error, and column-by-column rounding with scales fixed in advance. `WeightGrid` offers them for
+every format, with exactly RTN's numerics (fp16-rounded scales for weight-only formats, fp32 for
 W8A8, per-channel E4M3 for FP8), so what an algorithm measures is what the format stores.
+
+Integer codes follow kernels/format.py: value = (q - z) * scale with unsigned q. Symmetric grids
+fix z = 2**(bits-1), so their values are the whole signed range [-2**(bits-1), 2**(bits-1) - 1]
+times the scale ([-8, 7] for 4 bits, as compressed-tensors and the field store them), and the
+scale is the smallest that holds the group unclipped (symmetric_scale). Asymmetric grids map
+[min(w, 0), max(w, 0)] onto [0, 2**bits - 1].
 """
 
 from __future__ import annotations
@@ -34,6 +40,14 @@ def round_scale(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
     return scale.clamp_min(tiny).to(scale_dtype).to(torch.float32)
 
 
+def symmetric_scale(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
+    """The smallest scale whose signed grid [-2**(bits-1), 2**(bits-1) - 1] holds [lo, hi]
+    (lo <= 0 <= hi): max(hi / 7, -lo / 8) for 4 bits, so a group led by a negative weight uses
+    code -8 and one led by a positive weight +7."""
+    half = 2 ** (bits - 1)
+    return torch.maximum(hi / (half - 1), -lo / half)
+
+
 @dataclass(frozen=True)
 class WeightGrid:
     bits: int
@@ -59,18 +73,22 @@ class WeightGrid:
         group's range to that fraction of its extent (AWQ's clipping search)."""
         wg = grouped(w.to(torch.float32), self.group_size)
         hi, lo = wg.amax(dim=-1), wg.amin(dim=-1)  # two reductions, no |w| temporary
-        if self.is_fp8 or self.symmetric:
+        if self.is_fp8:
             absmax = torch.maximum(hi, lo.neg_())
             if clip is not None:
                 absmax = absmax * clip
-            if self.is_fp8:
-                scale = (absmax / FP8_MAX).clamp_min(1e-12)
-                return scale, torch.zeros_like(scale, dtype=torch.int32)
-            scale = round_scale(absmax / (2 ** (self.bits - 1) - 1), self.scale_dtype)
-            return scale, torch.full_like(scale, 2 ** (self.bits - 1), dtype=torch.int32)
+            scale = (absmax / FP8_MAX).clamp_min(1e-12)
+            return scale, torch.zeros_like(scale, dtype=torch.int32)
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         if clip is not None:
             lo, hi = lo * clip, hi * clip
+        return self.range_qparams(lo, hi)
+
+    def range_qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero of an integer grid for group ranges lo <= 0 <= hi (any shape)."""
+        if self.symmetric:
+            scale = round_scale(symmetric_scale(lo, hi, self.bits), self.scale_dtype)
+            return scale, torch.full_like(scale, 2 ** (self.bits - 1), dtype=torch.int32)
         scale = round_scale((hi - lo) / (2**self.bits - 1), self.scale_dtype)
         zero = torch.round(-lo / scale).clamp(0, 2**self.bits - 1).to(torch.int32)
         return scale, zero
@@ -92,9 +110,10 @@ class WeightGrid:
         s, z = scale.unsqueeze(-1), zero.unsqueeze(-1).to(torch.float32)
         return self._value(self._round(wg, s, z), s, z).reshape(w.shape)
 
-    def fake_column(self, col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        """Round trip of one column [N] with that column's group scale/zero [N] (GPTQ)."""
-        return self._value(self._round(col, scale, zero), scale, zero)
+    def round_trip(self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """Round trip of x through the grid with scales/zeros that broadcast against it: one
+        column [N] with its group's [N] (GPTQ), or candidate grids at once (clip.py)."""
+        return self._value(self._round(x, scale, zero), scale, zero)
 
     def quantized(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                   input_scale: torch.Tensor | None = None) -> QuantizedWeight:

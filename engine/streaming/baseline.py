@@ -35,11 +35,14 @@ from ..evaluate.suite import BaselineSide, EvalInputs, cached_baseline, store_ba
 from .activations import ActivationStore, StoredInputs
 from .skeleton import StreamedModel
 
-def skipped_notes(why: str, tasks: bool) -> list[str]:
+def skipped_notes(why: str, tasks: bool, lm_eval: bool = False) -> list[str]:
     """What a streamed baseline does not measure, and why (`why`: the plan's execution reason)."""
     streamed = f"the float baseline was streamed block by block ({why}) for perplexity, KL and top-1 agreement only"
     notes = [f"baseline speed and peak memory not measured: {streamed}, and timing a model read from disk would time "
              f"the disk; the variant's own figures are recorded without speedup or reduction ratios"]
+    if lm_eval:
+        notes.insert(0, f"lm-eval not measured: {streamed}; lm-eval scores a whole model in memory, so "
+                        f"lm_eval.* metrics are absent")
     if tasks:
         notes.insert(0, f"baseline task families not measured: {streamed}; greedy generation would read the whole "
                         f"float model once per generated token (eval.tasks.new_tokens passes), so task.* metrics "
@@ -88,13 +91,13 @@ def measure_baseline_streamed(model: StreamedModel, settings: Settings, inputs: 
     full = cached_baseline(settings, device, dtype, [it.source for it in inputs.items], texts, say)
     if full.outputs is not None:
         say(f"baseline outputs: cached with its task families ({full.folder})")
-        notes = full.notes + skipped_notes(why, tasks=False)
+        notes = full.notes + skipped_notes(why, tasks=False, lm_eval=False)
         for note in notes:
             say(f"note: {note}")
         return BaselineSide(full.outputs, True, full.key, full.folder, full.parts, model.float_bytes, None, notes)
     # What a streamed baseline holds is what a run without task families would: cached under that key.
-    no_tasks = dataclasses.replace(settings, eval=dataclasses.replace(ev, tasks=dataclasses.replace(ev.tasks,
-                                                                                                     families=())))
+    no_tasks = dataclasses.replace(settings, eval=dataclasses.replace(
+        ev, tasks=dataclasses.replace(ev.tasks, families=()), lm_eval=dataclasses.replace(ev.lm_eval, tasks=())))
     lookup = cached_baseline(no_tasks, device, dtype, [], texts, say)
     cached = lookup.outputs is not None
     if cached:
@@ -109,7 +112,7 @@ def measure_baseline_streamed(model: StreamedModel, settings: Settings, inputs: 
             shutil.rmtree(work, ignore_errors=True)
         outputs = BaselineOutputs(refs, None, [])
         store_baseline(lookup, outputs)
-    notes = lookup.notes + skipped_notes(why, tasks=bool(inputs.items))
+    notes = lookup.notes + skipped_notes(why, tasks=bool(inputs.items), lm_eval=ev.lm_eval.enabled)
     for note in notes:
         say(f"note: {note}")
     return BaselineSide(outputs, cached, lookup.key, lookup.folder, lookup.parts, model.float_bytes, None, notes)

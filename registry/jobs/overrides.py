@@ -25,6 +25,7 @@ ALLOWED_KEYS = tuple(re.compile(p) for p in (
     r"eval\.(seq_len|windows|batch_size|kl_topk)",
     r"eval\.tasks\.(families|prompts|new_tokens|reference_tokens|max_prompt_tokens|batch_size|chat_template"
     r"|gsm8k|humaneval|mbpp)",
+    r"eval\.lm_eval\.(tasks|limit|batch_size|source|data)",
     r"eval\.speed\.(enabled|prompt_len|batch_size|context_len|decode_batch_size|new_tokens|warmup|repeats"
     r"|max_rel_iqr|timing)",
     r"eval\.memory\.method",

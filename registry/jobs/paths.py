@@ -44,6 +44,13 @@ def check_paths(settings, roots: list[Path], *, allow_hub: bool) -> None:
     for key in ("gsm8k", "humaneval", "mbpp"):
         if getattr(tasks, key):
             _under(Path(getattr(tasks, key)), roots, f"eval.tasks.{key}")
+    lm_eval = settings.eval.lm_eval
+    if lm_eval.enabled:
+        if lm_eval.source == "hub" and not allow_hub:
+            raise ConfigError("eval.lm_eval.source: hub tasks download their data, and this service does not fetch "
+                              "from the hub (jobs.allow_hub=false); use eval.lm_eval.source=local")
+        if lm_eval.source == "local":
+            _under(Path(lm_eval.data), roots, "eval.lm_eval.data")
     if settings.run.output_dir:
         _under(Path(settings.run.output_dir), [Path(settings.paths.root).resolve()], "run.output_dir")
     output = (settings.sections.get("search") or {}).get("output")

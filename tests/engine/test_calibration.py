@@ -103,7 +103,7 @@ def test_layers_without_tokens_fall_back_without_nan(tiny_model_dir, overrides, 
      r"recipe\.rules\.linears\.args\.alpah: awq takes no argument 'alpah'; its arguments are grid, "),
     (("recipe.base.algorithm=smoothquant",),
      r"recipe\.rules\.linears\.algorithm: smoothquant does not apply to W4A16; algorithms for W4A16: rtn, awq, "
-     r"gptq$"),
+     r"gptq, awq_gptq$"),
     (("recipe.base.scheme=W8A8", "recipe.base.group_size=channel", "recipe.base.algorithm=awq"),
      r"recipe\.rules\.linears\.algorithm: awq does not apply to W8A8; algorithms for W8A8: rtn, gptq, "
      r"smoothquant$"),

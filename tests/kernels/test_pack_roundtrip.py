@@ -23,8 +23,7 @@ def random_codes(fmt, p, n=48, k=256, seed=0) -> QuantizedWeight:
     else:
         hi = 2 ** fmt.weight_bits - 1
         q = torch.randint(0, hi + 1, (n, k), generator=g, dtype=torch.int32).to(torch.uint8)
-        if fmt.name == "w8a8":  # symmetric: codes around 128, never 0 (absmax maps to +-127)
-            q = q.clamp(1, 255)
+        # every code, 0 included: symmetric grids use the whole signed range ([-8, 7], [-128, 127])
         scale = (torch.rand(n, groups, generator=g) + 0.1).to(torch.float16).to(torch.float32)
     zero = None if p.symmetric else torch.randint(0, 2 ** fmt.weight_bits, (n, groups), generator=g, dtype=torch.int32)
     input_scale = torch.tensor([0.05]) if p.activation == "static" else None

@@ -33,7 +33,9 @@ def test_markdown_matrix_has_one_row_per_variant():
            "serves_on": ["cpu"]}
     md = render_markdown([row]).splitlines()
     assert md[2] == ("| abc | w4\\|x | h100 | 3.00x | 0.49x (0.47-0.52) | 1.02x (0.95-1.10) noisy | cpu (fallback) | "
-                     "3.87x / 1.00x on h100 | - | +2.35% | 0.0100 | 90.0% | code 0.50 | cpu |")
+                     "3.87x / 1.00x on h100 | - | +2.35% | 0.0100 | 90.0% | code 0.50 | - | cpu |")
+    row.update({"lm_eval.flip_rate": 0.075, "lm_eval.worst_task": "arc_easy"})
+    assert render_markdown([row]).splitlines()[2].endswith("| code 0.50 | 7.5% (arc_easy) | cpu |")
 
 
 def _protocol(windows: int, seq_len: int) -> dict:

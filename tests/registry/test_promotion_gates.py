@@ -88,3 +88,21 @@ def test_the_protocol_the_gates_judge(settings):
         GatePolicy.from_section({"any_protocol": "yes"})
     with pytest.raises(ConfigError, match="gates.recipes.w4a16.protocol: unknown key"):
         GatePolicy.from_section({"recipes": {"w4a16": {"protocol": "f00"}}})
+
+
+def test_flip_gates_read_the_lm_eval_metrics_and_layer_per_task(settings):
+    policy = GatePolicy.from_settings(settings("gates.max_flip_rate=0.1", "+gates.max_task_flip_rate.piqa=0.2",
+                                               "+gates.recipes.w4a16.max_task_flip_rate.arc_easy=0.05"))
+    t = policy.thresholds_for("smollm2-135m", "w4a16")
+    assert (t.max_flip_rate, t.max_task_flip_rate) == (0.1, {"piqa": 0.2, "arc_easy": 0.05})
+    checks = check_gates(Thresholds(max_flip_rate=0.1, max_task_flip_rate=t.max_task_flip_rate),
+                         {"lm_eval.flip_rate": 0.075, "lm_eval.piqa.flip_rate": 0.25})
+    assert [(c.gate, c.metric, c.passed) for c in checks] == [
+        ("max_flip_rate", "lm_eval.flip_rate", True),
+        ("max_task_flip_rate.arc_easy", "lm_eval.arc_easy.flip_rate", False),  # not measured
+        ("max_task_flip_rate.piqa", "lm_eval.piqa.flip_rate", False)]
+    assert checks[2].describe() == "lm_eval.piqa.flip_rate 0.25 > max_task_flip_rate.piqa 0.2"
+    for bad, message in (({"max_flip_rate": 1.5}, "gates.max_flip_rate: expected a share between 0 and 1"),
+                         ({"max_task_flip_rate": {"piqa": -1}}, "gates.max_task_flip_rate.piqa: expected a share")):
+        with pytest.raises(ConfigError, match="^" + message):
+            GatePolicy.from_section(bad)

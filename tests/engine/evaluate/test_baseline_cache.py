@@ -23,6 +23,9 @@ def test_key_follows_what_changes_the_baseline_outputs(shared):
     assert _key() == same
     assert _key("recipe=w4a16") == same  # the recipe does not change the baseline
     assert _key("eval.speed.repeats=9") == same  # nor does timing
+    assert _key("eval.lm_eval.limit=5") == same  # nor lm-eval settings while it is off
+    piqa = _key("eval.lm_eval.tasks=[piqa]")
+    assert piqa != same and _key("eval.lm_eval.tasks=[piqa]", "eval.lm_eval.limit=5") not in (piqa, same)
     for changed in (_key("eval.windows=4"), _key("eval.kl_topk=8"), _key("eval.tasks.prompts=3"),
                     _key("eval.batch_size=2"), _key(dtype=torch.bfloat16), _key("data@eval.data=wikitext2")):
         assert changed != same

@@ -14,6 +14,7 @@ ALLOWED = [
     "eval.tasks.families=[prose]", "eval.speed.repeats=1", "eval.memory.method=off", "calib.samples=8",
     "model.path=/shared/models/x", "model.dtype=float32", "target.memory_gib=40", "run.seed=3",
     "run.output_dir=/runs/x", "eval.data.path=/shared/data/x.txt", "eval=default",
+    "eval.lm_eval.tasks=[arc_easy,piqa]", "eval.lm_eval.limit=50", "eval.lm_eval.data=/shared/data",
 ]
 
 REFUSED = {

@@ -65,6 +65,12 @@ def test_model_and_data_paths_must_lie_under_the_allowed_roots(shared, tmp_path)
         _specs({**inside, "overrides": [*inside["overrides"], "run.output_dir=/tmp/elsewhere"]})
     with pytest.raises(ConfigError, match="does not fetch models from the hub"):
         _specs({**inside, "overrides": ["model=hf", "model.path=someone/model", "target=cpu"]})
+    lm_eval = [*inside["overrides"], "eval.lm_eval.tasks=[piqa]"]
+    assert _specs({**inside, "overrides": lm_eval})  # the shared task files lie under the allowed roots
+    with pytest.raises(ConfigError, match="eval.lm_eval.data: /tmp/tasks lies outside"):
+        _specs({**inside, "overrides": [*lm_eval, "eval.lm_eval.data=/tmp/tasks"]})
+    with pytest.raises(ConfigError, match="eval.lm_eval.source: hub tasks download their data"):
+        _specs({**inside, "overrides": [*lm_eval, "eval.lm_eval.source=hub"]})
 
 
 def test_a_sweep_is_one_job_per_point_and_bounded(shared):
