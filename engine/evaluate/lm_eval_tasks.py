@@ -14,18 +14,13 @@ knows; it downloads the data, so it needs the hub).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..config.settings import LmEvalSpec
 from ..errors import ConfigError
-
-
-def _jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+from .tasks import read_jsonl
 
 
 def _choices(row: dict) -> dict[str, list[str]]:
@@ -36,18 +31,18 @@ def _choices(row: dict) -> dict[str, list[str]]:
 def _arc(path: Path) -> list[dict]:
     """AI2 layout -> allenai/ai2_arc: question.stem -> question, choices -> {text, label}."""
     return [{"id": r["id"], "question": r["question"]["stem"], "choices": _choices(r), "answerKey": r["answerKey"]}
-            for r in _jsonl(path)]
+            for r in read_jsonl(path)]
 
 
 def _openbookqa(path: Path) -> list[dict]:
     """AI2 layout -> allenai/openbookqa (main): question.stem -> question_stem."""
     return [{"id": r["id"], "question_stem": r["question"]["stem"], "choices": _choices(r),
-             "answerKey": r["answerKey"]} for r in _jsonl(path)]
+             "answerKey": r["answerKey"]} for r in read_jsonl(path)]
 
 
 def _piqa(path: Path) -> list[dict]:
     """Official layout (labels in a line-aligned .lst beside the jsonl) -> baber/piqa."""
-    rows = _jsonl(path)
+    rows = read_jsonl(path)
     labels = path.with_name(path.stem + "-labels.lst").read_text().split()
     if len(labels) != len(rows):
         raise ConfigError(f"eval.lm_eval.data: {path} has {len(rows)} rows but its labels file {len(labels)}")
@@ -55,13 +50,13 @@ def _piqa(path: Path) -> list[dict]:
 
 
 def _winogrande(path: Path) -> list[dict]:
-    return [{k: r[k] for k in ("sentence", "option1", "option2", "answer")} for r in _jsonl(path)]
+    return [{k: r[k] for k in ("sentence", "option1", "option2", "answer")} for r in read_jsonl(path)]
 
 
 def _boolq(path: Path) -> list[dict]:
     """Label "true"/"false" -> super_glue's 1/0 (its choices are ["no", "yes"])."""
     return [{"question": r["question"], "passage": r["passage"], "idx": r["idx"],
-             "label": {"true": 1, "false": 0}[str(r["label"]).lower()]} for r in _jsonl(path)]
+             "label": {"true": 1, "false": 0}[str(r["label"]).lower()]} for r in read_jsonl(path)]
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,9 @@ def _spread(items: list, n_hint: int) -> Iterator:
     yield from (item for i, item in enumerate(items) if i not in chosen)
 
 
-def _jsonl(path: str) -> list[dict]:
-    opener = gzip.open if path.endswith(".gz") else open
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file (gzipped when its name ends in .gz), blank lines skipped."""
+    opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -93,11 +94,11 @@ def _prose(documents: list[str]) -> list[TaskText]:
 
 def _math(path: str) -> list[TaskText]:
     return [TaskText("math", f"gsm8k/{i}", row["question"], _CALC.sub("", row["answer"]), chat=True)
-            for i, row in enumerate(_jsonl(path))]
+            for i, row in enumerate(read_jsonl(path))]
 
 
 def _humaneval(path: str) -> list[TaskText]:
-    return [TaskText("code", row["task_id"], row["prompt"], row["canonical_solution"]) for row in _jsonl(path)]
+    return [TaskText("code", row["task_id"], row["prompt"], row["canonical_solution"]) for row in read_jsonl(path)]
 
 
 def _mbpp(path: str) -> list[TaskText]:

@@ -65,7 +65,11 @@ class StreamedRun:
         from transformers import AutoTokenizer
 
         self.settings, self.plan, self.device, self.dtype, self.say = settings, plan, device, dtype, say
-        fix_mmap_threshold()  # freed blocks go back to the system (allocator.py)
+        self.notes: list[str] = []
+        if not fix_mmap_threshold():  # freed blocks go back to the system (allocator.py)
+            self.notes.append("streaming: the allocator's mmap threshold could not be fixed (not glibc): freed "
+                              "blocks may stay in the heap, so host memory can grow past the plan's estimate")
+            say(self.notes[-1])
         spec = settings.model
         source = weight_source(spec, Path(settings.paths.cache))
         config = load_config(spec, Path(settings.paths.cache))
@@ -76,7 +80,6 @@ class StreamedRun:
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self.lock = ResumeLock(self.folder)
         self.lock.acquire(self.folder)
-        self.notes: list[str] = []
         try:
             self.state = open_state(self.folder, fingerprint(settings, plan, source, device, dtype))
             n = len(self.model.blocks)
