@@ -1,5 +1,5 @@
-"""File modes of what qrecipe writes for others to read (run folders, checkpoints, exports,
-the model conversion cache).
+"""Names and file modes of what qrecipe writes for others to read (run folders, checkpoints,
+exports, the model conversion cache).
 
 Some writers create private files: safetensors' `save_file` writes 0600 (through a temporary
 file), `tempfile.mkdtemp` makes 0700 folders. A checkpoint must be readable by whoever serves
@@ -10,7 +10,15 @@ the process's umask, before it is renamed into place.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+
+def safe_name(text: str) -> str:
+    """Free text (a model name such as an hf path) as one folder or file name component: only
+    letters, digits, `.`, `_` and `-`, other runs replaced by `_`, no leading or trailing `.`/`_`,
+    so a name built from it stays inside the folder it is joined to."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
 
 
 def current_umask() -> int:

@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..files import normal_modes
+from ..files import normal_modes, safe_name
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -73,10 +72,8 @@ def _gguf_cache_dir(loc: Location, spec: ModelSpec, cache_root: Path) -> Path:
     f = Path(loc.source) / loc.gguf_file
     st = f.stat()
     key = hashlib.sha256(f"{f.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    # model.name is free text (an hf path, say): keep only safe characters so the folder stays
-    # inside the cache.
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("._") or "model"
-    return cache_root / "models" / f"{safe}-{key}"
+    # model.name is free text (an hf path, say): safe_name keeps the folder inside the cache.
+    return cache_root / "models" / f"{safe_name(spec.name)}-{key}"
 
 
 def _gguf_config(loc: Location):

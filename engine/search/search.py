@@ -25,6 +25,7 @@ import torch
 from .. import metric_names as mn
 from ..config.settings import Settings
 from ..errors import ConfigError
+from ..files import safe_name
 from ..events import OnSearchEvent, SearchEvent, SearchStage
 from ..models.describe import ModelInfo
 from ..plan import Plan
@@ -98,7 +99,8 @@ class Prepared:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "_", text)).strip("._-") or "model"
+    """safe_name, also a recipe name: no `..`, no leading or trailing `-`."""
+    return re.sub(r"\.{2,}", ".", safe_name(text)).strip("._-") or "model"
 
 
 def _output(settings: Settings, spec: SearchSpec) -> Path:

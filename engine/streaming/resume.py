@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..files import safe_name
 
 STATE_FILE = "state.json"
 RESUME_FORMAT = 1
@@ -59,8 +59,7 @@ class ResumeState:
 
 
 def resume_folder(root: Path, model_name: str, plan_hash: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._") or "model"
-    return Path(root).resolve() / f"{safe}-{plan_hash[:16]}"
+    return Path(root).resolve() / f"{safe_name(model_name)}-{plan_hash[:16]}"
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
