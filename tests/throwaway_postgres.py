@@ -6,6 +6,9 @@ pg_ctl run directly in a temporary folder. QRECIPE_TEST_POSTGRES_URL points the 
 existing server instead (its role needs CREATEDB: each test gets a database of its own);
 QRECIPE_TEST_POSTGRES=skip skips them. Where none of that is possible the reason is returned, and the
 PostgreSQL tests are skipped with it.
+
+Autovacuum is off: a worker vacuuming a test's fresh database is a process of no role, which a
+non-superuser's `DROP DATABASE ... WITH (FORCE)` may not terminate (CI once failed on exactly that).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def _as_root(bin_dir: Path) -> Cluster:
     name = f"qrecipe_test_{os.getpid()}"
     port = free_port()
     _run(["pg_createcluster", "-q", "-p", str(port), "--start-conf=manual", "-o", "listen_addresses=localhost",
-          "-o", "fsync=off", "-o", "max_connections=100", version, name])
+          "-o", "fsync=off", "-o", "max_connections=100", "-o", "autovacuum=off", version, name])
 
     def stop() -> None:
         subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, timeout=120)
@@ -88,7 +91,7 @@ def _as_user(bin_dir: Path) -> Cluster:
     try:
         _run([str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust"])
         _run([str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-o",
-              f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
+              f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c autovacuum=off", "start"])
         _wait_ready(bin_dir, port)
         _setup_sql(bin_dir, port, [], "127.0.0.1")
     except Exception:

@@ -52,7 +52,23 @@ def postgres_url(postgres_server):
     url = base.set(database=name).render_as_string(hide_password=False)
     yield url
     close_registry(url)
+    _drop_database(admin, name)
+
+
+def _drop_database(admin: dict, name: str) -> None:
+    """A plain DROP (which stops an autovacuum worker itself) while our own closed sessions wind down;
+    FORCE only as the last try, since a role without pg_signal_backend may not terminate every process."""
+    import time
+
+    import psycopg
+
     with psycopg.connect(**admin, autocommit=True) as conn:
+        for _ in range(40):
+            try:
+                conn.execute(f"DROP DATABASE IF EXISTS {name}")
+                return
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.25)
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
