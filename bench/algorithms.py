@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -45,6 +46,13 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "awq_gptq_w4a16_asym": ("AWQ+GPTQ W4A16 g64 asym", W4 + ASYM + ["recipe.base.algorithm=awq_gptq"]),
     "awq_gptq_ft_w4a16_asym": ("AWQ+GPTQ float targets W4A16 g64 asym",
                                W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.float_targets=true"]),
+    # ... and the same with the block-output refinement of the rounding (engine/quant/signround.py)
+    "awq_gptq_sr_w4a16_asym": ("AWQ+GPTQ+signround W4A16 g64 asym",
+                               W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100"]),
+    # GPTQ alone with clipping and float targets (the best of these on TinyStories-656K)
+    "gptq_clip_ft_w4a16_asym": ("GPTQ clip float targets W4A16 g64 asym",
+                                W4 + ASYM + ["recipe.base.algorithm=gptq", "recipe.base.args.clip=true",
+                                             "recipe.base.args.float_targets=true"]),
     "w8a8_dynamic": ("W8A8 dynamic", W8A8),
     "sq_w8a8_dynamic": ("SmoothQuant W8A8 dynamic", W8A8 + SQ),
     "w8a8_static": ("W8A8 static", W8A8 + STATIC),
@@ -54,7 +62,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                             W8A8 + STATIC + ["recipe.base.algorithm=smoothquant",
                                              "recipe.base.args.alpha=[0.3,0.5,0.7,0.9]"]),
 }
-QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16_asym"}
+QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16_asym", "awq_gptq_sr_w4a16_asym",
+                "gptq_clip_ft_w4a16_asym"}
 # The gap closed is measured against symmetric RTN (README "Calibration algorithms"), each tool's own
 GAP_REFERENCE = "rtn_w4a16"
 
@@ -97,6 +106,8 @@ def run_qrecipe(args, config: str, windows_pt: str) -> dict:
     from qrecipe.engine.quantize import quantize_model
 
     torch.set_num_threads(2)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("qrecipe").setLevel(logging.INFO)  # e.g. each block's refinement
     s = _settings(args, CONFIGS[config][1])
     plan, _ = build_plan(s, torch.device("cpu"))
     model, tokenizer = load_model(s.model, Path(s.paths.cache), torch.device("cpu"), torch.float32)
@@ -120,10 +131,10 @@ def baseline(windows_pt: str, model_dir: Path) -> dict:
 
 def _child(cmd: list[str]) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)  # its log goes to our stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
+        return {"error": [f"exit {done.returncode}; its log is above"] + done.stdout.strip().splitlines()[-1:]}
     return json.loads(lines[-1])
 
 

@@ -71,6 +71,10 @@ class BlockContext:
     # layer name -> per-channel divisor a transform applied to that layer's input (its
     # static activation scale is measured on the divided input)
     input_divisors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the block's calibration inputs (an iterable of one call per batch of windows, the quantized
+    # model's own; a streamed run reads them from disk as it iterates), for an algorithm that
+    # reproduces the whole block's output (GPTQ's refine_steps); None outside the blocks
+    calls: Any = None
 
     def pairings(self):
         """(pairings of this block, groups of layers that read one tensor), with each of its
@@ -116,6 +120,10 @@ def number_in(lo: float, hi: float) -> Callable[[Any], bool]:
 
 def positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def non_negative_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def is_bool(v: Any) -> bool:

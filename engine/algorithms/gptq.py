@@ -7,6 +7,12 @@ solved as one stacked matrix (one factorization, one column loop).
 Fallbacks, recorded in the run's notes: a layer that saw no calibration tokens (an expert:
 fewer than calib.min_expert_tokens) is quantized with RTN; a Hessian that stays singular after dampening is retried with ten
 and a hundred times the dampening, then the layer is quantized with RTN.
+
+`refine_steps` > 0 then revisits the rounding of all of the block's GPTQ layers at once against
+the block's float output (engine/quant/signround.py): sign-gradient steps over each weight's
+rounding offset and each group's scale, kept only where they lower the block's output error on
+the calibration windows. Layers outside the blocks, FP8 layers and RTN fallbacks are not refined
+(noted).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import torch
 from ..quant.clip import clip_ratios
 from ..quant.gptq import SingularHessian, gptq_quantize
 from ..quant.rtn import rtn_quantize
-from .base import FLOAT_TARGETS, Algorithm, Arg, is_bool, number_in, positive_int
+from ..quant.signround import Rounding, refine_rounding
+from .base import FLOAT_TARGETS, Algorithm, Arg, is_bool, non_negative_int, number_in, positive_int
 
 RETRY_DAMP_FACTORS = (1, 10, 100)
 
@@ -32,7 +39,13 @@ class GPTQ(Algorithm):
         "clip": Arg(False, is_bool, "true or false (search each group's clipping when its scale is fixed)"),
         "clip_grid": Arg(20, positive_int, "a positive number of clipping steps (e.g. 20)"),
         "max_shrink": Arg(0.5, number_in(0.0, 0.95), "a fraction in [0, 0.95] (how far clipping may shrink a range)"),
+        "static_groups": Arg(False, is_bool, "true (each group's scale from the weights before GPTQ updates them) "
+                                             "or false (from its updated weights when its first column is visited)"),
         "float_targets": FLOAT_TARGETS,
+        "refine_steps": Arg(0, non_negative_int, "a number of sign-gradient steps refining the block's rounding "
+                                                 "(0: off; e.g. 100)"),
+        "refine_windows": Arg(4, positive_int, "a positive number of calibration windows per refinement step "
+                                               "(e.g. 4)"),
     }
 
     def _batches(self):
@@ -46,7 +59,7 @@ class GPTQ(Algorithm):
         return list(batches.values())
 
     def quantize(self):
-        out = {}
+        out, roundings = {}, []
         for tasks in self._batches():
             first = tasks[0]
             names = "+".join(t.name for t in tasks)
@@ -61,11 +74,14 @@ class GPTQ(Algorithm):
             damp = self.arg(first, "damp")
             clip = clip_ratios(self.arg(first, "clip_grid"), self.arg(first, "max_shrink")) \
                 if self.arg(first, "clip") else None
+            refine = self.arg(first, "refine_steps") > 0 and not first.grid.is_fp8
+            unrounded = torch.empty_like(w) if refine else None
             solved = None
             for factor in RETRY_DAMP_FACTORS:
                 try:
                     solved = gptq_quantize(w, h, first.grid, damp * factor if damp else 0.0,
-                                           self.arg(first, "block_size"), self.arg(first, "act_order"), clip)
+                                           self.arg(first, "block_size"), self.arg(first, "act_order"), clip,
+                                           unrounded, self.arg(first, "static_groups"))
                 except SingularHessian:
                     if not damp:
                         break  # no dampening to raise: a zero damp asks for the exact Hessian
@@ -84,6 +100,33 @@ class GPTQ(Algorithm):
             for t in tasks:
                 rows = slice(row, row + t.module.out_features)
                 out[t.name] = first.grid.quantized(w_q[rows], scale[rows], zero[rows])
+                if refine:
+                    roundings.append((t, Rounding(f"{self.context.relative(t.name)}.weight", unrounded[rows],
+                                                  scale[rows], zero[rows], t.grid)))
                 row = rows.stop
+        if any(self.arg(t, "refine_steps") > 0 for t in self.tasks):
+            out.update(self._refine(roundings))
         return out
+
+    def _refine(self, roundings: list) -> dict:
+        """The block-output refinement of the GPTQ layers' rounding (engine/quant/signround.py)."""
+        wanted = [t for t in self.tasks if self.arg(t, "refine_steps") > 0]
+        if self.context.calls is None or not self.context.prefix:
+            self.notes.append(f"gptq: refine_steps needs a decoder block's inputs; "
+                              f"{', '.join(t.name for t in wanted)} not refined (GPTQ's rounding kept)")
+            return {}
+        left = [t.name for t in wanted if t.name not in {task.name for task, _ in roundings}]
+        if left:
+            self.notes.append(f"gptq: {', '.join(left)} not refined (an FP8 grid or an RTN fallback)")
+        if not roundings:
+            return {}
+        first = roundings[0][0]
+        result = refine_rounding(self.context.block, list(self.context.calls), [r for _, r in roundings],
+                                 self.arg(first, "refine_steps"), windows_per_step=self.arg(first, "refine_windows"))
+        if not result.kept:
+            self.notes.append(f"gptq: refining {self.context.prefix} did not lower its output error "
+                              f"({result.loss_before:.4g} -> {result.loss_after:.4g}); GPTQ's rounding kept")
+            return {}
+        return {t.name: t.grid.quantized(result.values[r.param], result.scales[r.param], r.zero)
+                for t, r in roundings}
 

@@ -160,7 +160,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
     bar = progress_bar(total=len(prefixes), initial=blocks.start, desc="calibrate", unit="block", enabled=progress)
     for i in range(blocks.start, len(prefixes)):
         block = blocks.open(i)
-        context = BlockContext(prefixes[i], block, plan.model_type)
+        context = BlockContext(prefixes[i], block, plan.model_type, calls=inputs)
         tasks = tasks_of(by_block[i])
         float_out: list[torch.Tensor] = []  # this block's float outputs on the float stream
 

@@ -20,6 +20,10 @@ from .clip import diagonal_blocks, search_clip
 from .grid import WeightGrid
 
 
+# Columns per inner lazy update inside a block (see gptq_quantize's loop).
+SUB_BLOCK = 16
+
+
 class SingularHessian(ValueError):
     """The dampened Hessian is not positive definite (too few or degenerate inputs)."""
 
@@ -68,12 +72,18 @@ def float_target(w: torch.Tensor, h: torch.Tensor, cross: torch.Tensor, damp: fl
 
 @torch.no_grad()
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: float = 0.01, block_size: int = 128,
-                  act_order: bool = False, clip: list[float] | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  act_order: bool = False, clip: list[float] | None = None, unrounded: torch.Tensor | None = None,
+                  static_groups: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(w_q on the grid [N, K], scale [N, G], zero [N, G]) for weight w and input Hessian h.
 
     clip: candidate fractions of each group's range; when given, a group's scale keeps the one
-    with the least output error of its (already error-updated) weights (engine/quant/clip.py)."""
+    with the least output error of its (already error-updated) weights (engine/quant/clip.py).
+    unrounded: an [N, K] tensor that receives each column as it was just before it was rounded
+    (the error-updated weights whose rounding w_q is), for a refinement that revisits rounding
+    decisions (engine/quant/signround.py).
+    static_groups: every group's scale and zero come from the weights as given, before any column
+    is updated (llm-compressor's choice), instead of from the group's error-updated weights when
+    its first column is visited."""
     w = w.to(torch.float32)  # w and h are never written: their permuted copies below are
     h = h.to(torch.float32)
     n, k = w.shape
@@ -85,6 +95,11 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
     zero = torch.zeros(n, n_groups, dtype=torch.int32, device=w.device)
     zero_f = torch.zeros(n, n_groups, device=w.device)  # float copy: no conversion per column
     ready = [False] * n_groups
+    if static_groups:
+        ratio = search_clip(w, h_blocks, grid, clip) if clip else None
+        scale, zero = grid.qparams(w, clip=ratio)
+        zero_f = zero.to(torch.float32)
+        ready = [True] * n_groups
 
     energy = torch.where(dead, torch.ones_like(h.diagonal()), h.diagonal())  # dead inputs count as 1
     perm = torch.argsort(energy, descending=True, stable=True) if act_order \
@@ -106,22 +121,34 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            g = group_of[i1 + i]
-            if not ready[g]:
-                cols = position[g * gl:(g + 1) * gl]
-                current = w[:, cols]
-                in_block = (cols >= i1) & (cols < i2)
-                current[:, in_block] = w1[:, cols[in_block] - i1]
-                ratio = search_clip(current, h_blocks[g:g + 1], grid, clip) if clip else None
-                scale[:, g:g + 1], zero[:, g:g + 1] = grid.qparams(current, clip=ratio)
-                zero_f[:, g] = zero[:, g]
-                ready[g] = True
-            col = w1[:, i]
-            qc = grid.round_trip(col, scale[:, g], zero_f[:, g])
-            q[:, natural[i1 + i]] = qc
-            e = (col - qc).div_(hinv1[i, i])
-            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
-            err1[:, i] = e
+        # Two levels of lazy updates: a column's error goes at once only to the columns of its
+        # sub-block (a rank-1 update, memory-bound), and each sub-block's errors reach the rest
+        # of the block in one matrix product.
+        for j1 in range(0, i2 - i1, SUB_BLOCK):
+            j2 = min(j1 + SUB_BLOCK, i2 - i1)
+            for i in range(j1, j2):
+                g = group_of[i1 + i]
+                if not ready[g]:
+                    cols = position[g * gl:(g + 1) * gl]
+                    current = w[:, cols]
+                    in_block = (cols >= i1) & (cols < i2)
+                    current[:, in_block] = w1[:, cols[in_block] - i1]
+                    later = in_block & (cols - i1 >= j2)  # in the block, past this sub-block: owed its errors
+                    if later.any() and i > j1:
+                        current[:, later] -= err1[:, j1:i] @ hinv1[j1:i, cols[later] - i1]
+                    ratio = search_clip(current, h_blocks[g:g + 1], grid, clip) if clip else None
+                    scale[:, g:g + 1], zero[:, g:g + 1] = grid.qparams(current, clip=ratio)
+                    zero_f[:, g] = zero[:, g]
+                    ready[g] = True
+                col = w1[:, i]
+                qc = grid.round_trip(col, scale[:, g], zero_f[:, g])
+                q[:, natural[i1 + i]] = qc
+                if unrounded is not None:
+                    unrounded[:, natural[i1 + i]] = col
+                e = (col - qc).div_(hinv1[i, i])
+                w1[:, i:j2].addr_(e, hinv1[i, i:j2], alpha=-1)
+                err1[:, i] = e
+            if j2 < i2 - i1:
+                w1[:, j2:].addmm_(err1[:, j1:j2], hinv1[j1:j2, j2:], alpha=-1)
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return q, scale, zero
