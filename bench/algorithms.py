@@ -49,10 +49,19 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     # ... and the same with the block-output refinement of the rounding (engine/quant/signround.py)
     "awq_gptq_sr_w4a16_asym": ("AWQ+GPTQ+signround W4A16 g64 asym",
                                W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100"]),
+    # qrecipe's GPTQ with llm-compressor's choices: natural column order, every group's scale
+    # from the weights before any update (its gptq_quantize leaves activation order off)
+    "gptq_static_w4a16_asym": ("GPTQ static groups, natural order W4A16 g64 asym",
+                               W4 + ASYM + ["recipe.base.algorithm=gptq", "recipe.base.args.act_order=false",
+                                            "recipe.base.args.static_groups=true"]),
     # GPTQ alone with clipping and float targets (the best of these on TinyStories-656K)
     "gptq_clip_ft_w4a16_asym": ("GPTQ clip float targets W4A16 g64 asym",
                                 W4 + ASYM + ["recipe.base.algorithm=gptq", "recipe.base.args.clip=true",
                                              "recipe.base.args.float_targets=true"]),
+    # ... refining against the float model's own block outputs (refine_target=model)
+    "awq_gptq_srm_w4a16_asym": ("AWQ+GPTQ+signround to the float model W4A16 g64 asym",
+                                W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100",
+                                             "recipe.base.args.refine_target=model"]),
     "w8a8_dynamic": ("W8A8 dynamic", W8A8),
     "sq_w8a8_dynamic": ("SmoothQuant W8A8 dynamic", W8A8 + SQ),
     "w8a8_static": ("W8A8 static", W8A8 + STATIC),
@@ -63,7 +72,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                                              "recipe.base.args.alpha=[0.3,0.5,0.7,0.9]"]),
 }
 QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16_asym", "awq_gptq_sr_w4a16_asym",
-                "gptq_clip_ft_w4a16_asym"}
+                "gptq_clip_ft_w4a16_asym", "gptq_static_w4a16_asym",
+                "awq_gptq_srm_w4a16_asym"}
 # The gap closed is measured against symmetric RTN (README "Calibration algorithms"), each tool's own
 GAP_REFERENCE = "rtn_w4a16"
 

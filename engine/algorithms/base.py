@@ -75,6 +75,9 @@ class BlockContext:
     # model's own; a streamed run reads them from disk as it iterates), for an algorithm that
     # reproduces the whole block's output (GPTQ's refine_steps); None outside the blocks
     calls: Any = None
+    # the float model's outputs of this block, one per batch, when a float stream runs beside the
+    # quantized one (filled while the block runs in float; see wants_float_stream)
+    float_outputs: list | None = None
 
     def pairings(self):
         """(pairings of this block, groups of layers that read one tensor), with each of its
@@ -170,6 +173,12 @@ class Algorithm(ABC):
         if "float_targets" in cls.ARGS and args.get("float_targets", cls.ARGS["float_targets"].default):
             return cls.stats | {"float_cross"}
         return cls.stats
+
+    @classmethod
+    def wants_float_stream(cls, args: dict[str, Any]) -> bool:
+        """Whether a layer with these arguments needs the float model's own block inputs run
+        beside the quantized model's (the calibration driver's second stream)."""
+        return "float_cross" in cls.stats_for(args)
 
     @torch.no_grad()
     def retarget(self) -> None:

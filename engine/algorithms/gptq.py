@@ -46,7 +46,16 @@ class GPTQ(Algorithm):
                                                  "(0: off; e.g. 100)"),
         "refine_windows": Arg(4, positive_int, "a positive number of calibration windows per refinement step "
                                                "(e.g. 4)"),
+        "refine_target": Arg("block", lambda v: v in ("block", "model"),
+                             "block (the float block's output on the quantized model's inputs) or model (the float "
+                             "model's own output of the block, which needs a second, float stream of inputs)"),
     }
+
+    @classmethod
+    def wants_float_stream(cls, args):
+        refine = args.get("refine_steps", cls.ARGS["refine_steps"].default) > 0
+        target = args.get("refine_target", cls.ARGS["refine_target"].default)
+        return super().wants_float_stream(args) or (refine and target == "model")
 
     def _batches(self):
         """Tasks grouped by (shared input, grid, arguments): each group is solved at once."""
@@ -121,8 +130,18 @@ class GPTQ(Algorithm):
         if not roundings:
             return {}
         first = roundings[0][0]
-        result = refine_rounding(self.context.block, list(self.context.calls), [r for _, r in roundings],
-                                 self.arg(first, "refine_steps"), windows_per_step=self.arg(first, "refine_windows"))
+        calls = list(self.context.calls)
+        targets = None
+        if self.arg(first, "refine_target") == "model":
+            targets = self.context.float_outputs
+            if not targets or len(targets) != len(calls):
+                self.notes.append("gptq: refine_target=model needs the float model's stream of block inputs, which "
+                                  "this run does not keep (a streamed run); refined against the float block's "
+                                  "output on the quantized model's inputs instead")
+                targets = None
+        result = refine_rounding(self.context.block, calls, [r for _, r in roundings],
+                                 self.arg(first, "refine_steps"), windows_per_step=self.arg(first, "refine_windows"),
+                                 targets=targets)
         if not result.kept:
             self.notes.append(f"gptq: refining {self.context.prefix} did not lower its output error "
                               f"({result.loss_before:.4g} -> {result.loss_after:.4g}); GPTQ's rounding kept")

@@ -56,7 +56,7 @@ def _finite(q) -> bool:
 
 
 def _wants_float_stream(lp: LayerPlan) -> bool:
-    return "float_cross" in get_algorithm(lp.algorithm).stats_for(dict(lp.args))
+    return get_algorithm(lp.algorithm).wants_float_stream(dict(lp.args))
 
 
 def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext,
@@ -163,6 +163,8 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
         context = BlockContext(prefixes[i], block, plan.model_type, calls=inputs)
         tasks = tasks_of(by_block[i])
         float_out: list[torch.Tensor] = []  # this block's float outputs on the float stream
+        if float_inputs is not None:
+            context.float_outputs = float_out  # filled by run_float, before the algorithms quantize
 
         def run_float(block=block):
             for j, call in enumerate(inputs or ()):

@@ -126,14 +126,17 @@ def _error(block: nn.Module, overrides: dict[str, torch.Tensor], calls: list, ta
 
 def refine_rounding(block: nn.Module, calls: list, roundings: list[Rounding], steps: int, lr: float | None = None,
                     windows_per_step: int = 4, alpha_range: tuple[float, float] = (0.5, 1.5),
-                    seed: int = 0) -> Refined:
+                    seed: int = 0, targets: list[torch.Tensor] | None = None) -> Refined:
     """Refine the rounding of `roundings` (layers of `block`) on the calibration `calls` (the
     block's inputs, batches of windows) for `steps` sign-gradient steps of `windows_per_step`
-    windows each; lr defaults to 1 / steps (AutoRound's)."""
+    windows each; lr defaults to 1 / steps (AutoRound's). The outputs to reproduce are the float
+    block's on `calls`, or `targets` (one per call: e.g. the float model's own outputs of the
+    block, so that the block also makes up for the error of the blocks before it)."""
     device = next(block.parameters()).device
     lr = 1.0 / max(steps, 1) if lr is None else lr
-    with torch.no_grad():
-        targets = [_output(block, {}, windows_of(c, slice(None), device)).detach() for c in calls]
+    if targets is None:
+        with torch.no_grad():
+            targets = [_output(block, {}, windows_of(c, slice(None), device)).detach() for c in calls]
     start = {r.param: _value(r, None, None, exact=True) for r in roundings}
     before = _error(block, start, calls, targets, device)
 

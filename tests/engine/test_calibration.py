@@ -113,3 +113,19 @@ def test_bad_algorithm_settings_fail_before_loading(overrides, message):
 
     with pytest.raises(RecipeError, match=message):
         settings_for("recipe=w4a16", *overrides)
+
+
+@pytest.mark.parametrize("target", ["block", "model"])
+def test_refinement_runs_in_the_driver_and_a_head_outside_the_blocks_is_noted(quantize_tiny, float_ppl, target):
+    """refine_steps refines each block's GPTQ layers (against the float block, or the float model
+    through a second stream of inputs); the head, outside the blocks, has no block inputs: noted."""
+    recipe = ("recipe=w4a16-awq-gptq", "+recipe.tied_embeddings=quantize")
+    plain = quantize_tiny(*recipe, samples=16)
+    run = quantize_tiny(*recipe, "recipe.base.args.refine_steps=60", f"recipe.base.args.refine_target={target}",
+                        samples=16)
+    assert any("refine_steps needs a decoder block's inputs; lm_head not refined" in n for n in run.notes), run.notes
+    assert not any("refine_target=model needs" in n or "did not lower" in n for n in run.notes), run.notes
+    for block in ("model.layers.0", "model.layers.1"):
+        got, ref = (m.get_submodule(f"{block}.mlp.down_proj").packed() for m in (run.model, plain.model))
+        assert any(not torch.equal(got[k], ref[k]) for k in got)  # the refinement changed the rounding
+    assert float_ppl < run.ppl < 1.1 * float_ppl

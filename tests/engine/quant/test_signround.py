@@ -136,3 +136,17 @@ def test_a_step_takes_windows_of_every_batched_argument():
     assert torch.equal(args[0], hidden[1:3])
     assert kwargs["position_embeddings"][0] is shared or torch.equal(kwargs["position_embeddings"][0], shared)
     assert kwargs["position_embeddings"][1].shape[0] == 2 and kwargs["flag"] is True
+
+
+def test_given_targets_replace_the_float_blocks_outputs():
+    """targets (e.g. the float model's own outputs of the block) are what the error is measured
+    against: the float block's outputs given explicitly change nothing; other targets do."""
+    block, calls = MLPBlock(), _calls()
+    start = [r for _, r in _rtn_roundings(block, _grid(False))]
+    with torch.no_grad():
+        own = [block(*args, **kwargs)[0] for args, kwargs in calls]
+    default = refine_rounding(block, calls, start, steps=10, windows_per_step=2)
+    explicit = refine_rounding(block, calls, start, steps=10, windows_per_step=2, targets=own)
+    assert explicit.loss_before == default.loss_before and explicit.loss_after == default.loss_after
+    shifted = refine_rounding(block, calls, start, steps=10, windows_per_step=2, targets=[y + 0.1 for y in own])
+    assert shifted.loss_before > default.loss_before + 0.005  # measured against the other outputs
