@@ -62,6 +62,10 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "awq_gptq_srm_w4a16_asym": ("AWQ+GPTQ+signround to the float model W4A16 g64 asym",
                                 W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100",
                                              "recipe.base.args.refine_target=model"]),
+    "awq_gptq_ft_srm_w4a16_asym": ("AWQ+GPTQ float targets+signround to the float model W4A16 g64 asym",
+                                   W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.float_targets=true",
+                                                "recipe.base.args.refine_steps=100",
+                                                "recipe.base.args.refine_target=model"]),
     "w8a8_dynamic": ("W8A8 dynamic", W8A8),
     "sq_w8a8_dynamic": ("SmoothQuant W8A8 dynamic", W8A8 + SQ),
     "w8a8_static": ("W8A8 static", W8A8 + STATIC),
@@ -73,7 +77,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
 }
 QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16_asym", "awq_gptq_sr_w4a16_asym",
                 "gptq_clip_ft_w4a16_asym", "gptq_static_w4a16_asym",
-                "awq_gptq_srm_w4a16_asym"}
+                "awq_gptq_srm_w4a16_asym", "awq_gptq_ft_srm_w4a16_asym"}
 # The gap closed is measured against symmetric RTN (README "Calibration algorithms"), each tool's own
 GAP_REFERENCE = "rtn_w4a16"
 
