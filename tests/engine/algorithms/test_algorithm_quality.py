@@ -15,11 +15,15 @@ from tiny_quant import calib_text, eval_windows, float_ppl, quantize_tiny  # noq
 
 W4_G64 = ("recipe=w4a16", "recipe.base.group_size=64")
 # recipes/w4a16-awq-gptq.yaml on TinyStories-656K (W4A16 g64 asymmetric, AWQ then GPTQ with
-# clipping): measured 35.256 against float 34.441 and symmetric RTN g64 37.345, 71.9% of RTN's
-# gap closed (AWQ g64 36.995, GPTQ g64 36.231, both symmetric as recipes/awq.yaml and gptq.yaml).
-# The floor leaves room for float rounding on other CPUs; SmolLM2-135M's figure is in
-# bench/ALGORITHMS.md.
-RECIPE_GAP_FLOOR = 0.65
+# clipping): measured 35.310 against float 34.441 and symmetric RTN g64 37.345, 70.1% of RTN's
+# gap closed (AWQ g64 36.995, GPTQ g64 36.231, both symmetric as recipes/awq.yaml and gptq.yaml;
+# 35.256, 71.9%, before GPTQ's sub-block updates changed its float rounding order). The floor
+# leaves room for float rounding on other CPUs; SmolLM2-135M's figure is in bench/ALGORITHMS.md.
+# recipes/w4a16-awq-gptq-refined.yaml (the same, then each block's rounding refined against the
+# float model): measured 35.526, 62.6% of the gap. On this two-block model the refinement does not
+# pay (it does on SmolLM2-135M's 30 blocks: 31.887 against 32.619, bench/ALGORITHMS.md), so the
+# test holds it to the ordering and its own floor.
+RECIPE_GAP_FLOORS = {"w4a16-awq-gptq": 0.65, "w4a16-awq-gptq-refined": 0.55}
 W8A8_STATIC = ("recipe=w8a8", "recipe.base.activation=static")
 ALPHA_GRID = "recipe.base.args.alpha=[0.3,0.5,0.7,0.9]"
 
@@ -45,15 +49,16 @@ def w4_g64(quantize_tiny):
     return {name: quantize_tiny(*W4_G64, f"recipe.base.algorithm={name}") for name in ("rtn", "awq", "gptq")}
 
 
-def test_the_awq_gptq_recipe_beats_awq_and_gptq_and_closes_most_of_the_gap(quantize_tiny, w4_g64, float_ppl):
-    recipe = quantize_tiny("recipe=w4a16-awq-gptq")
+@pytest.mark.parametrize("name", list(RECIPE_GAP_FLOORS))
+def test_the_awq_gptq_recipes_beat_awq_and_gptq_and_close_most_of_the_gap(quantize_tiny, w4_g64, float_ppl, name):
+    recipe = quantize_tiny(f"recipe={name}")
     rtn, awq, gptq = (w4_g64[n].ppl for n in ("rtn", "awq", "gptq"))
     gap = (rtn - recipe.ppl) / (rtn - float_ppl)
-    print(f"W4A16 g64 ppl: float {float_ppl:.3f}, w4a16-awq-gptq {recipe.ppl:.3f}, awq {awq:.3f}, "
+    print(f"W4A16 g64 ppl: float {float_ppl:.3f}, {name} {recipe.ppl:.3f}, awq {awq:.3f}, "
           f"gptq {gptq:.3f}, rtn {rtn:.3f}; gap closed {100 * gap:.1f}%")
     assert float_ppl < recipe.ppl < min(awq, gptq)
     for calibrated in (awq, gptq):
         assert calibrated < rtn
         # each closes a real part of RTN's gap to float, not a rounding-noise sliver
         assert (rtn - calibrated) > 0.05 * (rtn - float_ppl)
-    assert gap >= RECIPE_GAP_FLOOR
+    assert gap >= RECIPE_GAP_FLOORS[name]
