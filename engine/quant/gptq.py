@@ -114,11 +114,18 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
     del h  # the factor overwrites the only copy
     hinv = _factor(box, damp)
 
+    # The loop runs on transposed copies ([K, N] weights, [G, N] scales): a column is then a
+    # contiguous row, so every per-column operation reads and writes contiguous memory.
     natural = perm.tolist()
-    q = torch.zeros_like(w)  # in natural column order: no reordered copy at the end
+    wt = w.T.contiguous()
+    del w
+    scale_t, zero_t = scale.T.contiguous(), zero_f.T.contiguous()
+    zero_i = zero.T.contiguous()
+    q_t = torch.zeros_like(wt)  # in natural column order: no reordered copy at the end
+    u_t = torch.empty_like(wt) if unrounded is not None else None
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        w1 = w[:, i1:i2].clone()
+        w1 = wt[i1:i2]  # a view: updated in place
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         # Two levels of lazy updates: a column's error goes at once only to the columns of its
@@ -130,25 +137,28 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: WeightGrid, damp: floa
                 g = group_of[i1 + i]
                 if not ready[g]:
                     cols = position[g * gl:(g + 1) * gl]
-                    current = w[:, cols]
-                    in_block = (cols >= i1) & (cols < i2)
-                    current[:, in_block] = w1[:, cols[in_block] - i1]
-                    later = in_block & (cols - i1 >= j2)  # in the block, past this sub-block: owed its errors
+                    current = wt[cols]  # [gl, N]: already updated for every finished sub-block
+                    later = (cols >= i1 + j2) & (cols < i2)  # in the block, past this sub-block: owed its errors
                     if later.any() and i > j1:
-                        current[:, later] -= err1[:, j1:i] @ hinv1[j1:i, cols[later] - i1]
+                        current[later] -= hinv1[j1:i, cols[later] - i1].T @ err1[j1:i]
+                    current = current.T
                     ratio = search_clip(current, h_blocks[g:g + 1], grid, clip) if clip else None
-                    scale[:, g:g + 1], zero[:, g:g + 1] = grid.qparams(current, clip=ratio)
-                    zero_f[:, g] = zero[:, g]
+                    s_g, z_g = grid.qparams(current, clip=ratio)
+                    scale_t[g], zero_i[g] = s_g[:, 0], z_g[:, 0]
+                    zero_t[g] = z_g[:, 0]
                     ready[g] = True
-                col = w1[:, i]
-                qc = grid.round_trip(col, scale[:, g], zero_f[:, g])
-                q[:, natural[i1 + i]] = qc
-                if unrounded is not None:
-                    unrounded[:, natural[i1 + i]] = col
+                col = w1[i]
+                qc = grid.round_trip(col, scale_t[g], zero_t[g])
+                q_t[natural[i1 + i]] = qc
+                if u_t is not None:
+                    u_t[natural[i1 + i]] = col
                 e = (col - qc).div_(hinv1[i, i])
-                w1[:, i:j2].addr_(e, hinv1[i, i:j2], alpha=-1)
-                err1[:, i] = e
+                w1[i:j2].addr_(hinv1[i, i:j2], e, alpha=-1)
+                err1[i] = e
             if j2 < i2 - i1:
-                w1[:, j2:].addmm_(err1[:, j1:j2], hinv1[j1:j2, j2:], alpha=-1)
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+                w1[j2:].addmm_(hinv1[j1:j2, j2:].T, err1[j1:j2], alpha=-1)
+        wt[i2:].addmm_(hinv[i1:i2, i2:].T, err1, alpha=-1)
+    if unrounded is not None:
+        unrounded.copy_(u_t.T)
+    q, scale, zero = q_t.T.contiguous(), scale_t.T.contiguous(), zero_i.T.contiguous()
     return q, scale, zero
