@@ -126,14 +126,17 @@ def _error(block: nn.Module, overrides: dict[str, torch.Tensor], calls: list, ta
 
 def refine_rounding(block: nn.Module, calls: list, roundings: list[Rounding], steps: int, lr: float | None = None,
                     windows_per_step: int = 4, alpha_range: tuple[float, float] = (0.5, 1.5),
-                    seed: int = 0, targets: list[torch.Tensor] | None = None) -> Refined:
+                    seed: int = 0, targets: list[torch.Tensor] | None = None,
+                    scale_lr: float | None = None) -> Refined:
     """Refine the rounding of `roundings` (layers of `block`) on the calibration `calls` (the
     block's inputs, batches of windows) for `steps` sign-gradient steps of `windows_per_step`
     windows each; lr defaults to 1 / steps (AutoRound's). The outputs to reproduce are the float
     block's on `calls`, or `targets` (one per call: e.g. the float model's own outputs of the
-    block, so that the block also makes up for the error of the blocks before it)."""
+    block, so that the block also makes up for the error of the blocks before it). scale_lr: the
+    step of the group scale factors (default: lr)."""
     device = next(block.parameters()).device
     lr = 1.0 / max(steps, 1) if lr is None else lr
+    scale_lr = lr if scale_lr is None else scale_lr
     if targets is None:
         with torch.no_grad():
             targets = [_output(block, {}, windows_of(c, slice(None), device)).detach() for c in calls]
@@ -160,11 +163,11 @@ def refine_rounding(block: nn.Module, calls: list, roundings: list[Rounding], st
                 overrides = {r.param: _value(r, v, a, exact=False) for r, v, a in zip(roundings, vs, alphas)}
                 loss = (_output(block, overrides, call).float() - y.float()).pow(2).mean()
                 loss.backward()
-                step_lr = lr * (1 - step / steps)
+                decay = 1 - step / steps
                 with torch.no_grad():
                     for v, a in zip(vs, alphas):
-                        v.sub_(v.grad.sign(), alpha=step_lr).clamp_(-0.5, 0.5)
-                        a.sub_(a.grad.sign(), alpha=step_lr).clamp_(*alpha_range)
+                        v.sub_(v.grad.sign(), alpha=lr * decay).clamp_(-0.5, 0.5)
+                        a.sub_(a.grad.sign(), alpha=scale_lr * decay).clamp_(*alpha_range)
                         v.grad, a.grad = None, None
     finally:
         for p, flag in frozen:

@@ -10,7 +10,7 @@ from torch import nn
 
 from qrecipe.engine.quant.gptq import gptq_quantize
 from qrecipe.engine.quant.grid import WeightGrid, grouped
-from qrecipe.engine.quant.signround import Rounding, windows_of, refine_rounding
+from qrecipe.engine.quant.signround import Rounding, refine_rounding, windows_of
 from qrecipe.engine.schemes import SCHEMES
 from qrecipe.kernels import QuantParams
 
@@ -150,3 +150,13 @@ def test_given_targets_replace_the_float_blocks_outputs():
     assert explicit.loss_before == default.loss_before and explicit.loss_after == default.loss_after
     shifted = refine_rounding(block, calls, start, steps=10, windows_per_step=2, targets=[y + 0.1 for y in own])
     assert shifted.loss_before > default.loss_before + 0.005  # measured against the other outputs
+
+
+def test_a_zero_scale_step_keeps_the_scales_and_still_moves_the_rounding():
+    block, calls = MLPBlock(), _calls()
+    start = _rtn_roundings(block, _grid(False))
+    result = refine_rounding(block, calls, [r for _, r in start], steps=30, windows_per_step=2, lr=0.04, scale_lr=0.0)
+    assert result.kept and result.loss_after < result.loss_before
+    for w_q, r in start:
+        assert torch.equal(result.scales[r.param], r.scale)
+        assert not torch.equal(result.values[r.param], w_q)
