@@ -48,24 +48,41 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                                W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.float_targets=true"]),
     # ... and the same with the block-output refinement of the rounding (engine/quant/signround.py)
     "awq_gptq_sr_w4a16_asym": ("AWQ+GPTQ+signround W4A16 g64 asym",
-                               W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100"]),
-    # qrecipe's GPTQ with llm-compressor's choices: natural column order, every group's scale
-    # from the weights before any update (its gptq_quantize leaves activation order off)
+                               W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100",
+                                            "recipe.base.args.refine_lr=0.01", "recipe.base.args.refine_scale_lr=0.01"]),
+    # qrecipe's GPTQ in natural column order with every group's scale from the weights before any
+    # update (once thought to be llm-compressor's choices; its default is the next configuration)
     "gptq_static_w4a16_asym": ("GPTQ static groups, natural order W4A16 g64 asym",
                                W4 + ASYM + ["recipe.base.algorithm=gptq", "recipe.base.args.act_order=false",
                                             "recipe.base.args.static_groups=true"]),
+    # llm-compressor's GPTQModifier defaults exactly: activation order with static groups
+    # (its actorder "static": columns visited by decreasing Hessian diagonal, every group's scale
+    # from the unupdated weights)
+    "gptq_static_act_w4a16_asym": ("GPTQ static groups, activation order W4A16 g64 asym",
+                                   W4 + ASYM + ["recipe.base.algorithm=gptq", "recipe.base.args.act_order=true",
+                                                "recipe.base.args.static_groups=true"]),
     # GPTQ alone with clipping and float targets (the best of these on TinyStories-656K)
     "gptq_clip_ft_w4a16_asym": ("GPTQ clip float targets W4A16 g64 asym",
                                 W4 + ASYM + ["recipe.base.algorithm=gptq", "recipe.base.args.clip=true",
                                              "recipe.base.args.float_targets=true"]),
     # ... refining against the float model's own block outputs (refine_target=model)
+    # (with AutoRound's step size, 1 / steps, for both the offsets and the scales: the first refinement measured)
     "awq_gptq_srm_w4a16_asym": ("AWQ+GPTQ+signround to the float model W4A16 g64 asym",
                                 W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100",
-                                             "recipe.base.args.refine_target=model"]),
+                                             "recipe.base.args.refine_target=model", "recipe.base.args.refine_lr=0.01",
+                                             "recipe.base.args.refine_scale_lr=0.01"]),
+    # ... with the step sizes chosen on two of SmolLM2's blocks (bench/ALGORITHMS.md): 0.04 for the
+    # offsets, 0.004 for the scales (the defaults; recipes/w4a16-awq-gptq-refined.yaml)
+    "awq_gptq_srm2_w4a16_asym": ("AWQ+GPTQ+signround to the float model, steps 0.04/0.004, W4A16 g64 asym",
+                                 W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100",
+                                              "recipe.base.args.refine_target=model", "recipe.base.args.refine_lr=0.04",
+                                              "recipe.base.args.refine_scale_lr=0.004"]),
     "awq_gptq_ft_srm_w4a16_asym": ("AWQ+GPTQ float targets+signround to the float model W4A16 g64 asym",
                                    W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.float_targets=true",
                                                 "recipe.base.args.refine_steps=100",
-                                                "recipe.base.args.refine_target=model"]),
+                                                "recipe.base.args.refine_target=model",
+                                                "recipe.base.args.refine_lr=0.01",
+                                                "recipe.base.args.refine_scale_lr=0.01"]),
     "w8a8_dynamic": ("W8A8 dynamic", W8A8),
     "sq_w8a8_dynamic": ("SmoothQuant W8A8 dynamic", W8A8 + SQ),
     "w8a8_static": ("W8A8 static", W8A8 + STATIC),
@@ -76,8 +93,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                                              "recipe.base.args.alpha=[0.3,0.5,0.7,0.9]"]),
 }
 QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16_asym", "awq_gptq_sr_w4a16_asym",
-                "gptq_clip_ft_w4a16_asym", "gptq_static_w4a16_asym",
-                "awq_gptq_srm_w4a16_asym", "awq_gptq_ft_srm_w4a16_asym"}
+                "gptq_clip_ft_w4a16_asym", "gptq_static_w4a16_asym", "gptq_static_act_w4a16_asym",
+                "awq_gptq_srm_w4a16_asym", "awq_gptq_ft_srm_w4a16_asym", "awq_gptq_srm2_w4a16_asym"}
 # The gap closed is measured against symmetric RTN (README "Calibration algorithms"), each tool's own
 GAP_REFERENCE = "rtn_w4a16"
 
@@ -87,6 +104,7 @@ def _settings(args, extra: list[str]):
     from qrecipe.engine.config import compose, load_settings
 
     return load_settings(compose([f"calib.samples={args.samples}", f"calib.seq_len={args.seq_len}",
+                                  f"calib.seed={args.calib_seed}",
                                   "eval.seq_len=512", f"eval.windows={args.eval_windows}", "target=cpu",
                                   "model.dtype=float32", *extra]))
 
@@ -104,7 +122,8 @@ def prepare(args) -> tuple[Path, Path]:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     CACHE.mkdir(exist_ok=True)
-    out = CACHE / f"windows-{args.samples}x{args.seq_len}-{args.eval_windows}.pt"
+    seed = f"-seed{args.calib_seed}" if args.calib_seed else ""
+    out = CACHE / f"windows-{args.samples}x{args.seq_len}-{args.eval_windows}{seed}.pt"
     torch.save({"calib": calibration_windows(tok, s.calib),
                 "eval": token_windows(tok, load_documents(s.eval.data), 512, args.eval_windows)}, out)
     return model_dir, out
@@ -154,7 +173,8 @@ def _child(cmd: list[str]) -> dict:
 
 def _previous(args) -> dict:
     old = json.loads(args.out.read_text())
-    if (old["samples"], old["seq_len"], old["eval_windows"]) != (args.samples, args.seq_len, args.eval_windows):
+    if (old["samples"], old["seq_len"], old["eval_windows"], old.get("calib_seed", 0)) != \
+            (args.samples, args.seq_len, args.eval_windows, args.calib_seed):
         raise SystemExit(f"--update: {args.out} was measured with other sizes; rerun without it")
     return old
 
@@ -191,6 +211,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--calib-seed", type=int, default=0,
+                   help="calib.seed: which calibration windows both tools get (the spread of a figure over seeds)")
     p.add_argument("--only", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
     p.add_argument("--out", type=Path, default=HERE / "algorithms.json",
                    help="where the results go (default: the recorded bench/algorithms.json)")
@@ -211,7 +233,8 @@ def main() -> None:
         print(json.dumps(run_qrecipe(args, args.one, args.windows)))
         return
     model_dir, windows_pt = prepare(args)
-    sizes = ["--samples", str(args.samples), "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
+    sizes = ["--samples", str(args.samples), "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows),
+             "--calib-seed", str(args.calib_seed)]
     old = _previous(args) if args.update or args.merge else None
     base = {"ppl": old["baseline_ppl"]} if old else baseline(str(windows_pt), model_dir)
     print(f"float baseline ppl {base['ppl']:.3f}", flush=True)
@@ -225,7 +248,8 @@ def main() -> None:
             fresh = {(r["tool"], r["config"]): r for r in results}
             rows = [fresh.pop((r["tool"], r["config"]), r) for r in old["results"]] + list(fresh.values())
         args.out.write_text(json.dumps({"samples": args.samples, "seq_len": args.seq_len,
-                                        "eval_windows": args.eval_windows, "baseline_ppl": base["ppl"],
+                                        "eval_windows": args.eval_windows, "calib_seed": args.calib_seed,
+                                        "baseline_ppl": base["ppl"],
                                         "results": rows}, indent=2) + "\n")
         return rows
 
