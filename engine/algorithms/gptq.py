@@ -50,7 +50,7 @@ class GPTQ(Algorithm):
         "refine_windows": Arg(4, positive_int, "a positive number of calibration windows per refinement step "
                                                "(e.g. 4)"),
         "refine_lr": Arg(0.01, number_in(0.0, 0.5), "a step size in [0, 0.5] for the rounding offsets (e.g. 0.01, "
-                                                    "AutoRound's 1 / steps; it decays linearly to 0 over the steps)"),
+                                                    "AutoRound's 1 / steps at 100 steps; it decays linearly to 0)"),
         "refine_scale_lr": Arg(0.01, number_in(0.0, 0.5), "a step size in [0, 0.5] for the group scale factors "
                                                           "(e.g. 0.01; 0 keeps GPTQ's scales)"),
         "refine_target": Arg("block", lambda v: v in ("block", "model"),
