@@ -188,10 +188,11 @@ def _windows(calibration: CalibSpec | torch.Tensor | None, tokenizer) -> tuple[t
 @torch.no_grad()
 def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.Tensor | None = None,
                    tokenizer=None, progress: bool = True, min_expert_tokens: int | None = None,
-                   blocks=None) -> QuantReport:
+                   blocks=None, precision: str | None = None) -> QuantReport:
     """Quantize the plan's layers in place. `calibration` is the calib spec (windows are
     sampled with `tokenizer`) or the token windows themselves [samples, seq_len];
-    `min_expert_tokens` defaults to the spec's (calib.min_expert_tokens).
+    `min_expert_tokens` and `precision` default to the spec's (calib.min_expert_tokens,
+    calib.precision; float32 for prepared windows).
 
     `blocks`, a block provider (calibration/blocks.py), makes every layer go through the
     block-by-block driver, RTN-only plans included: a streamed run passes the one that reads
@@ -203,6 +204,8 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
     if min_expert_tokens is None:
         min_expert_tokens = calibration.min_expert_tokens if isinstance(calibration, CalibSpec) \
             else CalibSpec.min_expert_tokens
+    if precision is None:
+        precision = calibration.precision if isinstance(calibration, CalibSpec) else CalibSpec.precision
     units = Units(model, plan, min_expert_tokens)
     notes: list[str] = []
     tokens = 0
@@ -210,7 +213,7 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
         windows, batch_size = _windows(calibration, tokenizer) if plan.calibrates else (None, CalibSpec.batch_size)
         tokens = windows.numel() if windows is not None else 0
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, units.tasks, units,
-                                        progress=progress, blocks=blocks)
+                                        progress=progress, blocks=blocks, precision=precision)
     else:
         for lp in progress_bar(planned, desc="quantize", unit="layer", enabled=progress):
             tasks = {t.name: t for t in units.tasks(model, lp)}

@@ -78,6 +78,7 @@ class BlockContext:
     # the float model's outputs of this block, one per batch, when a float stream runs beside the
     # quantized one (filled while the block runs in float; see wants_float_stream)
     float_outputs: list | None = None
+    precision: str = "float32"  # calib.precision of the block's forward passes (calibration/capture.py)
 
     def pairings(self):
         """(pairings of this block, groups of layers that read one tensor), with each of its

@@ -150,7 +150,8 @@ class GPTQ(Algorithm):
             result = refine_rounding(self.context.block, calls, [r for _, r in roundings],
                                      self.arg(first, "refine_steps"), windows_per_step=self.arg(first, "refine_windows"),
                                      lr=self.arg(first, "refine_lr") * factor,
-                                     scale_lr=self.arg(first, "refine_scale_lr") * factor, targets=targets)
+                                     scale_lr=self.arg(first, "refine_scale_lr") * factor, targets=targets,
+                                     precision=self.context.precision)
             if result.kept:
                 if factor != 1:
                     self.notes.append(f"gptq: refining {self.context.prefix} needed step sizes x{factor:g} to lower "

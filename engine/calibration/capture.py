@@ -7,12 +7,14 @@ forward there, so only the embeddings run; each block is then called directly wi
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..models.families import BLOCK_LISTS
+from ..quant.precision import autocast
 
 BlockCall = tuple[tuple[Any, ...], dict[str, Any]]  # positional args, kwargs of one batch
 
@@ -75,6 +77,12 @@ def with_hidden(call: BlockCall, hidden: torch.Tensor | None) -> BlockCall:
     if args:
         return (hidden, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
+
+
+def calibration_precision(module: nn.Module, precision: str = "float32") -> contextlib.AbstractContextManager:
+    """The context the calibration's forward passes of `module` run in (calib.precision,
+    engine/quant/precision.py), on the device of its parameters."""
+    return autocast(next(module.parameters(), torch.empty(0)).device, precision)
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from ..progress import progress_bar
 from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .blocks import BlockProvider, CallList, InMemoryBlocks
-from .capture import run_block, with_hidden
+from .capture import calibration_precision, run_block, with_hidden
 from .stats import Stream, attach_stats
 
 
@@ -114,14 +114,16 @@ def quantize_unit(tasks: list[LayerTask], algorithm_of: dict[str, str], context:
 def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan], windows: torch.Tensor | None,
                            batch_size: int, make_tasks: Callable[[nn.Module, LayerPlan], list[LayerTask]],
                            swap: Callable[[LayerTask, object], None], progress: bool = True,
-                           blocks: BlockProvider | None = None) -> list[str]:
+                           blocks: BlockProvider | None = None, precision: str = "float32") -> list[str]:
     """Quantize every planned layer in `layers`, block by block; return the run's notes.
 
     `make_tasks` turns a planned layer into its tasks: one for a linear, one per expert and
     projection for an expert tensor (whose experts module it unfuses in the model).
     `blocks` serves the blocks (blocks.py): by default the loaded model's own; a streamed run
     passes one that reads each block from the checkpoint and writes it when done. `windows`
-    may be None when no layer calibrates."""
+    may be None when no layer calibrates. `precision` (calib.precision): float32, or bfloat16 to
+    run the forward passes under autocast (capture.calibration_precision); statistics, solvers and
+    the block inputs handed on stay float32."""
     algorithm_of: dict[str, str] = {}
 
     def tasks_of(lps: list[LayerPlan]) -> list[LayerTask]:
@@ -156,36 +158,42 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
         else:
             notes.append("float_targets: a streamed run keeps no second, float stream of block inputs; "
                          "not applied (each layer reproduces its own output on the quantized model's inputs)")
+    if precision != "float32" and inputs is not None:
+        notes.append(f"calib.precision={precision}: the calibration's block forward passes ran under {precision} "
+                     f"autocast (statistics and solvers in float32)")
     stream = Stream()
     bar = progress_bar(total=len(prefixes), initial=blocks.start, desc="calibrate", unit="block", enabled=progress)
     for i in range(blocks.start, len(prefixes)):
         block = blocks.open(i)
-        context = BlockContext(prefixes[i], block, plan.model_type, calls=inputs)
+        context = BlockContext(prefixes[i], block, plan.model_type, calls=inputs, precision=precision)
         tasks = tasks_of(by_block[i])
         float_out: list[torch.Tensor] = []  # this block's float outputs on the float stream
         if float_inputs is not None:
             context.float_outputs = float_out  # filled by run_float, before the algorithms quantize
 
         def run_float(block=block):
-            for j, call in enumerate(inputs or ()):
-                stream.batch = j
-                if float_inputs is not None:
-                    stream.float = True
-                    try:
-                        float_out.append(run_block(block, float_inputs[j]))
-                    finally:
-                        stream.float = False
-                run_block(block, call)
+            with calibration_precision(block, precision):
+                for j, call in enumerate(inputs or ()):
+                    stream.batch = j
+                    if float_inputs is not None:
+                        stream.float = True
+                        try:
+                            float_out.append(run_block(block, float_inputs[j]))
+                        finally:
+                            stream.float = False
+                    run_block(block, call)
 
         if float_inputs is not None and not any(lp.calibrates for lp in by_block[i]):
-            float_out = [run_block(block, c) for c in float_inputs]  # no statistics pass: run it alone
+            with calibration_precision(block, precision):  # no statistics pass: run it alone
+                float_out = [run_block(block, c) for c in float_inputs]
         block_notes = quantize_unit(tasks, algorithm_of, context, run_float, swap, stream)
         notes += block_notes
         if float_inputs is not None:
             float_inputs = CallList(map(with_hidden, float_inputs, float_out)) if i < last_float else None
         if inputs is not None:
             if i < last_needing_data:
-                inputs.advance(lambda call, block=block: run_block(block, call))
+                with calibration_precision(block, precision):
+                    inputs.advance(lambda call, block=block: run_block(block, call))
             else:
                 inputs.clear()  # later blocks need no data: free the activations
                 inputs = None
@@ -196,8 +204,13 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
     outside_notes: list[str] = []
     if outside:
         root, run_outside = blocks.outside(windows, batch_size, inputs)
-        context = BlockContext("", root, plan.model_type)
-        outside_notes = quantize_unit(tasks_of(outside), algorithm_of, context, run_outside, swap)
+        context = BlockContext("", root, plan.model_type, precision=precision)
+
+        def run_root():
+            with calibration_precision(root, precision):
+                run_outside()
+
+        outside_notes = quantize_unit(tasks_of(outside), algorithm_of, context, run_root, swap)
         notes += outside_notes
     blocks.close_outside(outside_notes)
     return _dedupe(notes)

@@ -129,6 +129,14 @@ class Stream:
         self.batch = 0
 
 
+def _observe(s: InputStats, x: torch.Tensor, stream: Stream) -> None:
+    with torch.autocast(x.device.type, enabled=False):  # statistics in float32 under calib.precision=bfloat16
+        if stream.float:
+            s.observe_float(x, stream.batch)
+        else:
+            s.update(x, stream.batch)
+
+
 def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]],
                  stream: Stream | None = None
                  ) -> tuple[dict[str, InputStats], list[torch.utils.hooks.RemovableHandle]]:
@@ -144,9 +152,7 @@ def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shar
         kinds = set().union(*(needs[n] for n in group))
         first = modules[group[0]]
         s = InputStats(first.in_features, kinds, first.weight.device)
-        handles.append(first.register_forward_pre_hook(
-            lambda _m, args, s=s: s.observe_float(args[0], stream.batch) if stream.float
-            else s.update(args[0], stream.batch)))
+        handles.append(first.register_forward_pre_hook(lambda _m, args, s=s: _observe(s, args[0], stream)))
         for n in group:
             stats[n] = s
     return stats, handles

@@ -134,6 +134,9 @@ class CalibSpec:
     # An expert the router sends fewer calibration tokens than this is quantized with RTN
     # (statistics of a handful of tokens overfit them); the run's notes list each one.
     min_expert_tokens: int = 128
+    # The dtype of the calibration's forward passes and GPTQ's refinement steps: float32 or
+    # bfloat16 (autocast; statistics and solvers stay float32): engine/quant/precision.py.
+    precision: str = "float32"
 
 
 STREAMING_MODES = ("auto", "always", "never")
@@ -272,6 +275,10 @@ def load_settings(cfg: DictConfig) -> Settings:
     for where, data in (("eval.data", eval_spec.data), ("calib.data", calib.data)):
         if data.format not in ("auto", "text", "jsonl"):
             raise ConfigError(f"{where}.format: expected auto, text or jsonl, got {data.format!r}")
+    from ..quant.precision import PRECISIONS
+
+    if calib.precision not in PRECISIONS:
+        raise ConfigError(f"calib.precision: expected {' or '.join(PRECISIONS)}, got {calib.precision!r}")
     eval_spec = _check_eval(eval_spec)
     run = build(RunSpec, node.get("run"), "run")
     if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):

@@ -32,6 +32,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .grid import WeightGrid, grouped, round_scale
+from .precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,15 @@ def _error(block: nn.Module, overrides: dict[str, torch.Tensor], calls: list, ta
 def refine_rounding(block: nn.Module, calls: list, roundings: list[Rounding], steps: int, lr: float | None = None,
                     windows_per_step: int = 4, alpha_range: tuple[float, float] = (0.5, 1.5),
                     seed: int = 0, targets: list[torch.Tensor] | None = None,
-                    scale_lr: float | None = None) -> Refined:
+                    scale_lr: float | None = None, precision: str = "float32") -> Refined:
     """Refine the rounding of `roundings` (layers of `block`) on the calibration `calls` (the
     block's inputs, batches of windows) for `steps` sign-gradient steps of `windows_per_step`
     windows each; lr defaults to 1 / steps (AutoRound's). The outputs to reproduce are the float
     block's on `calls`, or `targets` (one per call: e.g. the float model's own outputs of the
     block, so that the block also makes up for the error of the blocks before it). scale_lr: the
-    step of the group scale factors (default: lr)."""
+    step of the group scale factors (default: lr). precision: calib.precision of the steps' forward
+    and backward passes (engine/quant/precision.py); the error that decides whether the refinement
+    is kept is always measured in the block's own dtype."""
     device = next(block.parameters()).device
     lr = 1.0 / max(steps, 1) if lr is None else lr
     scale_lr = lr if scale_lr is None else scale_lr
@@ -161,7 +164,9 @@ def refine_rounding(block: nn.Module, calls: list, roundings: list[Rounding], st
                 call = windows_of(calls[j], rows, device)
                 y = targets[j][rows]
                 overrides = {r.param: _value(r, v, a, exact=False) for r, v, a in zip(roundings, vs, alphas)}
-                loss = (_output(block, overrides, call).float() - y.float()).pow(2).mean()
+                with autocast(device, precision):
+                    out = _output(block, overrides, call)
+                loss = (out.float() - y.float()).pow(2).mean()
                 loss.backward()
                 decay = 1 - step / steps
                 with torch.no_grad():

@@ -93,6 +93,13 @@ def test_string_where_a_mapping_belongs_names_the_fix(settings):
     assert "eval.data" in str(e.value) and "data@eval.data=" in str(e.value)
 
 
+def test_an_unknown_calibration_precision_names_the_choices(settings):
+    assert settings().calib.precision == "float32"
+    assert settings("calib.precision=bfloat16").calib.precision == "bfloat16"
+    with pytest.raises(ConfigError, match=r"^calib\.precision: expected float32 or bfloat16, got 'float16'$"):
+        settings("calib.precision=float16")
+
+
 def test_choose_the_text_dataset_for_eval(settings, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("hello world")
