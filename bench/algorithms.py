@@ -72,11 +72,25 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                                              "recipe.base.args.refine_target=model", "recipe.base.args.refine_lr=0.01",
                                              "recipe.base.args.refine_scale_lr=0.01"]),
     # ... with the step sizes chosen on two of SmolLM2's blocks (bench/ALGORITHMS.md): 0.04 for the
-    # offsets, 0.004 for the scales (the defaults; recipes/w4a16-awq-gptq-refined.yaml)
+    # offsets, 0.004 for the scales (worse on the whole model: the defaults stayed 0.01 / 0.01)
     "awq_gptq_srm2_w4a16_asym": ("AWQ+GPTQ+signround to the float model, steps 0.04/0.004, W4A16 g64 asym",
                                  W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100",
                                               "recipe.base.args.refine_target=model", "recipe.base.args.refine_lr=0.04",
                                               "recipe.base.args.refine_scale_lr=0.004"]),
+    # ... refining the rounding offsets only (group scales as GPTQ chose them): the step that held
+    # out calibration windows favoured (bench/ALGORITHMS.md)
+    "awq_gptq_srm_v_w4a16_asym": ("AWQ+GPTQ+signround to the float model, offsets only, W4A16 g64 asym",
+                                  W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100",
+                                               "recipe.base.args.refine_target=model",
+                                               "recipe.base.args.refine_lr=0.01",
+                                               "recipe.base.args.refine_scale_lr=0"]),
+    # ... with 8 windows per step (AutoRound's batch size) instead of 4
+    "awq_gptq_srm_w8_w4a16_asym": ("AWQ+GPTQ+signround to the float model, 8 windows per step, W4A16 g64 asym",
+                                   W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.refine_steps=100",
+                                                "recipe.base.args.refine_target=model",
+                                                "recipe.base.args.refine_windows=8",
+                                                "recipe.base.args.refine_lr=0.01",
+                                                "recipe.base.args.refine_scale_lr=0.01"]),
     "awq_gptq_ft_srm_w4a16_asym": ("AWQ+GPTQ float targets+signround to the float model W4A16 g64 asym",
                                    W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.float_targets=true",
                                                 "recipe.base.args.refine_steps=100",
@@ -94,7 +108,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
 }
 QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16_asym", "awq_gptq_sr_w4a16_asym",
                 "gptq_clip_ft_w4a16_asym", "gptq_static_w4a16_asym", "gptq_static_act_w4a16_asym",
-                "awq_gptq_srm_w4a16_asym", "awq_gptq_ft_srm_w4a16_asym", "awq_gptq_srm2_w4a16_asym"}
+                "awq_gptq_srm_w4a16_asym", "awq_gptq_ft_srm_w4a16_asym", "awq_gptq_srm2_w4a16_asym",
+                "awq_gptq_srm_v_w4a16_asym", "awq_gptq_srm_w8_w4a16_asym"}
 # The gap closed is measured against symmetric RTN (README "Calibration algorithms"), each tool's own
 GAP_REFERENCE = "rtn_w4a16"
 
@@ -106,7 +121,8 @@ def _settings(args, extra: list[str]):
     return load_settings(compose([f"calib.samples={args.samples}", f"calib.seq_len={args.seq_len}",
                                   f"calib.seed={args.calib_seed}",
                                   "eval.seq_len=512", f"eval.windows={args.eval_windows}", "target=cpu",
-                                  "model.dtype=float32", *extra]))
+                                  f"calib.precision={args.precision}", "model.dtype=float32", *extra,
+                                  *args.override]))
 
 
 def prepare(args) -> tuple[Path, Path]:
@@ -146,7 +162,7 @@ def run_qrecipe(args, config: str, windows_pt: str) -> dict:
     model, tokenizer = load_model(s.model, Path(s.paths.cache), torch.device("cpu"), torch.float32)
     data = torch.load(windows_pt)
     with PeakRSS() as mem, Timer() as t:
-        report = quantize_model(model, plan, data["calib"], progress=False)
+        report = quantize_model(model, plan, data["calib"], progress=False, precision=s.calib.precision)
     return {"tool": "qrecipe", "config": config, "ppl": perplexity(model, data["eval"]), "seconds": t.seconds,
             "peak_rss": mem.peak, "rss_before": mem.start, "notes": report.notes}
 
@@ -173,8 +189,9 @@ def _child(cmd: list[str]) -> dict:
 
 def _previous(args) -> dict:
     old = json.loads(args.out.read_text())
-    if (old["samples"], old["seq_len"], old["eval_windows"], old.get("calib_seed", 0)) != \
-            (args.samples, args.seq_len, args.eval_windows, args.calib_seed):
+    if (old["samples"], old["seq_len"], old["eval_windows"], old.get("calib_seed", 0),
+            old.get("precision", "float32")) != (args.samples, args.seq_len, args.eval_windows, args.calib_seed,
+                                                 args.precision):
         raise SystemExit(f"--update: {args.out} was measured with other sizes; rerun without it")
     return old
 
@@ -213,6 +230,11 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--calib-seed", type=int, default=0,
                    help="calib.seed: which calibration windows both tools get (the spread of a figure over seeds)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="qrecipe's calib.precision; llm-compressor gets the model loaded in that dtype (its way of "
+                        "calibrating in bf16), cast back to float32 to be scored")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further qrecipe override for every configuration (recorded with each row)")
     p.add_argument("--only", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
     p.add_argument("--out", type=Path, default=HERE / "algorithms.json",
                    help="where the results go (default: the recorded bench/algorithms.json)")
@@ -234,7 +256,8 @@ def main() -> None:
         return
     model_dir, windows_pt = prepare(args)
     sizes = ["--samples", str(args.samples), "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows),
-             "--calib-seed", str(args.calib_seed)]
+             "--calib-seed", str(args.calib_seed), "--precision", args.precision,
+             *[f"--override={o}" for o in args.override]]
     old = _previous(args) if args.update or args.merge else None
     base = {"ppl": old["baseline_ppl"]} if old else baseline(str(windows_pt), model_dir)
     print(f"float baseline ppl {base['ppl']:.3f}", flush=True)
@@ -249,6 +272,7 @@ def main() -> None:
             rows = [fresh.pop((r["tool"], r["config"]), r) for r in old["results"]] + list(fresh.values())
         args.out.write_text(json.dumps({"samples": args.samples, "seq_len": args.seq_len,
                                         "eval_windows": args.eval_windows, "calib_seed": args.calib_seed,
+                                        "precision": args.precision,
                                         "baseline_ppl": base["ppl"],
                                         "results": rows}, indent=2) + "\n")
         return rows
@@ -257,11 +281,14 @@ def main() -> None:
         sides = [] if args.no_qrecipe else [[sys.executable, __file__, *sizes, "--one", config, "--windows",
                                               str(windows_pt)]]
         if not args.no_llmc and not args.update and config not in QRECIPE_ONLY and LLMC_PYTHON.exists():
-            sides.append([str(LLMC_PYTHON), str(HERE / "llmc_run.py"), config, str(model_dir), str(windows_pt)])
+            sides.append([str(LLMC_PYTHON), str(HERE / "llmc_run.py"), config, str(model_dir), str(windows_pt),
+                          args.precision])
         for cmd in sides:
             r = _child(cmd)
             r.setdefault("tool", "llm-compressor" if cmd[0] == str(LLMC_PYTHON) else "qrecipe")
             r.update(config=config, date=time.strftime("%Y-%m-%d %H:%M"))
+            if args.override and r["tool"] == "qrecipe":
+                r["overrides"] = args.override
             results.append(r)
             print(json.dumps(r), flush=True)
             save()

@@ -1,6 +1,6 @@
 """One llm-compressor configuration of bench/algorithms.py, run inside bench/.venv-llmc.
 
-    bench/.venv-llmc/bin/python bench/llmc_run.py CONFIG MODEL_DIR WINDOWS_PT
+    bench/.venv-llmc/bin/python bench/llmc_run.py CONFIG MODEL_DIR WINDOWS_PT [float32 | bfloat16]
 
 Prints one JSON line: ppl, quantization seconds and peak RSS. Uses the calibration and
 evaluation windows qrecipe prepared (WINDOWS_PT), so both tools see the same tokens.
@@ -56,7 +56,9 @@ def recipe(config: str):
     return [quant]
 
 
-def main(config: str, model_dir: str, windows_pt: str) -> None:
+def main(config: str, model_dir: str, windows_pt: str, precision: str = "float32") -> None:
+    """precision bfloat16: the model is loaded in bf16 (how llm-compressor calibrates in bf16) and
+    cast back to float32 after quantization, so it is scored as qrecipe's models are."""
     from datasets import Dataset
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM
@@ -64,15 +66,15 @@ def main(config: str, model_dir: str, windows_pt: str) -> None:
     torch.set_num_threads(2)
     data = torch.load(windows_pt)
     calib, evaluation = data["calib"], data["eval"]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, precision)).eval()
     ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
     with PeakRSS() as mem, Timer() as t:
         oneshot(model=model, dataset=ds, recipe=recipe(config), num_calibration_samples=calib.shape[0],
                 max_seq_length=calib.shape[1], shuffle_calibration_samples=False)
-    ppl = perplexity(model, evaluation)
+    ppl = perplexity(model.float(), evaluation)
     print(json.dumps({"tool": "llm-compressor", "config": config, "ppl": ppl, "seconds": t.seconds,
                       "peak_rss": mem.peak, "rss_before": mem.start}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
