@@ -129,6 +129,17 @@ def _settings(args, extra: list[str]):
                                   *args.override]))
 
 
+# Further texts no configuration was tuned on, scored beside WikiText-2 test (same window count):
+# each row's "ppl_by_text"
+HELD_OUT_TEXTS = {"wikitext2_valid": ("eval.data.split=valid",), "tinystories_val": ("data@eval.data=tinystories",)}
+
+
+def by_text(model, data: dict) -> dict[str, float]:
+    from _measure import perplexity
+
+    return {name: perplexity(model, w) for name, w in data.get("extra", {}).items()}
+
+
 def prepare(args) -> tuple[Path, Path]:
     """(model folder, windows file): the converted model and both tools' token windows."""
     import torch
@@ -144,8 +155,11 @@ def prepare(args) -> tuple[Path, Path]:
     CACHE.mkdir(exist_ok=True)
     seed = f"-seed{args.calib_seed}" if args.calib_seed else ""
     out = CACHE / f"windows-{args.samples}x{args.seq_len}-{args.eval_windows}{seed}.pt"
+    extra = {name: token_windows(tok, load_documents(_settings(args, W4 + list(o)).eval.data), 512, args.eval_windows)
+             for name, o in HELD_OUT_TEXTS.items()}
     torch.save({"calib": calibration_windows(tok, s.calib),
-                "eval": token_windows(tok, load_documents(s.eval.data), 512, args.eval_windows)}, out)
+                "eval": token_windows(tok, load_documents(s.eval.data), 512, args.eval_windows),
+                "extra": extra}, out)
     return model_dir, out
 
 
@@ -168,7 +182,7 @@ def run_qrecipe(args, config: str, windows_pt: str) -> dict:
     with PeakRSS() as mem, Timer() as t:
         report = quantize_model(model, plan, data["calib"], progress=False, precision=s.calib.precision)
     return {"tool": "qrecipe", "config": config, "ppl": perplexity(model, data["eval"]), "seconds": t.seconds,
-            "peak_rss": mem.peak, "rss_before": mem.start, "notes": report.notes}
+            "peak_rss": mem.peak, "rss_before": mem.start, "notes": report.notes, "ppl_by_text": by_text(model, data)}
 
 
 def baseline(windows_pt: str, model_dir: Path) -> dict:
@@ -179,7 +193,9 @@ def baseline(windows_pt: str, model_dir: Path) -> dict:
 
     torch.set_num_threads(2)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return {"tool": "float", "config": "baseline", "ppl": perplexity(model, torch.load(windows_pt)["eval"])}
+    data = torch.load(windows_pt)
+    return {"tool": "float", "config": "baseline", "ppl": perplexity(model, data["eval"]),
+            "ppl_by_text": by_text(model, data)}
 
 
 def _child(cmd: list[str]) -> dict:
@@ -263,7 +279,8 @@ def main() -> None:
              "--calib-seed", str(args.calib_seed), "--precision", args.precision,
              *[f"--override={o}" for o in args.override]]
     old = _previous(args) if args.update or args.merge else None
-    base = {"ppl": old["baseline_ppl"]} if old else baseline(str(windows_pt), model_dir)
+    base = {"ppl": old["baseline_ppl"], "ppl_by_text": old["baseline_ppl_by_text"]} \
+        if old and "baseline_ppl_by_text" in old else baseline(str(windows_pt), model_dir)
     print(f"float baseline ppl {base['ppl']:.3f}", flush=True)
     results: list[dict] = []
 
@@ -277,7 +294,7 @@ def main() -> None:
         args.out.write_text(json.dumps({"samples": args.samples, "seq_len": args.seq_len,
                                         "eval_windows": args.eval_windows, "calib_seed": args.calib_seed,
                                         "precision": args.precision,
-                                        "baseline_ppl": base["ppl"],
+                                        "baseline_ppl": base["ppl"], "baseline_ppl_by_text": base["ppl_by_text"],
                                         "results": rows}, indent=2) + "\n")
         return rows
 

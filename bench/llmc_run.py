@@ -71,9 +71,11 @@ def main(config: str, model_dir: str, windows_pt: str, precision: str = "float32
     with PeakRSS() as mem, Timer() as t:
         oneshot(model=model, dataset=ds, recipe=recipe(config), num_calibration_samples=calib.shape[0],
                 max_seq_length=calib.shape[1], shuffle_calibration_samples=False)
-    ppl = perplexity(model.float(), evaluation)
+    model = model.float()
+    ppl = perplexity(model, evaluation)
+    extra = {name: perplexity(model, w) for name, w in data.get("extra", {}).items()}  # algorithms.HELD_OUT_TEXTS
     print(json.dumps({"tool": "llm-compressor", "config": config, "ppl": ppl, "seconds": t.seconds,
-                      "peak_rss": mem.peak, "rss_before": mem.start}))
+                      "peak_rss": mem.peak, "rss_before": mem.start, "ppl_by_text": extra}))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .algorithms import LayerTask, get_algorithm
+from .algorithms import LayerTask, get_algorithm, scale_tuning_of
 from .config.settings import CalibSpec
 from .models.families import moe_layout
 from .modules import PackedExperts, QuantExperts, QuantLinear, UnfusedExperts, concat_rows, get_module, set_module
@@ -28,6 +28,8 @@ from .progress import progress_bar
 from .schemes import SCHEMES
 
 log = logging.getLogger(__name__)
+
+TUNE_WINDOWS_PER_STEP = 2  # calibration windows per step of the end-to-end scale tuning (quant/tune.py)
 
 
 @dataclass
@@ -174,6 +176,36 @@ def untie_quantized_head(model: nn.Module, plan: Plan) -> None:
             model.config.get_text_config().tie_word_embeddings = False
 
 
+def _tune(model: nn.Module, plan: Plan, tuning, windows: torch.Tensor, targets, batch: int, precision: str,
+          progress: bool) -> list[str]:
+    """Run the plan's scale tuning on the quantized model; its notes."""
+    from .quant.tune import tune_scales, tunable
+
+    names, epochs, lr = tuning
+    units = {lp.name: lp for lp in plan.quantized()}
+    modules = {name: get_module(model, name) for name in names if units[name].kind != "experts"}
+    chosen = [name for name, m in modules.items() if isinstance(m, QuantLinear) and tunable(m)]
+    notes = []
+    left = sorted(set(names) - set(chosen))
+    if left:
+        notes.append(f"tune_epochs: {len(left)} layers are not integer weight-only linears (FP8, activation-quantized "
+                     f"or experts); their scales were not tuned: {', '.join(left[:4])}{' ...' if len(left) > 4 else ''}")
+    if not chosen:
+        return notes
+    steps = epochs * -(-windows.shape[0] // batch)
+    bar = progress_bar(total=steps, desc="tune scales", unit="step", enabled=progress)
+    start = time.perf_counter()
+    result = tune_scales(model, chosen, windows, targets, epochs, lr, windows_per_step=batch, precision=precision,
+                         progress=bar)
+    bar.close()
+    verdict = f"kept the scales of pass {result.epoch} of {epochs}" if result.kept \
+        else "not kept: no pass lowered it, so the given scales stay"
+    notes.append(f"tune_epochs={epochs}: the group scales of {result.layers} layers were tuned end to end against the "
+                 f"float model's next-token distribution; KL on the {result.held_out} held-out calibration windows "
+                 f"{result.kl_before:.4g} -> {result.kl_after:.4g} ({verdict}; {time.perf_counter() - start:.0f} s)")
+    return notes
+
+
 def _windows(calibration: CalibSpec | torch.Tensor | None, tokenizer) -> tuple[torch.Tensor, int]:
     """(token windows, batch size); prepared windows run in batches of the default 8."""
     from .data import calibration_windows
@@ -209,11 +241,23 @@ def quantize_model(model: nn.Module, plan: Plan, calibration: CalibSpec | torch.
     units = Units(model, plan, min_expert_tokens)
     notes: list[str] = []
     tokens = 0
+    tuning = scale_tuning_of(planned)
+    if tuning is not None and blocks is not None:
+        notes.append("tune_epochs: a streamed run holds no whole model in memory to tune end to end; "
+                     "the group scales were not tuned")
+        tuning = None
     if plan.calibrates or blocks is not None:
         windows, batch_size = _windows(calibration, tokenizer) if plan.calibrates else (None, CalibSpec.batch_size)
         tokens = windows.numel() if windows is not None else 0
+        targets = None
+        if tuning is not None:  # the float model's answers, before any layer changes
+            from .quant.tune import float_hidden
+
+            targets = float_hidden(model, windows, batch_size, precision)
         notes += calibrate_and_quantize(model, plan, planned, windows, batch_size, units.tasks, units,
                                         progress=progress, blocks=blocks, precision=precision)
+        if tuning is not None:
+            notes += _tune(model, plan, tuning, windows, targets, TUNE_WINDOWS_PER_STEP, precision, progress)
     else:
         for lp in progress_bar(planned, desc="quantize", unit="layer", enabled=progress):
             tasks = {t.name: t for t in units.tasks(model, lp)}

@@ -34,6 +34,7 @@ def check_recipe_algorithms(recipe: Any) -> None:
     from ..errors import RecipeError
     from ..schemes import SCHEMES
 
+    tunings: dict[str, tuple[int, float]] = {}
     for rule in recipe.rules:
         policy = rule.policy
         algo = ALGORITHMS[policy.algorithm]
@@ -44,7 +45,25 @@ def check_recipe_algorithms(recipe: Any) -> None:
             raise RecipeError(f"{where}.algorithm: {algo.name} does not apply to {scheme.name}; algorithms for "
                               f"{scheme.name}: {', '.join(fits)}")
         algo.check_args(policy.args_dict(), f"{where}.args")
+        tuning = algo.scale_tuning(policy.args_dict())
+        if tuning is not None:
+            tunings[rule.name] = tuning
+    if len(set(tunings.values())) > 1:
+        seen = "; ".join(f"{name}: tune_epochs={e}, tune_lr={lr}" for name, (e, lr) in tunings.items())
+        raise RecipeError(f"recipe.rules: the rules ask for different scale tunings ({seen}); the scales are tuned "
+                          f"in one pass over the whole model: set tune_epochs and tune_lr once, in recipe.base.args")
+
+
+def scale_tuning_of(layers: list) -> tuple[list[str], int, float] | None:
+    """(layer names, epochs, lr) of the end-to-end scale tuning that planned `layers` ask for
+    (GPTQ's tune_epochs > 0; one setting for all, check_recipe_algorithms); None: none."""
+    asks = {lp.name: ALGORITHMS[lp.algorithm].scale_tuning(dict(lp.args)) for lp in layers}
+    asks = {name: ask for name, ask in asks.items() if ask is not None}
+    if not asks:
+        return None
+    epochs, lr = max(asks.values())
+    return list(asks), epochs, lr
 
 
 __all__ = ["ALGORITHMS", "Algorithm", "BlockContext", "LayerTask", "algorithm_names",
-           "check_recipe_algorithms", "get_algorithm"]
+           "check_recipe_algorithms", "get_algorithm", "scale_tuning_of"]

@@ -181,6 +181,12 @@ class Algorithm(ABC):
         beside the quantized model's (the calibration driver's second stream)."""
         return "float_cross" in cls.stats_for(args)
 
+    @classmethod
+    def scale_tuning(cls, args: dict[str, Any]) -> tuple[int, float] | None:
+        """(epochs, learning rate) of the end-to-end tuning of the group scales (quant/tune.py)
+        a layer with these arguments asks for, once the whole model is quantized; None: none."""
+        return None
+
     @torch.no_grad()
     def retarget(self) -> None:
         """Layers with `float_targets`: replace the weight W by the W' that GPTQ and AWQ should

@@ -12,7 +12,9 @@ and a hundred times the dampening, then the layer is quantized with RTN.
 the block's float output (engine/quant/signround.py): sign-gradient steps over each weight's
 rounding offset and each group's scale, kept only where they lower the block's output error on
 the calibration windows. Layers outside the blocks, FP8 layers and RTN fallbacks are not refined
-(noted).
+(noted). `tune_epochs` > 0 then, once the whole model is quantized, tunes the group scales of
+every such layer at once against the float model's next-token distribution (engine/quant/tune.py,
+run by engine/quantize.py).
 """
 
 from __future__ import annotations
@@ -56,7 +58,17 @@ class GPTQ(Algorithm):
         "refine_target": Arg("block", lambda v: v in ("block", "model"),
                              "block (the float block's output on the quantized model's inputs) or model (the float "
                              "model's own output of the block, which needs a second, float stream of inputs)"),
+        "tune_epochs": Arg(0, non_negative_int, "a number of passes over the calibration windows tuning the group "
+                                                "scales end to end against the float model's next-token "
+                                                "distribution, once every layer is quantized (0: off; e.g. 2)"),
+        "tune_lr": Arg(1e-3, number_in(0.0, 0.1), "an Adam step size in [0, 0.1] for the log of each group scale "
+                                                  "(e.g. 0.001; it decays linearly to 0)"),
     }
+
+    @classmethod
+    def scale_tuning(cls, args):
+        epochs = args.get("tune_epochs", cls.ARGS["tune_epochs"].default)
+        return (epochs, float(args.get("tune_lr", cls.ARGS["tune_lr"].default))) if epochs > 0 else None
 
     @classmethod
     def wants_float_stream(cls, args):

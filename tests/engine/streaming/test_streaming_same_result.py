@@ -127,3 +127,16 @@ def test_a_streamed_run_measures_its_variant_against_the_streamed_baseline(tmp_p
     assert record["notes"] == notes
     assert (streamed_run.output_dir / "model" / INDEX_FILE).is_file()
     assert json.loads((streamed_run.output_dir / "plan.json").read_text())["execution"]["mode"] == "streamed"
+
+
+def test_a_streamed_run_skips_the_scale_tuning_and_says_so(tmp_path):
+    """tune_epochs needs the whole model in memory: a streamed run writes what it would write
+    without it, and its notes say the scales were not tuned."""
+    plain = settings_of(*CASES["tinystories-gptq"], "run.streaming=always", resume_dir=tmp_path / "r1")
+    tuned = settings_of(*CASES["tinystories-gptq"], "++recipe.base.args.tune_epochs=1", "run.streaming=always",
+                        resume_dir=tmp_path / "r2")
+    streamed(plain, tmp_path / "plain")
+    report = streamed(tuned, tmp_path / "tuned")
+    assert "tune_epochs: a streamed run holds no whole model in memory to tune end to end; the group scales " \
+           "were not tuned" in report.notes
+    assert_same_tensors(tmp_path / "plain", tmp_path / "tuned")
