@@ -179,7 +179,7 @@ def untie_quantized_head(model: nn.Module, plan: Plan) -> None:
 def _tune(model: nn.Module, plan: Plan, tuning, windows: torch.Tensor, targets, batch: int, precision: str,
           progress: bool) -> list[str]:
     """Run the plan's scale tuning on the quantized model; its notes."""
-    from .quant.tune import tune_scales, tunable
+    from .quant.tune import tunable, tune_scales, tuning_steps
 
     names, epochs, lr = tuning
     units = {lp.name: lp for lp in plan.quantized()}
@@ -192,7 +192,7 @@ def _tune(model: nn.Module, plan: Plan, tuning, windows: torch.Tensor, targets, 
                      f"or experts); their scales were not tuned: {', '.join(left[:4])}{' ...' if len(left) > 4 else ''}")
     if not chosen:
         return notes
-    steps = epochs * -(-windows.shape[0] // batch)
+    steps = tuning_steps(windows.shape[0], epochs, batch)
     bar = progress_bar(total=steps, desc="tune scales", unit="step", enabled=progress)
     start = time.perf_counter()
     result = tune_scales(model, chosen, windows, targets, epochs, lr, windows_per_step=batch, precision=precision,

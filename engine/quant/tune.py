@@ -163,6 +163,12 @@ def held_out_rows(windows: int) -> torch.Tensor:
     return torch.arange(HOLDOUT_EVERY - 1, max(windows, HOLDOUT_EVERY), HOLDOUT_EVERY).clamp_max(windows - 1).unique()
 
 
+def tuning_steps(windows: int, epochs: int, windows_per_step: int) -> int:
+    """How many steps tune_scales takes: the held-out windows are not stepped on."""
+    train = max(windows - len(held_out_rows(windows)), 1)
+    return epochs * -(-train // max(windows_per_step, 1))
+
+
 def tune_scales(model: nn.Module, names: list[str], windows: torch.Tensor, targets: FloatTargets, epochs: int,
                 lr: float, windows_per_step: int = 2, precision: str = "float32", seed: int = 0,
                 progress=None) -> Tuned:

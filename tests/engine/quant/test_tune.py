@@ -97,3 +97,18 @@ def test_rules_that_ask_for_different_tunings_fail_before_loading():
                                           r"tune_epochs=2, tune_lr=0\.001; mlp: tune_epochs=1, tune_lr=0\.001\); "):
         settings_for("recipe=mixed", "recipe.base.algorithm=gptq", "+recipe.rules.attn.args.tune_epochs=2",
                      "+recipe.rules.mlp.args.tune_epochs=1")
+
+
+def test_the_progress_bar_counts_the_steps_taken(rtn):
+    """The progress total is the number of steps tune_scales takes (held-out windows are not stepped on)."""
+    from qrecipe.engine.quant.tune import tuning_steps
+
+    model, windows, targets, names = rtn(False)
+    ticks = []
+
+    class Bar:
+        def update(self, n):
+            ticks.append(n)
+
+    tune_scales(model, names, windows, targets, epochs=2, lr=1e-3, windows_per_step=3, progress=Bar())
+    assert sum(ticks) == tuning_steps(len(windows), 2, 3) == 2 * 5  # 14 of 16 windows, 3 a step
