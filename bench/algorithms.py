@@ -94,6 +94,10 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     # the shipped recipe itself, as a user runs it (recipes/w4a16-awq-gptq-refined.yaml)
     "recipe_refined": ("W4A16 g64 asym, recipes/w4a16-awq-gptq-refined.yaml as shipped",
                        ["recipe=w4a16-awq-gptq-refined"]),
+    # ... refining only the rounding offsets per block and leaving every group scale to the
+    # end-to-end tuning (local rounding, global scales: EfficientQAT's split)
+    "recipe_refined_v": ("W4A16 g64 asym, the shipped refined recipe with offsets-only block refinement",
+                         ["recipe=w4a16-awq-gptq-refined", "recipe.base.args.refine_scale_lr=0"]),
     "awq_gptq_ft_srm_w4a16_asym": ("AWQ+GPTQ float targets+signround to the float model W4A16 g64 asym",
                                    W4 + ASYM + ["recipe.base.algorithm=awq_gptq", "recipe.base.args.float_targets=true",
                                                 "recipe.base.args.refine_steps=100",
@@ -113,7 +117,7 @@ QRECIPE_ONLY = {"sq_grid_w8a8_static", "awq_gptq_w4a16_asym", "awq_gptq_ft_w4a16
                 "gptq_clip_ft_w4a16_asym", "gptq_static_w4a16_asym", "gptq_static_act_w4a16_asym",
                 "awq_gptq_srm_w4a16_asym", "awq_gptq_ft_srm_w4a16_asym", "awq_gptq_srm2_w4a16_asym",
                 "awq_gptq_srm_v_w4a16_asym", "awq_gptq_srm_w8_w4a16_asym",
-                "recipe_refined"}
+                "recipe_refined", "recipe_refined_v"}
 # The gap closed is measured against symmetric RTN (README "Calibration algorithms"), each tool's own
 GAP_REFERENCE = "rtn_w4a16"
 
