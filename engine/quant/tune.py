@@ -195,7 +195,7 @@ def tune_scales(model: nn.Module, names: list[str], windows: torch.Tensor, targe
         best_epoch, best_offsets = 0, None
         offsets = [t.offset for t in modules]
         opt = torch.optim.Adam(offsets, lr=lr)
-        steps_per_epoch = -(-len(train) // batch)
+        steps_per_epoch = tuning_steps(windows.shape[0], 1, batch)
         total_steps = epochs * steps_per_epoch
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total_steps)
         generator = torch.Generator().manual_seed(seed)
