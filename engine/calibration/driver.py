@@ -5,7 +5,8 @@
      algorithms need being gathered; let the algorithms transform and quantize its
      layers; swap the QuantLinears in; run the now-quantized block on the same inputs to
      get the next block's inputs, so later blocks calibrate on what the quantized model
-     really feeds them.
+     really feeds them. (The float pass of a batch ends once every statistic has observed
+     it, stats.Stream.end_early: a dense block's down_proj and what follows never run in it.)
      When a layer's algorithm compares against the float model (GPTQ's float_targets), a
      second stream of block inputs, the float model's own, runs beside it: each block runs
      on it first (still in float) and its outputs feed the next block's float stream.
@@ -36,7 +37,7 @@ from ..quant.rtn import rtn_quantize
 from .activation_scales import assign_static_scales, needs_static_scale
 from .blocks import BlockProvider, CallList, InMemoryBlocks
 from .capture import calibration_precision, run_block, with_hidden
-from .stats import Stream, attach_stats
+from .stats import StatsComplete, Stream, attach_stats
 
 
 def _algorithms(tasks: list[LayerTask], algorithm_of: dict[str, str], context: BlockContext) -> list[Algorithm]:
@@ -161,7 +162,7 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
     if precision != "float32" and inputs is not None:
         notes.append(f"calib.precision={precision}: the calibration's block forward passes ran under {precision} "
                      f"autocast (statistics and solvers in float32)")
-    stream = Stream()
+    stream = Stream(end_early=True)  # run_float discards the quantized stream's outputs
     bar = progress_bar(total=len(prefixes), initial=blocks.start, desc="calibrate", unit="block", enabled=progress)
     for i in range(blocks.start, len(prefixes)):
         block = blocks.open(i)
@@ -181,7 +182,10 @@ def calibrate_and_quantize(model: nn.Module, plan: Plan, layers: list[LayerPlan]
                             float_out.append(run_block(block, float_inputs[j]))
                         finally:
                             stream.float = False
-                    run_block(block, call)
+                    try:
+                        run_block(block, call)
+                    except StatsComplete:
+                        pass  # every statistic has this batch: the rest of the forward feeds none
 
         if float_inputs is not None and not any(lp.calibrates for lp in by_block[i]):
             with calibration_precision(block, precision):  # no statistics pass: run it alone

@@ -21,6 +21,33 @@ from torch import nn
 
 STAT_KINDS = ("hessian", "abs_mean", "absmax", "sample", "float_cross")
 SAMPLE_TOKENS = 4096
+# The Gram matrix x^T x is symmetric: it is accumulated in up to GRAM_STRIPS row strips of at least
+# GRAM_STRIP_MIN rows, each only from the diagonal rightwards, so the blocks below the diagonal
+# (the mirror of those above) are never computed (a third less work at K = 576 and 1536), and
+# mirrored once when the Hessian is read.
+GRAM_STRIPS = 4
+GRAM_STRIP_MIN = 128
+
+
+def _strip_rows(k: int) -> int:
+    return max(GRAM_STRIP_MIN, -(-k // GRAM_STRIPS))
+
+
+def add_gram(xtx: torch.Tensor, x: torch.Tensor) -> None:
+    """xtx += x^T x on and above the diagonal blocks of its row strips (mirror_gram completes it)."""
+    k, rows = x.shape[1], _strip_rows(x.shape[1])
+    xt = x.T
+    for i in range(0, k, rows):
+        xtx[i:i + rows, i:].addmm_(xt[i:i + rows], x[:, i:])
+
+
+def mirror_gram(xtx: torch.Tensor) -> None:
+    """Fill the blocks below the diagonal that add_gram leaves out from their mirror image, in place
+    (one strip at a time: no second K x K matrix)."""
+    k = xtx.shape[0]
+    rows = _strip_rows(k)
+    for i in range(0, k, rows):
+        xtx[i + rows:, i:i + rows] = xtx[i:i + rows, i + rows:].T
 
 
 class InputStats:
@@ -52,7 +79,7 @@ class InputStats:
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         self.tokens += x2.shape[0]
         if self._xtx is not None:
-            self._xtx.addmm_(x2.T, x2)
+            add_gram(self._xtx, x2)
         if self._cross is not None:
             xf = self._float_inputs.pop(batch, None)
             if xf is None or xf.shape != x2.shape:
@@ -75,6 +102,7 @@ class InputStats:
         read turns the running sum into the mean in place: one K x K matrix is kept, not two
         (a down_proj of Llama-3-8B: K = 14336, 822 MB each)."""
         if not self._mean:
+            mirror_gram(self._xtx)
             self._xtx.div_(max(self.tokens, 1))
             self._mean = True
         return self._xtx
@@ -122,19 +150,59 @@ def share_groups(names: list[str], shared: list[tuple[str, ...]]) -> list[tuple[
 
 class Stream:
     """Which stream and calibration batch the block is running on (float_cross: per batch, the
-    float stream goes first, then the quantized one)."""
+    float stream goes first, then the quantized one).
 
-    def __init__(self) -> None:
+    end_early: the caller discards the quantized stream's output, so once every input group has
+    observed a batch the last hook raises StatsComplete and the rest of that forward is skipped
+    (in a dense decoder block: its down_proj and what follows). Never on the float stream, whose
+    outputs feed the next block, nor on a unit's first batch, which runs whole and must show each
+    group observed exactly once: a module called twice a forward, or an expert the router sent no
+    token, keeps every forward of the unit whole."""
+
+    def __init__(self, end_early: bool = False) -> None:
         self.float = False
         self.batch = 0
+        self.end_early = end_early
 
 
-def _observe(s: InputStats, x: torch.Tensor, stream: Stream) -> None:
+class StatsComplete(Exception):
+    """Raised by a statistics hook once every input group has this batch (Stream.end_early)."""
+
+
+class _Completion:
+    """Which input groups have observed the current batch of the quantized stream (Stream.end_early)."""
+
+    def __init__(self, groups: int, stream: Stream) -> None:
+        self.groups, self.stream = groups, stream
+        self.first: int | None = None  # the unit's first batch, run whole
+        self.first_counts: dict[int, int] = {}
+        self.batch: int | None = None
+        self.seen: set[int] = set()
+
+    def observed(self, s: InputStats) -> None:
+        st = self.stream
+        if st.float or not st.end_early:
+            return
+        if self.first is None:
+            self.first = st.batch
+        if st.batch == self.first:
+            self.first_counts[id(s)] = self.first_counts.get(id(s), 0) + 1
+            return
+        if st.batch != self.batch:
+            self.batch, self.seen = st.batch, set()
+        self.seen.add(id(s))
+        once = len(self.first_counts) == self.groups and all(c == 1 for c in self.first_counts.values())
+        if once and len(self.seen) == self.groups:
+            raise StatsComplete
+
+
+def _observe(s: InputStats, x: torch.Tensor, stream: Stream, completion: _Completion) -> None:
     with torch.autocast(x.device.type, enabled=False):  # statistics in float32 under calib.precision=bfloat16
         if stream.float:
             s.observe_float(x, stream.batch)
         else:
             s.update(x, stream.batch)
+    completion.observed(s)
 
 
 def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]],
@@ -143,16 +211,19 @@ def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shar
     """One InputStats per input group, observed by a pre-hook on the group's first layer.
 
     `needs` maps a layer name to the statistics its algorithm wants; a group collects the
-    union. While `stream.float` is set, inputs are the float stream's (observe_float).
+    union. While `stream.float` is set, inputs are the float stream's (observe_float); with
+    `stream.end_early` a hook may raise StatsComplete (Stream).
     Returns (stats by layer name, hook handles to remove)."""
     stream = stream or Stream()
     stats: dict[str, InputStats] = {}
     handles = []
-    for group in share_groups([n for n in modules if needs.get(n)], shared):
+    groups = share_groups([n for n in modules if needs.get(n)], shared)
+    completion = _Completion(len(groups), stream)
+    for group in groups:
         kinds = set().union(*(needs[n] for n in group))
         first = modules[group[0]]
         s = InputStats(first.in_features, kinds, first.weight.device)
-        handles.append(first.register_forward_pre_hook(lambda _m, args, s=s: _observe(s, args[0], stream)))
+        handles.append(first.register_forward_pre_hook(lambda _m, args, s=s: _observe(s, args[0], stream, completion)))
         for n in group:
             stats[n] = s
     return stats, handles

@@ -178,3 +178,69 @@ def test_bfloat16_calibration_is_noted_and_scores_as_float32_calibration(quantiz
     assert any(not torch.equal(got[k], ref[k]) for k in got)  # the bf16 passes reached the rounding
     print(f"refined recipe, 40 steps: float32 {f32.ppl:.3f}, bfloat16 {bf16.ppl:.3f}")
     assert float_ppl < bf16.ppl and abs(bf16.ppl / f32.ppl - 1) < 0.01, (f32.ppl, bf16.ppl)
+
+
+@pytest.mark.parametrize("k", [64, 384, 576, 1000, 1536])
+def test_the_gram_matrix_by_row_strips_is_x_transpose_x(k):
+    """add_gram computes only the blocks on and above the diagonal of its row strips and
+    mirror_gram fills the rest: the result is x^T x (float64 reference) and exactly symmetric."""
+    from qrecipe.engine.calibration.stats import add_gram, mirror_gram
+
+    x = torch.randn(700, k, generator=torch.Generator().manual_seed(k))
+    xtx = torch.zeros(k, k)
+    add_gram(xtx, x[:300])
+    add_gram(xtx, x[300:])  # accumulates, as over calibration batches
+    mirror_gram(xtx)
+    ref = x.double().T @ x.double()
+    torch.testing.assert_close(xtx.double(), ref, rtol=1e-5, atol=1e-3)
+    assert torch.equal(xtx, xtx.T)
+
+
+class _Twice(torch.nn.Module):
+    """a -> relu -> b -> c, with `b` called `calls` times a forward; counts c's calls."""
+
+    def __init__(self, calls: int = 1):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Linear(8, 8) for _ in range(3))
+        self.calls, self.c_runs = calls, 0
+
+    def forward(self, x):
+        x = self.a(x).relu()
+        for _ in range(self.calls):
+            x = self.b(x)
+        self.c_runs += 1
+        return self.c(x)
+
+
+def _stats_pass(block, batches, end_early):
+    from qrecipe.engine.calibration.stats import StatsComplete, Stream, attach_stats
+
+    stream = Stream(end_early=end_early)
+    modules = {"a": block.a, "b": block.b}
+    stats, handles = attach_stats(modules, {n: {"hessian"} for n in modules}, [], stream)
+    ended = 0
+    for j, x in enumerate(batches):
+        stream.batch = j
+        try:
+            block(x)
+        except StatsComplete:
+            ended += 1
+    for h in handles:
+        h.remove()
+    return {n: s.hessian.clone() for n, s in stats.items()}, ended
+
+
+@pytest.mark.parametrize("calls, ends", [(1, 3), (2, 0)])
+def test_a_statistics_pass_ends_once_every_group_has_its_batch(calls, ends):
+    """With Stream.end_early, a batch's forward stops after the last observed layer (c never runs)
+    from the second batch on, with the statistics of a whole forward; a layer called twice a
+    forward keeps every forward whole (its second call's inputs count)."""
+    torch.manual_seed(0)
+    block = _Twice(calls)
+    batches = [torch.randn(5, 8) for _ in range(4)]
+    whole, none_ended = _stats_pass(block, batches, end_early=False)
+    runs_whole = block.c_runs
+    early, ended = _stats_pass(block, batches, end_early=True)
+    assert none_ended == 0 and runs_whole == 4
+    assert ended == ends and block.c_runs - runs_whole == 4 - ends
+    assert all(torch.equal(whole[n], early[n]) for n in whole)
