@@ -178,6 +178,7 @@ class _Completion:
         self.first_counts: dict[int, int] = {}
         self.batch: int | None = None
         self.seen: set[int] = set()
+        self.once: bool | None = None  # whether the first batch observed each group exactly once
 
     def observed(self, s: InputStats) -> None:
         st = self.stream
@@ -188,11 +189,14 @@ class _Completion:
         if st.batch == self.first:
             self.first_counts[id(s)] = self.first_counts.get(id(s), 0) + 1
             return
+        if self.once is None:  # decided once, when the first batch is over
+            self.once = len(self.first_counts) == self.groups and all(c == 1 for c in self.first_counts.values())
+        if not self.once:
+            return
         if st.batch != self.batch:
             self.batch, self.seen = st.batch, set()
         self.seen.add(id(s))
-        once = len(self.first_counts) == self.groups and all(c == 1 for c in self.first_counts.values())
-        if once and len(self.seen) == self.groups:
+        if len(self.seen) == self.groups:
             raise StatsComplete
 
 
