@@ -18,7 +18,12 @@ class AWQGPTQ(AWQ, GPTQ):
     name = "awq_gptq"
     needs_calibration = True
     stats = AWQ.stats | GPTQ.stats
-    ARGS = {"grid": AWQ.ARGS["grid"], "duo_scaling": AWQ.ARGS["duo_scaling"], **GPTQ.ARGS,
+    # AWQ's scale search reads the float block's outputs: no one-pass quantization (true_sequential)
+    ARGS = {"grid": AWQ.ARGS["grid"], "duo_scaling": AWQ.ARGS["duo_scaling"],
+            **{k: v for k, v in GPTQ.ARGS.items() if k != "true_sequential"},
             "clip": Arg(True, is_bool, "true or false (search each group's clipping when its scale is fixed)")}
+
+    def in_pass_blocker(self):
+        return "AWQ's scale search reads the float block's outputs"
 
     quantize = GPTQ.quantize  # AWQ's transform (InputScaling) runs first; its own rounding is replaced

@@ -10,6 +10,9 @@ it owns and the block's `BlockContext`. The calibration driver then
      inputs), then `transform()` (AWQ and SmoothQuant rescale weights and fold the inverse
      into the producing norm or linear), before any layer of the block is quantized;
   3. calls `quantize()` and swaps the results in.
+An algorithm whose layers need only their own input's statistics (`in_pass_blocker` is None: GPTQ)
+instead has each input group quantized by `quantize_group` as soon as that group's statistics
+are complete, in the block's one forward pass (calibration/sequential.py).
 RTN needs no data and only implements `quantize`.
 
 Arguments come from the rule's `args`; `ARGS` declares each one with its default and a
@@ -218,6 +221,16 @@ class Algorithm(ABC):
 
     def transform(self) -> None:
         """Rescale weights before the block is quantized (AWQ, SmoothQuant)."""
+
+    def in_pass_blocker(self) -> str | None:
+        """None where each of its layers can be quantized from its own input's statistics as soon
+        as they are complete, inside the block's one forward pass (calibration/sequential.py), by
+        `quantize_group` (the driver then runs no second pass); otherwise why not."""
+        return f"{self.name} quantizes a block's layers after its float forward"
+
+    def quantize_group(self, names: tuple[str, ...]) -> dict[str, QuantizedWeight]:
+        """Quantized weights of the tasks among `names` (one input group), by layer name."""
+        raise NotImplementedError(f"{self.name} quantizes no group on its own")
 
     @abstractmethod
     def quantize(self) -> dict[str, QuantizedWeight]:

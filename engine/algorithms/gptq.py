@@ -4,6 +4,13 @@ Layers that read one input (q/k/v, gate/up) share one Hessian; GPTQ treats weigh
 independently given the Hessian, so such layers with the same grid and arguments are
 solved as one stacked matrix (one factorization, one column loop).
 
+`true_sequential` (the default) quantizes q/k/v as soon as every calibration batch has shown them
+the block's input, then o_proj on the output of the quantized attention, and so on, all in the
+block's one forward pass (engine/calibration/sequential.py): later layers calibrate on the
+quantized earlier ones, and the block needs no second, float pass. float_targets and
+refine_steps need the float block's outputs, and activation-quantized layers a true quantized
+forward: those blocks run both passes.
+
 Fallbacks, recorded in the run's notes: a layer that saw no calibration tokens (an expert:
 fewer than calib.min_expert_tokens) is quantized with RTN; a Hessian that stays singular after dampening is retried with ten
 and a hundred times the dampening, then the layer is quantized with RTN.
@@ -47,6 +54,10 @@ class GPTQ(Algorithm):
         "static_groups": Arg(False, is_bool, "true (each group's scale from the weights before GPTQ updates them) "
                                              "or false (from its updated weights when its first column is visited)"),
         "float_targets": FLOAT_TARGETS,
+        "true_sequential": Arg(True, is_bool, "true (quantize each input group once every calibration batch has "
+                                              "reached it, in the block's one forward pass, so later layers "
+                                              "calibrate on the quantized earlier ones) or false (every layer of the "
+                                              "block from its float forward, then a second pass)"),
         "refine_steps": Arg(0, non_negative_int, "a number of sign-gradient steps refining the block's rounding "
                                                  "(0: off; e.g. 100)"),
         "refine_windows": Arg(4, positive_int, "a positive number of calibration windows per refinement step "
@@ -86,9 +97,26 @@ class GPTQ(Algorithm):
             batches.setdefault(key, []).append(t)
         return list(batches.values())
 
-    def quantize(self):
+    def in_pass_blocker(self) -> str | None:
+        for t in self.tasks:
+            if not self.arg(t, "true_sequential"):
+                return "true_sequential=false"
+            if self.arg(t, "float_targets"):
+                return "float_targets needs the float block's outputs"
+            if self.arg(t, "refine_steps") > 0:
+                return "refine_steps needs the float block's outputs"
+            if not t.scheme.weight_format.weight_only:
+                return "its activations are quantized too"
+        return None
+
+    def quantize_group(self, names):
+        return self.quantize(set(names))
+
+    def quantize(self, only: set[str] | None = None):
         out, roundings = {}, []
         for tasks in self._batches():
+            if only is not None and tasks[0].name not in only:
+                continue
             first = tasks[0]
             names = "+".join(t.name for t in tasks)
             stats = self.context.stats.get(first.name)
@@ -132,7 +160,7 @@ class GPTQ(Algorithm):
                     roundings.append((t, Rounding(f"{self.context.relative(t.name)}.weight", unrounded[rows],
                                                   scale[rows], zero[rows], t.grid)))
                 row = rows.stop
-        if any(self.arg(t, "refine_steps") > 0 for t in self.tasks):
+        if only is None and any(self.arg(t, "refine_steps") > 0 for t in self.tasks):
             out.update(self._refine(roundings))
         return out
 

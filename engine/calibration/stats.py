@@ -200,34 +200,51 @@ class _Completion:
             raise StatsComplete
 
 
-def _observe(s: InputStats, x: torch.Tensor, stream: Stream, completion: _Completion) -> None:
-    with torch.autocast(x.device.type, enabled=False):  # statistics in float32 under calib.precision=bfloat16
-        if stream.float:
+def record(s: InputStats, x: torch.Tensor, stream: Stream | None = None) -> None:
+    """Observe one input of a group (the float stream's while `stream.float` is set), in float32
+    also under calib.precision=bfloat16."""
+    with torch.autocast(x.device.type, enabled=False):
+        if stream is not None and stream.float:
             s.observe_float(x, stream.batch)
         else:
-            s.update(x, stream.batch)
+            s.update(x, 0 if stream is None else stream.batch)
+
+
+def _observe(s: InputStats, x: torch.Tensor, stream: Stream, completion: _Completion) -> None:
+    record(s, x, stream)
     completion.observed(s)
+
+
+def input_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]]
+                ) -> tuple[dict[str, InputStats], list[tuple[str, ...]]]:
+    """One InputStats per input group, not yet observing anything: (stats by layer name, the
+    groups, each a tuple of layer names). `needs` maps a layer name to the statistics its
+    algorithm wants; a group collects the union."""
+    stats: dict[str, InputStats] = {}
+    groups = share_groups([n for n in modules if needs.get(n)], shared)
+    for group in groups:
+        kinds = set().union(*(needs[n] for n in group))
+        first = modules[group[0]]
+        s = InputStats(first.in_features, kinds, first.weight.device)
+        for n in group:
+            stats[n] = s
+    return stats, groups
 
 
 def attach_stats(modules: dict[str, nn.Linear], needs: dict[str, set[str]], shared: list[tuple[str, ...]],
                  stream: Stream | None = None
                  ) -> tuple[dict[str, InputStats], list[torch.utils.hooks.RemovableHandle]]:
-    """One InputStats per input group, observed by a pre-hook on the group's first layer.
+    """input_stats, each group observed by a pre-hook on its first layer.
 
-    `needs` maps a layer name to the statistics its algorithm wants; a group collects the
-    union. While `stream.float` is set, inputs are the float stream's (observe_float); with
+    While `stream.float` is set, inputs are the float stream's (observe_float); with
     `stream.end_early` a hook may raise StatsComplete (Stream).
     Returns (stats by layer name, hook handles to remove)."""
     stream = stream or Stream()
-    stats: dict[str, InputStats] = {}
-    handles = []
-    groups = share_groups([n for n in modules if needs.get(n)], shared)
+    stats, groups = input_stats(modules, needs, shared)
     completion = _Completion(len(groups), stream)
+    handles = []
     for group in groups:
-        kinds = set().union(*(needs[n] for n in group))
-        first = modules[group[0]]
-        s = InputStats(first.in_features, kinds, first.weight.device)
-        handles.append(first.register_forward_pre_hook(lambda _m, args, s=s: _observe(s, args[0], stream, completion)))
-        for n in group:
-            stats[n] = s
+        s = stats[group[0]]
+        handles.append(modules[group[0]].register_forward_pre_hook(
+            lambda _m, args, s=s: _observe(s, args[0], stream, completion)))
     return stats, handles

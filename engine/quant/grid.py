@@ -115,6 +115,13 @@ class WeightGrid:
         column [N] with its group's [N] (GPTQ), or candidate grids at once (clip.py)."""
         return self._value(self._round(x, scale, zero), scale, zero)
 
+    def values(self, qw: QuantizedWeight) -> torch.Tensor:
+        """The values [N, K] (float32) of a QuantizedWeight on this grid (`quantized` inverted)."""
+        q = grouped(qw.q.to(torch.float32), self.group_size)
+        zero = qw.zero if qw.zero is not None else torch.full_like(qw.scale, 0 if self.is_fp8 else 2 ** (self.bits - 1))
+        return self._value(q, qw.scale.to(torch.float32).unsqueeze(-1),
+                           zero.unsqueeze(-1).to(torch.float32)).reshape(qw.q.shape)
+
     def quantized(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                   input_scale: torch.Tensor | None = None) -> QuantizedWeight:
         """The QuantizedWeight the format packs, for w rounded with these scales/zeros."""
