@@ -7,7 +7,7 @@ solved as one stacked matrix (one factorization, one column loop).
 `true_sequential` (the default) quantizes q/k/v as soon as every calibration batch has shown them
 the block's input, then o_proj on the output of the quantized attention, and so on, all in the
 block's one forward pass (engine/calibration/sequential.py): later layers calibrate on the
-quantized earlier ones, and the block needs no second, float pass. float_targets and
+quantized earlier ones, and the block needs no second, quantized pass. float_targets and
 refine_steps need the float block's outputs, and activation-quantized layers a true quantized
 forward: those blocks run both passes.
 

@@ -3,7 +3,7 @@ batch has reached it, and the batches go on through the quantized layers.
 
 The two-pass driver (driver.py) runs a block in float to gather its statistics, quantizes it,
 then runs it again, quantized, to get the next block's inputs. When every layer of a block can
-be quantized from its own input's statistics alone (GPTQ: `Algorithm.quantizes_in_pass`), one
+be quantized from its own input's statistics alone (GPTQ: `Algorithm.in_pass_blocker` is None), one
 pass does both: the layers that read the block's input (q/k/v) are quantized once all batches
 have shown them that input; the attention output then runs through the quantized q/k/v, so
 o_proj calibrates on what the quantized model feeds it, and so on to down_proj (the GPTQ
